@@ -1,0 +1,50 @@
+"""Chat prompts for translation: the system prompt and message builders for inference, SFT and GRPO."""
+from __future__ import annotations
+
+LANGUAGE_NAMES = {
+    "en": "English", "de": "German", "fr": "French", "cs": "Czech", "es": "Spanish",
+    "it": "Italian", "nl": "Dutch", "pt": "Portuguese", "pl": "Polish", "ru": "Russian",
+    "tr": "Turkish", "ja": "Japanese", "zh": "Chinese", "ar": "Arabic",
+}
+
+
+def language_name(code: str) -> str:
+    """English name of a language code (``"de"`` -> ``"German"``); unknown codes are returned as given."""
+    if not isinstance(code, str) or not code.strip():
+        raise ValueError(f"language code must be a non-empty string, got {code!r}")
+    return LANGUAGE_NAMES.get(code.lower(), code)
+
+
+def system_prompt(tgt_lang: str = "de", src_lang: str = "en") -> str:
+    """The original study's instruction: translate the user's text and answer with the translation only."""
+    tgt, src = language_name(tgt_lang), language_name(src_lang)
+    return (f"You are a helpful assistant that translates {src} text into {tgt}. "
+            f"Reply with the {tgt} translation only, without explanations or notes.")
+
+
+def inference_messages(source: str, tgt_lang: str = "de", src_lang: str = "en") -> list[dict]:
+    """System + user turn: what the model sees when asked to translate ``source``."""
+    return [{"role": "system", "content": system_prompt(tgt_lang, src_lang)},
+            {"role": "user", "content": source}]
+
+
+def sft_messages(source: str, reference: str, tgt_lang: str = "de", src_lang: str = "en") -> list[dict]:
+    """Inference messages plus the reference translation as the assistant's answer (the SFT target)."""
+    return inference_messages(source, tgt_lang, src_lang) + [{"role": "assistant", "content": reference}]
+
+
+def grpo_example(source: str, reference: str, tgt_lang: str = "de", src_lang: str = "en") -> dict:
+    """A GRPO row: the chat prompt, and the reference kept apart for the reward functions."""
+    return {"prompt": inference_messages(source, tgt_lang, src_lang), "reference": reference}
+
+
+def to_sft_dataset(split, src_lang: str = "en", tgt_lang: str = "de"):
+    """Map a split with language columns to a ``messages`` column for TRL's SFTTrainer."""
+    return split.map(lambda row: {"messages": sft_messages(row[src_lang], row[tgt_lang], tgt_lang, src_lang)},
+                     remove_columns=split.column_names, desc="SFT messages")
+
+
+def to_grpo_dataset(split, src_lang: str = "en", tgt_lang: str = "de"):
+    """Map a split with language columns to ``prompt`` + ``reference`` columns for TRL's GRPOTrainer."""
+    return split.map(lambda row: grpo_example(row[src_lang], row[tgt_lang], tgt_lang, src_lang),
+                     remove_columns=split.column_names, desc="GRPO prompts")

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Bundle the wheels an offline CUDA host (x86_64, CPython 3.12, CUDA torch already installed) needs
+# for the GPU path: the pinned TRL/PEFT/datasets/Unsloth/bitsandbytes (read from pyproject.toml, the
+# one place pins live) plus their small pure-Python needs. Two wheels are slimmed to keep the bundle
+# near 20 MB: Unsloth without its web studio, bitsandbytes with only the CUDA 13.0 library.
+#
+#   usage:   scripts/gpu_wheels.sh OUT_DIR            (e.g. .whl, which .git/info/exclude ignores)
+#   install: python3 -m pip install -q --no-index --no-deps --target /tmp/site OUT_DIR/*.whl && export PYTHONPATH=/tmp/site
+set -euo pipefail
+out=${1:?usage: gpu_wheels.sh OUT_DIR}
+bnb_cuda=${BNB_CUDA:-130}
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out"
+mapfile -t pinned < <(python3 - "$root/pyproject.toml" <<'PY'
+import sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+wanted = {"trl", "peft", "datasets", "rouge_score", "unsloth", "unsloth_zoo", "bitsandbytes"}
+for spec in p["dependencies"] + p["optional-dependencies"]["gpu"]:
+    if spec.split("=")[0].split(">")[0] in wanted:
+        print(spec)
+PY
+)
+specs=("${pinned[@]}" nltk tyro msgspec cut_cross_entropy torchao hf_transfer json5 structlog nest-asyncio
+       dill multiprocess docstring-parser shtab typeguard)
+for s in "${specs[@]}"; do
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
+    -d "$out" "$s" 2>&1 | grep -v "is ignored" || true
+done
+# rouge_score ships as an sdist only: build its (pure-Python) wheel here.
+ls "$out"/rouge_score-*.whl >/dev/null 2>&1 || python3 -m pip wheel -q --no-deps -w "$out" rouge_score==0.1.2 2>&1 | grep -v "is ignored" || true
+python3 - "$out" "$bnb_cuda" <<'PY'
+import glob, os, sys, zipfile
+out, cuda = sys.argv[1], sys.argv[2]
+def slim(path, keep):
+    tmp = path + ".tmp"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            if keep(info.filename):
+                data = zin.read(info.filename)
+                if info.filename.endswith("/RECORD"):
+                    data = "".join(l + "\n" for l in data.decode().splitlines() if keep(l.split(",")[0])).encode()
+                zout.writestr(info, data)
+    os.replace(tmp, path)
+for w in glob.glob(os.path.join(out, "unsloth-*.whl")):
+    slim(w, lambda n: not n.startswith("studio/"))
+for w in glob.glob(os.path.join(out, "bitsandbytes-*.whl")):
+    slim(w, lambda n: not (n.startswith("bitsandbytes/libbitsandbytes_") and f"cuda{cuda}" not in n and "_cpu" not in n))
+PY
+du -sh "$out"
