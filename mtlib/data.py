@@ -1,0 +1,441 @@
+"""Multi30k (or any parallel corpus): load from the Hub or local files, take subsets, describe the corpus.
+
+Every source gives a ``DatasetDict`` whose splits have one string column per language code
+(``en``, ``de``, ...). Local files are read as raw bytes and split on ``\\n`` only: each line loses
+its line terminator (``\\n`` or ``\\r\\n``) and nothing else, so inner and trailing spaces stay
+exactly as in the release (Multi30k's ``train.de`` has 40 lines ending in a space and one with a
+tab; they are kept, as in the Hub copy, which holds the same raw lines). A lone ``\\r`` inside a
+line is kept too: splitting on it would shift the alignment of the two languages.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from datasets import Dataset, DatasetDict, Features, Value
+
+from .errors import ConfigError, DataError
+
+HUB_ID = "bentrevett/multi30k"
+ENV_VAR = "MULTI30K_DIR"
+# Official raw file stems -> split names (the first three are the Hub's splits).
+RAW_SPLITS = {
+    "train": "train",
+    "val": "validation",
+    "test_2016_flickr": "test",
+    "test_2017_flickr": "test_2017_flickr",
+    "test_2017_mscoco": "test_2017_mscoco",
+    "test_2018_flickr": "test_2018_flickr",
+}
+# File stems accepted for table files (jsonl/parquet/tsv), on top of RAW_SPLITS.
+_STEM_ALIASES = {**RAW_SPLITS, "validation": "validation", "valid": "validation", "dev": "validation",
+                 "test": "test"}
+TABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".tsv")
+_SPLIT_ORDER = list(dict.fromkeys(RAW_SPLITS.values()))
+
+
+@dataclass
+class SplitReport:
+    """What happened to one split while loading: rows read, kept, and the dropped ones."""
+    split: str
+    files: list[str]
+    read: int
+    kept: int
+    dropped_lines: list[int] = field(default_factory=list)  # 1-based line/row numbers
+
+    @property
+    def dropped(self) -> int:
+        return self.read - self.kept
+
+
+@dataclass
+class LoadReport:
+    """The loading report of :func:`load_pairs`: one :class:`SplitReport` per split."""
+    source: str
+    src_lang: str
+    tgt_lang: str
+    splits: dict[str, SplitReport] = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.dropped for s in self.splits.values())
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per split: files, rows read, kept, dropped, first dropped line numbers."""
+        return pd.DataFrame([{"split": s.split, "files": ", ".join(s.files), "read": s.read, "kept": s.kept,
+                              "dropped": s.dropped, "dropped_lines": s.dropped_lines[:10]}
+                             for s in self.splits.values()])
+
+    def __str__(self) -> str:
+        parts = [f"{s.split}: {s.kept}/{s.read} kept" + (f" ({s.dropped} dropped, lines {s.dropped_lines[:5]})"
+                                                          if s.dropped else "")
+                 for s in self.splits.values()]
+        return f"{self.source} [{self.src_lang}-{self.tgt_lang}] " + "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating data
+# ---------------------------------------------------------------------------------------------
+
+def default_raw_dir() -> Path | None:
+    """The raw Multi30k folder: ``$MULTI30K_DIR`` if set, else ``<repo>/../shared/data/multi30k/raw``
+    if it exists, else ``None``."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    candidate = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multi30k" / "raw"
+    return candidate if candidate.is_dir() else None
+
+
+def _looks_like_path(source: str) -> bool:
+    """True when ``source`` is meant as a local path rather than a Hub id like ``owner/name``."""
+    s = str(source)
+    return (s.startswith(("/", "./", "../", "~", ".\\")) or os.sep in s.replace("/", "") or s.count("/") > 1
+            or s.endswith(TABLE_SUFFIXES + (".gz",)) or (len(s) > 1 and s[1] == ":"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------
+
+def _read_lines(path: Path) -> list[str]:
+    """Lines of a text file (optionally gzipped), split on ``\\n`` only, minus the line terminator."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    chunks = raw.split(b"\n")
+    if chunks and chunks[-1] == b"":  # the file's final newline ends the last line, it opens no new one
+        chunks.pop()
+    lines = []
+    for i, chunk in enumerate(chunks, start=1):
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+        try:
+            lines.append(chunk.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}, line {i}: bytes that are not UTF-8 ({exc.reason} at byte {exc.start}); "
+                            f"re-encode the file as UTF-8") from exc
+    return lines
+
+
+def _raw_file(folder: Path, stem: str, lang: str) -> Path | None:
+    for name in (f"{stem}.{lang}", f"{stem}.{lang}.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _read_raw_folder(folder: Path, src: str, tgt: str) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """``{split: (src_lines, tgt_lines, files)}`` from a folder in the official raw layout."""
+    out = {}
+    for stem, split in RAW_SPLITS.items():
+        fs, ft = _raw_file(folder, stem, src), _raw_file(folder, stem, tgt)
+        if fs is None and ft is None:
+            continue
+        if fs is None or ft is None:
+            have, missing = (fs, tgt) if ft is None else (ft, src)
+            raise DataError(f"{have} has no {missing!r} counterpart: expected {folder / f'{stem}.{missing}'}[.gz]")
+        a, b = _read_lines(fs), _read_lines(ft)
+        if len(a) != len(b):
+            raise DataError(f"line counts differ: {fs} has {len(a)} lines, {ft} has {len(b)}; "
+                            f"the two files must be aligned line by line")
+        out[split] = (a, b, [str(fs), str(ft)])
+    return out
+
+
+def _read_tsv(path: Path, src: str, tgt: str) -> tuple[list[str], list[str]]:
+    """Two tab-separated columns: named by a header line (``en<TAB>de``) or, without one, in src/tgt order.
+    No quoting: quotes are text."""
+    lines = _read_lines(path)
+    order = (src, tgt)
+    start = 0
+    if lines:
+        head = lines[0].split("\t")
+        if len(head) == 2 and set(h.strip() for h in head) == {src, tgt}:
+            order, start = tuple(h.strip() for h in head), 1
+    cols: dict[str, list[str]] = {order[0]: [], order[1]: []}
+    for i, line in enumerate(lines[start:], start=start + 1):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DataError(f"{path}, line {i}: expected 2 tab-separated columns ({order[0]}, {order[1]}), "
+                            f"found {len(fields)}")
+        cols[order[0]].append(fields[0])
+        cols[order[1]].append(fields[1])
+    return cols[src], cols[tgt]
+
+
+def _read_jsonl(path: Path, src: str, tgt: str) -> tuple[list[str], list[str]]:
+    a, b = [], []
+    for i, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {i}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict) or src not in row or tgt not in row:
+            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f"{path}, line {i}: needs keys {src!r} and {tgt!r}, found {keys}")
+        a.append(row[src])
+        b.append(row[tgt])
+    return a, b
+
+
+def _read_parquet(path: Path, src: str, tgt: str) -> tuple[list, list]:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise DataError(f"cannot read parquet file {path}: {exc}") from exc
+    missing = [c for c in (src, tgt) if c not in df.columns]
+    if missing:
+        raise DataError(f"{path} has no column {missing}; its columns are {list(df.columns)}")
+    return df[src].tolist(), df[tgt].tolist()
+
+
+def _read_table(path: Path, src: str, tgt: str) -> tuple[list, list]:
+    if path.suffix == ".parquet":
+        return _read_parquet(path, src, tgt)
+    if path.suffix == ".tsv":
+        return _read_tsv(path, src, tgt)
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(_read_text(path))
+        except json.JSONDecodeError:
+            return _read_jsonl(path, src, tgt)  # many ".json" files are JSON lines
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and src in r and tgt in r for r in rows):
+            raise DataError(f"{path}: expected a list of objects with keys {src!r} and {tgt!r}")
+        return [r[src] for r in rows], [r[tgt] for r in rows]
+    return _read_jsonl(path, src, tgt)
+
+
+def _read_text(path: Path) -> str:
+    return "\n".join(_read_lines(path))
+
+
+def _split_name(path: Path) -> str:
+    stem = path.name[: -len(path.suffix)]
+    return _STEM_ALIASES.get(stem, stem)
+
+
+def _read_table_source(path: Path, src: str, tgt: str) -> dict[str, tuple[list, list, list[str]]]:
+    """A single table file (split named by its stem: ``train``/``val``/``test``..., any other name -> ``train``)
+    or a folder of them (one split per file)."""
+    if path.is_file():
+        split = _split_name(path)
+        split = split if split in _SPLIT_ORDER else "train"
+        return {split: (*_read_table(path, src, tgt), [str(path)])}
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in TABLE_SUFFIXES)
+    out: dict[str, tuple[list, list, list[str]]] = {}
+    for f in files:
+        split = _split_name(f)
+        if split in out:
+            raise DataError(f"two files give split {split!r} in {path}: {out[split][2][0]} and {f}; keep one")
+        out[split] = (*_read_table(f, src, tgt), [str(f)])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the DatasetDict
+# ---------------------------------------------------------------------------------------------
+
+def _is_empty(x) -> bool:
+    return x is None or (isinstance(x, float) and np.isnan(x)) or (isinstance(x, str) and not x.strip())
+
+
+def _build(parts: Mapping[str, tuple[list, list, list[str]]], src: str, tgt: str,
+           report: LoadReport) -> DatasetDict:
+    features = Features({src: Value("string"), tgt: Value("string")})
+    splits = {}
+    for split in sorted(parts, key=lambda s: (_SPLIT_ORDER.index(s) if s in _SPLIT_ORDER else 99, s)):
+        a, b, files = parts[split]
+        keep_a, keep_b, dropped = [], [], []
+        for i, (x, y) in enumerate(zip(a, b), start=1):
+            if _is_empty(x) or _is_empty(y):
+                dropped.append(i)
+                continue
+            if not isinstance(x, str) or not isinstance(y, str):
+                raise DataError(f"{files[0]}, row {i}: expected text in {src!r} and {tgt!r}, "
+                                f"got {type(x).__name__} and {type(y).__name__}")
+            keep_a.append(x)
+            keep_b.append(y)
+        report.splits[split] = SplitReport(split, files, len(a), len(keep_a), dropped)
+        splits[split] = Dataset.from_dict({src: keep_a, tgt: keep_b}, features=features)
+    return DatasetDict(splits)
+
+
+def _load_hub(source: str, src: str, tgt: str, report: LoadReport) -> DatasetDict:
+    import datasets
+
+    try:
+        dsd = datasets.load_dataset(source)
+    except Exception as exc:  # offline, unknown id, no access: one clear message for all
+        raise DataError(f"could not load {source!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
+                        f"Without network access, pass the raw folder path or set {ENV_VAR} "
+                        f"(e.g. load_pairs('/path/to/multi30k/raw'))") from exc
+    if isinstance(dsd, Dataset):
+        dsd = DatasetDict({"train": dsd})
+    parts = {}
+    for split, ds in dsd.items():
+        missing = [c for c in (src, tgt) if c not in ds.column_names]
+        if missing:
+            raise DataError(f"{source!r} split {split!r} has no column {missing}; columns: {ds.column_names}")
+        parts[split] = (list(ds[src]), list(ds[tgt]), [f"{source}:{split}"])
+    return _build(parts, src, tgt, report)
+
+
+def load_pairs(source: str | os.PathLike | None = HUB_ID, src_lang: str = "en", tgt_lang: str = "de",
+               return_report: bool = False):
+    """Load a parallel corpus as a ``DatasetDict`` with one string column per language.
+
+    ``source`` is a Hub id (default ``bentrevett/multi30k``, needs network), a folder in the official
+    Multi30k raw layout (``train.en[.gz]``, ``val.*``, ``test_2016_flickr.*`` -> ``train``, ``validation``,
+    ``test``; ``test_2017_flickr``, ``test_2017_mscoco``, ``test_2018_flickr`` kept under their own names),
+    a folder of ``jsonl``/``json``/``parquet``/``tsv`` files (one split per file, named by the file stem),
+    or one such file. ``None`` means :func:`default_raw_dir` if there is one, else the Hub.
+
+    Pairs where either side is empty (or blank) are dropped, counted and reported with a warning; with
+    ``return_report=True`` the result is ``(dsd, LoadReport)``.
+    """
+    for name, code in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
+        if not isinstance(code, str) or not code.strip():
+            raise ConfigError(f"{name} must be a language code such as 'en', got {code!r}")
+    if src_lang == tgt_lang:
+        raise ConfigError(f"src_lang and tgt_lang are both {src_lang!r}; pick two languages")
+    if source is None:
+        source = default_raw_dir() or HUB_ID
+    report = LoadReport(str(source), src_lang, tgt_lang)
+    path = Path(source).expanduser()
+    if path.exists():
+        if path.is_dir() and any(_raw_file(path, stem, src_lang) or _raw_file(path, stem, tgt_lang)
+                                 for stem in RAW_SPLITS):
+            parts = _read_raw_folder(path, src_lang, tgt_lang)
+        else:
+            parts = _read_table_source(path, src_lang, tgt_lang)
+        if not parts:
+            raise DataError(f"{path} holds no data for {src_lang}-{tgt_lang}: expected raw files such as "
+                            f"train.{src_lang}[.gz] + train.{tgt_lang}[.gz], or {'/'.join(TABLE_SUFFIXES)} files")
+        dsd = _build(parts, src_lang, tgt_lang, report)
+    elif isinstance(source, os.PathLike) or _looks_like_path(str(source)):
+        raise DataError(f"data path {path} does not exist; pass an existing raw folder or file, "
+                        f"or set {ENV_VAR}")
+    else:
+        dsd = _load_hub(str(source), src_lang, tgt_lang, report)
+    if report.dropped:
+        warnings.warn(f"load_pairs dropped {report.dropped} pairs with an empty side: {report}", stacklevel=2)
+    return (dsd, report) if return_report else dsd
+
+
+# ---------------------------------------------------------------------------------------------
+# Subsets
+# ---------------------------------------------------------------------------------------------
+
+def _check_n(n, where: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ConfigError(f"{where} must be a whole number of rows, got {n!r}")
+    if n <= 0:
+        raise ConfigError(f"{where} must be positive, got {n}; use n=None to keep every row")
+    return int(n)
+
+
+def subset(dsd: DatasetDict, n: int | Mapping[str, int] | None = None, seed: int | None = None) -> DatasetDict:
+    """The first ``n`` rows of each split (or of the splits named in a ``{split: n}`` dict), or a seeded
+    random sample (kept in corpus order) when ``seed`` is given. ``n`` beyond a split's size keeps it whole."""
+    if n is None:
+        return dsd
+    if isinstance(n, Mapping):
+        unknown = [s for s in n if s not in dsd]
+        if unknown:
+            raise ConfigError(f"subset sizes name unknown splits {unknown}; splits are {list(dsd)}")
+        sizes = {s: _check_n(v, f"n[{s!r}]") for s, v in n.items()}
+    else:
+        k = _check_n(n, "n")
+        sizes = {s: k for s in dsd}
+    out = {}
+    for split, ds in dsd.items():
+        k = sizes.get(split)
+        if k is None or k >= len(ds):
+            out[split] = ds
+        elif seed is None:
+            out[split] = ds.select(range(k))
+        else:
+            rng = np.random.default_rng(seed)
+            out[split] = ds.select(np.sort(rng.choice(len(ds), size=k, replace=False)).tolist())
+    return DatasetDict(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus statistics
+# ---------------------------------------------------------------------------------------------
+
+def _text_columns(dsd: DatasetDict, langs: Sequence[str] | None) -> list[str]:
+    first = next(iter(dsd.values()))
+    if langs is None:
+        return [c for c, f in first.features.items() if getattr(f, "dtype", None) == "string"]
+    for split, ds in dsd.items():
+        missing = [l for l in langs if l not in ds.column_names]
+        if missing:
+            raise ConfigError(f"split {split!r} has no column {missing}; columns: {ds.column_names}")
+    return list(langs)
+
+
+def _stats(sentences: Sequence[str]) -> dict:
+    words = [w for s in sentences for w in s.split()]
+    lengths = [len(s.split()) for s in sentences]
+    counts = pd.Series(words, dtype=object).value_counts() if words else pd.Series(dtype=int)
+    n_tok, n_types = len(words), len(counts)
+    return {
+        "sentences": len(sentences),
+        "tokens": n_tok,
+        "types": n_types,
+        "ttr": n_types / n_tok if n_tok else float("nan"),
+        "hapax_share": float((counts == 1).sum()) / n_types if n_types else float("nan"),
+        "mean_word_len": sum(len(w) for w in words) / n_tok if n_tok else float("nan"),
+        "mean_words": n_tok / len(sentences) if sentences else float("nan"),
+        "max_words": max(lengths) if lengths else 0,
+    }
+
+
+def corpus_stats(dsd: DatasetDict, langs: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per split and language, plus ``overall`` (all splits together): sentences, tokens, types,
+    type-token ratio, hapax share (types seen once / types), mean word length (characters per word),
+    mean words per sentence and the longest sentence in words.
+
+    Words are whitespace tokens (``str.split()``), case-sensitive, punctuation attached to its word.
+    """
+    cols = _text_columns(dsd, langs)
+    rows = []
+    for lang in cols:
+        for split, ds in dsd.items():
+            rows.append({"split": split, "lang": lang, **_stats(ds[lang])})
+        rows.append({"split": "overall", "lang": lang, **_stats([s for ds in dsd.values() for s in ds[lang]])})
+    return pd.DataFrame(rows)
+
+
+def length_histogram(dsd: DatasetDict, split: str = "train", langs: Sequence[str] | None = None):
+    """Overlaid histograms of sentence length (whitespace words) per language for one split."""
+    from matplotlib.figure import Figure
+
+    if split not in dsd:
+        raise ConfigError(f"no split {split!r}; splits are {list(dsd)}")
+    cols = _text_columns(DatasetDict({split: dsd[split]}), langs)
+    lengths = {lang: [len(s.split()) for s in dsd[split][lang]] for lang in cols}
+    top = max((max(v) for v in lengths.values() if v), default=1)
+    bins = np.arange(0.5, top + 1.5, 1.0)
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.add_subplot()
+    for lang, v in lengths.items():
+        ax.hist(v, bins=bins, alpha=0.55, label=f"{lang} (mean {np.mean(v):.1f})" if v else lang)
+    ax.set_xlabel("words per sentence")
+    ax.set_ylabel("sentences")
+    ax.set_title(f"Sentence length, {split} split ({len(dsd[split])} pairs)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
