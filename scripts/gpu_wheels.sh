@@ -23,6 +23,7 @@ PY
 specs=("${pinned[@]}" nltk tyro msgspec cut_cross_entropy torchao hf_transfer json5 structlog nest-asyncio
        dill multiprocess docstring-parser shtab typeguard)
 for s in "${specs[@]}"; do
+  [[ $s == rouge_score* ]] && continue  # sdist only: built below
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
