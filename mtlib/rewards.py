@@ -146,11 +146,20 @@ REWARDS: dict[str, Callable] = {
 }
 
 
-def build_rewards(names: Sequence[str], tokenizer=None) -> list[Callable]:
-    """Reward functions for the given names (keys of :data:`REWARDS`), in order."""
+def _named(fn: Callable, name: str) -> Callable:
+    """TRL logs each reward as ``rewards/<__name__>/mean``: name the function after its registry key."""
+    def reward(*args, **kwargs):
+        return fn(*args, **kwargs)
+    reward.__name__ = reward.__qualname__ = name
+    reward.__doc__ = fn.__doc__
+    return reward
+
+
+def build_rewards(names: Sequence, tokenizer=None) -> list[Callable]:
+    """Reward functions for the given names (keys of :data:`REWARDS`, logged under those keys) or callables."""
     if isinstance(names, str):
         names = [names]
-    unknown = [n for n in names if n not in REWARDS]
+    unknown = [n for n in names if not callable(n) and n not in REWARDS]
     if unknown:
         raise ConfigError(f"unknown reward {unknown}; choose from {sorted(REWARDS)}")
-    return [REWARDS[n](tokenizer) for n in names]
+    return [n if callable(n) else _named(REWARDS[n](tokenizer), n) for n in names]

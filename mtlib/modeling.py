@@ -1,0 +1,284 @@
+"""Loading models (Unsloth 4-bit on CUDA, plain transformers elsewhere), LoRA adapters, and the HF token.
+
+On a GPU, import this module (``import mtlib.modeling``) before ``trl``: :func:`load_model` imports
+Unsloth first thing, and Unsloth must be imported before transformers/trl to patch them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+BACKENDS = ("auto", "unsloth", "hf")
+STAGES = ("base", "sft", "grpo")
+PAD_FALLBACK = "<|finetune_right_pad_id|>"
+ADAPTER_INFO = "mtlib_adapter.json"
+
+
+def hf_token() -> str | None:
+    """The Hugging Face token from $HF_TOKEN / $HUGGING_FACE_HUB_TOKEN or Colab's secrets; None if absent.
+
+    Never pass it as a notebook parameter (papermill would publish it) and never print it.
+    """
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        from google.colab import userdata  # type: ignore
+        return userdata.get("HF_TOKEN") or None
+    except Exception:  # not on Colab, or the secret is missing / not shared with this notebook
+        return None
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def _unsloth_available() -> bool:
+    try:
+        import unsloth  # noqa: F401  (must come before transformers/trl)
+        return True
+    except Exception:  # ImportError, or Unsloth refusing to run without a GPU
+        return False
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """``"unsloth"`` when asked (or ``"auto"`` with CUDA and Unsloth installed), else ``"hf"``."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "unsloth" if _cuda() and _unsloth_available() else "hf"
+    if backend == "unsloth" and not _unsloth_available():
+        raise ConfigError("backend='unsloth' needs a CUDA GPU and `pip install unsloth`; use backend='hf' on CPU")
+    return backend
+
+
+def backend_of(model) -> str:
+    """Which backend loaded ``model`` ("unsloth" or "hf")."""
+    b = getattr(model, "mtlib_backend", None)
+    if b:
+        return b
+    return "unsloth" if "unsloth" in type(model).__module__.lower() else "hf"
+
+
+def _set_backend(model, backend: str):
+    model.mtlib_backend = backend
+
+
+def prepare_tokenizer(tokenizer):
+    """Left padding (for batched generation) and a pad token distinct from end-of-turn where possible."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        vocab = tokenizer.get_vocab()
+        tokenizer.pad_token = PAD_FALLBACK if PAD_FALLBACK in vocab else tokenizer.eos_token
+    return tokenizer
+
+
+def _dtype(dtype):
+    import torch
+    if isinstance(dtype, str):
+        if not hasattr(torch, dtype):
+            raise ConfigError(f"dtype must be a torch dtype name such as 'bfloat16', got {dtype!r}")
+        dtype = getattr(torch, dtype)
+    return dtype
+
+
+def load_model(name_or_path, max_seq_length: int = 512, load_in_4bit: bool = True, dtype=None,
+               backend: str = "auto"):
+    """Load ``(model, tokenizer)`` from the Hub or a local folder.
+
+    ``backend``: "unsloth" (FastLanguageModel, 4-bit QLoRA kernels, CUDA only), "hf" (transformers;
+    4-bit through bitsandbytes on CUDA, full precision on CPU) or "auto" (Unsloth when usable).
+    """
+    backend = resolve_backend(backend)  # imports unsloth first when it is used
+    dtype = _dtype(dtype)
+    token = hf_token()
+    if max_seq_length is None or int(max_seq_length) <= 0:
+        raise ConfigError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=str(name_or_path), max_seq_length=max_seq_length, dtype=dtype,
+            load_in_4bit=load_in_4bit, token=token)
+    else:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        kwargs: dict[str, Any] = {"token": token} if token else {}
+        if _cuda():
+            dtype = dtype or (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+            kwargs["device_map"] = {"": 0}
+            if load_in_4bit:
+                from transformers import BitsAndBytesConfig
+                kwargs["quantization_config"] = BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=dtype)
+        else:
+            if load_in_4bit:
+                log.info("4-bit loading needs CUDA (bitsandbytes): loading %s in full precision on CPU", name_or_path)
+            dtype = dtype or torch.float32
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **({"token": token} if token else {}))
+        tokenizer.model_max_length = max_seq_length
+    _set_backend(model, backend)
+    model.mtlib_max_seq_length = max_seq_length
+    return model, prepare_tokenizer(tokenizer)
+
+
+def add_lora(model, r: int = 16, alpha: int = 16, dropout: float = 0.0, target_modules=LORA_TARGETS,
+             gradient_checkpointing: bool = True, seed: int = 3407):
+    """Wrap ``model`` with LoRA adapters on ``target_modules`` (rank ``r``, scale ``alpha/r``); returns the PEFT model."""
+    if not isinstance(r, int) or r <= 0:
+        raise ConfigError(f"LoRA rank r must be a positive integer, got {r!r}")
+    if alpha <= 0:
+        raise ConfigError(f"LoRA alpha must be positive, got {alpha!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    backend = backend_of(model)
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+        peft_model = FastLanguageModel.get_peft_model(
+            model, r=r, target_modules=list(target_modules), lora_alpha=alpha, lora_dropout=dropout, bias="none",
+            use_gradient_checkpointing="unsloth" if gradient_checkpointing else False, random_state=seed)
+    else:
+        import torch
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        torch.manual_seed(seed)
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                            bias="none", task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, config)
+    _set_backend(peft_model, backend)
+    return peft_model
+
+
+def trainable_summary(model) -> dict:
+    """Trainable vs total parameter counts: {"trainable", "total", "share"} (share in [0, 1])."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if hasattr(p, "ds_numel"):
+            n = p.ds_numel
+        if p.__class__.__name__ == "Params4bit":  # bitsandbytes packs two 4-bit values per byte
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return {"trainable": trainable, "total": total, "share": trainable / total if total else 0.0}
+
+
+def base_name_of(model) -> str | None:
+    """The base model's name or path, as recorded in the model (or its PEFT wrapper) config."""
+    peft_cfg = getattr(model, "peft_config", None)
+    if peft_cfg:
+        name = next(iter(peft_cfg.values())).base_model_name_or_path
+        if name:
+            return str(name)
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "_name_or_path", None) or getattr(model, "name_or_path", None)
+
+
+def save_adapter(model, tokenizer, path, stage: str | None = None, base_name: str | None = None) -> Path:
+    """Save the LoRA adapter and tokenizer to ``path``; adapter_config.json names the base model."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if not hasattr(model, "peft_config"):
+        raise ConfigError("save_adapter needs a model with LoRA adapters (call add_lora first)")
+    base_name = base_name or base_name_of(model)
+    for cfg in model.peft_config.values():
+        if base_name:
+            cfg.base_model_name_or_path = str(base_name)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    from .results import write_json
+    write_json(path / ADAPTER_INFO, {"stage": stage, "base_name": base_name, "backend": backend_of(model)})
+    return path
+
+
+@dataclass
+class TrainedModel:
+    """A model ready for evaluation, labelled with the stage that produced it ("base", "sft" or "grpo")."""
+    model: Any
+    tokenizer: Any
+    stage: str = "base"
+    run_dir: Path | None = None
+    adapter_dir: Path | None = None
+    base_name: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+
+    def __iter__(self):  # model, tokenizer = trained
+        return iter((self.model, self.tokenizer))
+
+
+def as_trained(model_or_trained, tokenizer=None) -> TrainedModel:
+    """A TrainedModel from a TrainedModel, a ``(model, tokenizer)`` pair, or model + tokenizer (stage "base")."""
+    if isinstance(model_or_trained, TrainedModel):
+        return model_or_trained
+    if isinstance(model_or_trained, tuple) and len(model_or_trained) == 2 and tokenizer is None:
+        model_or_trained, tokenizer = model_or_trained
+    if tokenizer is None:
+        raise ConfigError("pass a TrainedModel, a (model, tokenizer) pair, or model and tokenizer")
+    return TrainedModel(model_or_trained, tokenizer, stage="base", base_name=base_name_of(model_or_trained))
+
+
+def find_adapter_dir(run_or_adapter_dir) -> Path:
+    """The adapter folder of a run folder (``<run>/adapter``) or the folder itself."""
+    p = Path(run_or_adapter_dir)
+    for cand in (p, p / "adapter"):
+        if (cand / "adapter_config.json").exists():
+            return cand
+    raise ConfigError(f"no LoRA adapter (adapter_config.json) in {p} or {p / 'adapter'}")
+
+
+def load_trained(run_or_adapter_dir, max_seq_length: int = 512, load_in_4bit: bool = True, dtype=None,
+                 backend: str = "auto", trainable: bool = False, base_name: str | None = None) -> TrainedModel:
+    """Load base model + saved adapter (from a run folder or adapter folder) as a TrainedModel.
+
+    ``trainable=True`` keeps the adapter's weights trainable, to continue training it (SFT -> GRPO).
+    ``base_name`` overrides the base model recorded in adapter_config.json (e.g. a moved local folder).
+    """
+    adapter_dir = find_adapter_dir(run_or_adapter_dir)
+    info = json.loads((adapter_dir / ADAPTER_INFO).read_text()) if (adapter_dir / ADAPTER_INFO).exists() else {}
+    acfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    base = base_name or info.get("base_name") or acfg.get("base_model_name_or_path")
+    backend = resolve_backend(backend)
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+        if base_name:
+            raise ConfigError("base_name override is not supported on the unsloth backend")
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=str(adapter_dir), max_seq_length=max_seq_length, dtype=_dtype(dtype),
+            load_in_4bit=load_in_4bit, token=hf_token())
+        _set_backend(model, "unsloth")
+        tokenizer = prepare_tokenizer(tokenizer)
+    else:
+        from peft import PeftModel
+        model, tokenizer = load_model(base, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
+                                      dtype=dtype, backend="hf")
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+        _set_backend(model, "hf")
+    if trainable:
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+    stage = info.get("stage") or "sft"
+    run_dir = adapter_dir.parent if adapter_dir.name == "adapter" else None
+    return TrainedModel(model, tokenizer, stage=stage, run_dir=run_dir, adapter_dir=adapter_dir, base_name=base)

@@ -1,0 +1,332 @@
+"""Run records: one folder per run under ``runs/<run-id>/`` with config, metrics, translations and timings.
+
+Every file is written atomically (temporary file in the same folder, then ``os.replace``), so a crash
+never leaves half a JSON file behind, and a run's ``status.json`` says whether it finished.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable
+
+from .errors import ConfigError
+
+STATUSES = ("running", "finished", "failed")
+METRIC_COLUMNS = ["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "rougeLsum", "bp", "sys_len", "ref_len", "n"]
+ENV_PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "sacrebleu", "rouge_score",
+                "bitsandbytes", "unsloth", "unsloth_zoo"]
+REDACTED = "<redacted>"
+_STAGE_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+def atomic_write_text(path, text: str | Iterable[str]) -> Path:
+    """Write ``text`` (a string, or an iterable of string chunks) to ``path`` atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for chunk in ([text] if isinstance(text, str) else text):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _json_default(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return repr(obj)
+
+
+def _clean_floats(obj):
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_floats(v) for v in obj]
+    return obj
+
+
+def write_json(path, obj) -> Path:
+    """Atomically write ``obj`` as indented JSON."""
+    return atomic_write_text(path, json.dumps(_clean_floats(obj), indent=2, ensure_ascii=False,
+                                              default=_json_default) + "\n")
+
+
+def _secret_values() -> list[str]:
+    from .modeling import hf_token  # lazy: modeling is heavier than results
+    values = [os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
+    try:
+        values.append(hf_token())
+    except Exception:  # a Colab secret lookup may fail outside a notebook
+        pass
+    return [v for v in dict.fromkeys(values) if v]
+
+
+def scrub(obj, _secrets=None):
+    """Copy of ``obj`` with token-like values replaced by ``"<redacted>"``.
+
+    Redacted: a string under a key that contains ``token``/``secret``/``password`` (except tokenizer
+    special-token names such as ``pad_token``), any string starting with ``hf_``, and any string
+    containing the current Hugging Face token.
+    """
+    secrets_ = _secret_values() if _secrets is None else _secrets
+
+    def bad_key(key) -> bool:
+        k = str(key).lower()
+        if re.fullmatch(r"(pad|eos|bos|unk|sep|cls|mask)_token", k):
+            return False
+        return any(w in k for w in ("token", "secret", "password", "api_key"))
+
+    def bad_value(v: str) -> bool:
+        return v.startswith("hf_") or any(s in v for s in secrets_)
+
+    if isinstance(obj, dict):
+        return {k: (REDACTED if isinstance(v, str) and (bad_key(k) or bad_value(v)) else scrub(v, secrets_))
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub(v, secrets_) for v in obj]
+    if isinstance(obj, str) and bad_value(obj):
+        return REDACTED
+    return obj
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    """The commit hash of the repository holding mtlib (or ``repo``), or None outside git."""
+    repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment() -> dict:
+    """Library versions, Python, device and git commit: what ``env.json`` records."""
+    versions = {}
+    for pkg in ENV_PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    device = platform.processor() or platform.machine()
+    cuda = False
+    try:
+        import torch
+        if torch.cuda.is_available():
+            cuda, device = True, torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cuda": cuda, "device": device,
+            "packages": versions, "git_commit": git_commit()}
+
+
+def peak_memory_gb() -> dict:
+    """Peak memory so far: GPU memory allocated by torch on CUDA, else the process's max RSS."""
+    out = {}
+    try:
+        import torch
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    except ImportError:
+        pass
+    try:
+        import resource
+        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+        out["peak_rss_gb"] = rss_kb * (1 if sys.platform == "darwin" else 1024) / 1e9
+    except ImportError:  # Windows
+        pass
+    out["peak_mem_gb"] = out.get("peak_gpu_mem_gb", out.get("peak_rss_gb"))
+    return out
+
+
+class Run:
+    """A run folder ``<root>/<utc-time>-<stage>-<suffix>``, created exclusively (never shared)."""
+
+    def __init__(self, path, stage: str, name: str | None = None):
+        self.path = Path(path)
+        self.run_id = self.path.name
+        self.stage = stage
+        self.name = name or stage
+        self._t0 = time.time()
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    def create(cls, stage: str, config: dict | None = None, root="runs", name: str | None = None) -> "Run":
+        """Make a new run folder under ``root`` and write config.json, env.json and status.json (running)."""
+        if not isinstance(stage, str) or not _STAGE_RE.match(stage):
+            raise ConfigError(f"run stage must be a lowercase word such as 'base', 'sft' or 'grpo', got {stage!r}")
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            path = root / f"{stamp}-{stage}-{os.getpid() % 100000:05d}{secrets.token_hex(3)}"
+            try:
+                os.mkdir(path)  # exclusive: fails if another process made the same name
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 collisions in a row
+            raise RuntimeError(f"could not create a unique run folder under {root}")
+        run = cls(path, stage, name)
+        run.write_json("config.json", {"stage": stage, "name": run.name, **(config or {})})
+        run.write_json("env.json", environment())
+        run._status("running")
+        return run
+
+    @classmethod
+    def open(cls, path) -> "Run":
+        """Reopen an existing run folder (to add metrics or mark it finished)."""
+        path = Path(path)
+        cfg = read_json(path / "config.json") or {}
+        return cls(path, cfg.get("stage", "unknown"), cfg.get("name"))
+
+    # -- files ---------------------------------------------------------------------------------------
+    def write_json(self, filename: str, obj) -> Path:
+        """Atomically write ``obj`` (token-like values scrubbed) to ``<run>/<filename>``."""
+        return write_json(self.path / filename, scrub(obj))
+
+    def read_json(self, filename: str):
+        return read_json(self.path / filename)
+
+    def write_translations(self, rows, filename: str = "translations.jsonl") -> Path:
+        """Write translations (DataFrame or iterable of dicts with source, reference, hypothesis) as JSON lines."""
+        if hasattr(rows, "to_dict"):
+            rows = rows.to_dict("records")
+        lines = (json.dumps(_clean_floats(dict(r)), ensure_ascii=False, default=_json_default) + "\n" for r in rows)
+        return atomic_write_text(self.path / filename, lines)
+
+    def add_metrics(self, split: str, metrics: dict) -> Path:
+        """Add (or replace) one split's scores in metrics.json ({split: {bleu: ..., ...}})."""
+        current = self.read_json("metrics.json") or {}
+        current[str(split)] = metrics
+        return self.write_json("metrics.json", current)
+
+    @contextmanager
+    def timer(self, phase: str):
+        """``with run.timer("translate"): ...`` records the phase's seconds in timings.json."""
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.time() - t0
+            self._write_timings()
+
+    def _write_timings(self, **extra):
+        self.write_json("timings.json", {**self.timings, "total": time.time() - self._t0, **peak_memory_gb(),
+                                         **extra})
+
+    def _status(self, status: str, **extra):
+        prev = self.read_json("status.json") or {}
+        record = {"status": status, "stage": self.stage, "name": self.name,
+                  "started": prev.get("started", _utc_now()), "updated": _utc_now(), **extra}
+        self.write_json("status.json", record)
+
+    @property
+    def status(self) -> str | None:
+        return (self.read_json("status.json") or {}).get("status")
+
+    # -- endings -------------------------------------------------------------------------------------
+    def finish(self, metrics: dict | None = None, split: str = "test") -> "Run":
+        """Mark the run finished; ``metrics`` (one split's scores, or {split: scores}) go to metrics.json."""
+        if metrics:
+            if all(isinstance(v, dict) for v in metrics.values()):
+                for s, m in metrics.items():
+                    self.add_metrics(s, m)
+            else:
+                self.add_metrics(split, metrics)
+        self._write_timings()
+        self._status("finished")
+        return self
+
+    def fail(self, exc: BaseException) -> "Run":
+        """Mark the run failed with the error; its files stay for inspection."""
+        self._write_timings()
+        self._status("failed", error=f"{type(exc).__name__}: {exc}")
+        return self
+
+    def __repr__(self):
+        return f"Run({str(self.path)!r}, stage={self.stage!r})"
+
+
+def read_json(path):
+    """Parsed JSON of ``path``, or None when it does not exist."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def read_translations(path):
+    """A run's translations.jsonl as a DataFrame."""
+    import pandas as pd
+    path = Path(path)
+    if path.is_dir():
+        path = path / "translations.jsonl"
+    return pd.read_json(path, lines=True)
+
+
+def load_runs(root="runs", include_unscored: bool = False):
+    """Finished runs as a DataFrame, one row per run and scored split (failed and running runs excluded).
+
+    Columns: run_id, stage, name, split, model, the metrics, seconds, peak_mem_gb, started, path.
+    Runs without scores (training runs) are included, with ``split`` empty, only when ``include_unscored``.
+    """
+    import pandas as pd
+    rows = []
+    root = Path(root)
+    for path in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        status = read_json(path / "status.json") or {}
+        if status.get("status") != "finished":
+            continue
+        config = read_json(path / "config.json") or {}
+        timings = read_json(path / "timings.json") or {}
+        metrics = read_json(path / "metrics.json") or {}
+        base = {"run_id": path.name, "stage": config.get("stage"), "name": config.get("name"),
+                "model": config.get("model"), "seconds": timings.get("total"),
+                "peak_mem_gb": timings.get("peak_mem_gb"), "started": status.get("started"), "path": str(path)}
+        if not metrics and include_unscored:
+            rows.append({**base, "split": None})
+        for split, scores in metrics.items():
+            row = {**base, "split": split}
+            row.update({k: v for k, v in scores.items() if not isinstance(v, (dict, list))})
+            rows.append(row)
+    columns = ["run_id", "stage", "name", "split", "model", *METRIC_COLUMNS, "seconds", "peak_mem_gb", "started",
+               "path"]
+    df = pd.DataFrame(rows)
+    for c in columns:
+        if c not in df:
+            df[c] = None
+    rest = [c for c in df.columns if c not in columns]
+    return df[columns + rest].reset_index(drop=True)

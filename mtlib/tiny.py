@@ -1,0 +1,203 @@
+"""Offline models: a tiny random Llama with a Llama-3-style chat tokenizer, and full-size "shape twins".
+
+Both are built on the spot (no Hub), deterministically from a seed, and saved as ordinary Hugging Face
+folders that ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` (and ``mtlib.modeling.load_model``)
+read like the real model. Their outputs mean nothing: they exist to run the pipeline end to end.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from .errors import ConfigError, DataError
+
+# Llama 3's special tokens in the order of their ids 128000..128010 (the tiny tokenizer puts them first).
+SPECIAL_TOKENS = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
+    "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
+]
+BOS, EOS, PAD, EOT = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>", "<|eot_id|>"
+
+# Llama 3.2's chat template for system/user/assistant turns, without the date lines and tool calls.
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{%- endif %}"
+)
+
+_LLAMA32_COMMON = dict(
+    vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5, hidden_act="silu",
+    attention_bias=False, mlp_bias=False, initializer_range=0.02, tie_word_embeddings=True,
+    rope_theta=500000.0,
+    rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                  "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+)
+# The configs of real models (from their config.json on the Hub), for shape twins.
+KNOWN_CONFIGS = {
+    "meta-llama/Llama-3.2-3B-Instruct": dict(_LLAMA32_COMMON, hidden_size=3072, intermediate_size=8192,
+                                             num_hidden_layers=28, num_attention_heads=24,
+                                             num_key_value_heads=8, head_dim=128),
+    "meta-llama/Llama-3.2-1B-Instruct": dict(_LLAMA32_COMMON, hidden_size=2048, intermediate_size=8192,
+                                             num_hidden_layers=16, num_attention_heads=32,
+                                             num_key_value_heads=8, head_dim=64),
+}
+KNOWN_CONFIGS["unsloth/Llama-3.2-3B-Instruct"] = KNOWN_CONFIGS["meta-llama/Llama-3.2-3B-Instruct"]
+KNOWN_CONFIGS["unsloth/Llama-3.2-1B-Instruct"] = KNOWN_CONFIGS["meta-llama/Llama-3.2-1B-Instruct"]
+
+TINY_DEFAULTS = dict(vocab_size=1500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                     rope_theta=500000.0, tie_word_embeddings=True,
+                     initializer_range=0.1)  # wider than Llama's 0.02 so greedy outputs vary
+_ALIASES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads"}
+
+_FALLBACK_TEXTS = [
+    "A man in an orange hat starring at something.", "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.",
+    "Two young, White males are outside near many bushes.", "Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche.",
+    "A little girl climbing into a wooden playhouse.", "Ein kleines Mädchen klettert in ein Spielhaus aus Holz.",
+    "A dog runs through the grass.", "Ein Hund rennt durch das Gras.",
+]
+
+
+def default_texts(n: int = 3000) -> list[str]:
+    """The first ``n`` English and German training sentences of the raw Multi30k folder (or a few built-in ones)."""
+    raw = None
+    try:
+        from .data import default_raw_dir
+        raw = default_raw_dir()
+    except ImportError:
+        pass
+    if raw is None:
+        guess = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multi30k" / "raw"
+        raw = guess if guess.is_dir() else None
+    texts: list[str] = []
+    if raw is not None:
+        for lang in ("en", "de"):
+            f = Path(raw) / f"train.{lang}.gz"
+            if f.exists():
+                with gzip.open(f, "rt", encoding="utf-8") as fh:
+                    for i, line in enumerate(fh):
+                        if i >= n:
+                            break
+                        texts.append(line.strip())
+    return texts or list(_FALLBACK_TEXTS)
+
+
+def _chat_texts() -> list[str]:
+    """Texts of the prompts themselves, so the system prompt and headers tokenize compactly."""
+    from .prompts import LANGUAGE_NAMES, system_prompt
+    return [system_prompt(t, s) for s in ("en", "de") for t in LANGUAGE_NAMES if t != s] + ["system user assistant"]
+
+
+def build_tokenizer(texts=None, vocab_size: int = 1500, special_tokens=SPECIAL_TOKENS):
+    """A byte-level BPE tokenizer (GPT-2/Llama-3 style) trained on ``texts``, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = list(texts) if texts is not None else default_texts()
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise DataError("texts for the tiny tokenizer must be a non-empty list of strings")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts + _chat_texts(), trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1", special_tokens=[(BOS, bos_id)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   chat_template=CHAT_TEMPLATE, model_max_length=131072,
+                                   clean_up_tokenization_spaces=False)
+    return fast
+
+
+def _generation_config(tokenizer):
+    from transformers import GenerationConfig
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")]
+    # As Llama-3.2-Instruct's generation_config.json: sampling by default (translate() asks for greedy).
+    return GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=ids,
+                            pad_token_id=tokenizer.pad_token_id, do_sample=True, temperature=0.6, top_p=0.9)
+
+
+def _token_ids(tokenizer) -> dict:
+    return dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+
+
+def build_tiny_model(out_dir, texts=None, seed: int = 0, **config) -> Path:
+    """Build and save a tiny random LlamaForCausalLM + tokenizer; same seed and texts give identical files.
+
+    ``config`` overrides :data:`TINY_DEFAULTS` (``vocab_size`` is the tokenizer's BPE size;
+    ``num_layers``/``num_heads``/``num_kv_heads`` are accepted as short names).
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(TINY_DEFAULTS)
+    for k, v in config.items():
+        cfg[_ALIASES.get(k, k)] = v
+    if cfg["hidden_size"] % cfg["num_attention_heads"]:
+        raise ConfigError(f"hidden_size ({cfg['hidden_size']}) must be divisible by num_attention_heads "
+                          f"({cfg['num_attention_heads']})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(texts, vocab_size=cfg.pop("vocab_size"))
+    model_cfg = LlamaConfig(vocab_size=len(tokenizer), **cfg, **_token_ids(tokenizer))
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(model_cfg).eval()
+    model.generation_config = _generation_config(tokenizer)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def twin_config(model: str = "meta-llama/Llama-3.2-3B-Instruct", tokenizer=None):
+    """The LlamaConfig of a known real model (see :data:`KNOWN_CONFIGS`), special-token ids from ``tokenizer``."""
+    from transformers import LlamaConfig
+    if model not in KNOWN_CONFIGS:
+        raise ConfigError(f"no shape known for {model!r}; known: {sorted(KNOWN_CONFIGS)}")
+    cfg = dict(KNOWN_CONFIGS[model])
+    if tokenizer is not None:
+        if len(tokenizer) > cfg["vocab_size"]:
+            raise ConfigError(f"tokenizer has {len(tokenizer)} tokens, more than {model}'s vocab_size")
+        cfg.update(_token_ids(tokenizer))
+    return LlamaConfig(**cfg, dtype="bfloat16")
+
+
+def build_shape_twin(out_dir, model: str = "meta-llama/Llama-3.2-3B-Instruct", texts=None, seed: int = 0,
+                     save_weights: bool = True, device: str | None = None) -> Path:
+    """Save a random model with the exact config of ``model`` (bf16) plus the tiny tokenizer.
+
+    Measures memory and speed like the real model without downloading it. ``save_weights=False`` writes
+    only config, tokenizer and generation config (cheap: for checking shapes). Weights are initialised on
+    ``device`` (CUDA when available, else CPU): the 3B twin takes about 6.4 GB.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(texts)
+    config = twin_config(model, tokenizer)
+    gen = _generation_config(tokenizer)
+    if save_weights:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(seed)
+        with torch.device(device):
+            net = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
+        net.generation_config = gen
+        net.save_pretrained(out)
+        del net
+    else:
+        config.save_pretrained(out)
+        gen.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "mtlib_twin.json").write_text(json.dumps({"twin_of": model, "weights": save_weights}) + "\n")
+    return out

@@ -1,0 +1,381 @@
+"""SFT and GRPO training with TRL, the original study's hyperparameters, run records and resume.
+
+On a GPU import :mod:`mtlib.modeling` (which imports Unsloth) before this module imports ``trl``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, TrainingError
+from .modeling import TrainedModel, add_lora, backend_of, base_name_of, save_adapter, trainable_summary
+from .rewards import build_rewards
+
+log = logging.getLogger(__name__)
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+USER_PROMPT_HEADER = "<|start_header_id|>user<|end_header_id|>\n\n"
+ASSISTANT_HEADER = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def _default_optim() -> str:
+    return "adamw_8bit" if _cuda() else "adamw_torch"
+
+
+@dataclass
+class SFTParams:
+    """Supervised fine-tuning: the original study's values (Unsloth's Llama 3.2 recipe)."""
+    lr: float = 2e-4
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    warmup_steps: int = 5
+    weight_decay: float = 0.01
+    lr_scheduler_type: str = "linear"
+    optim: str = field(default_factory=_default_optim)  # 8-bit AdamW needs bitsandbytes + CUDA
+    max_steps: int = 200
+    seed: int = 3407
+    logging_steps: int = 1
+    max_seq_length: int = 512
+    packing: bool = False
+    save_steps: int = 50                                # checkpoints (for resume) every N steps
+    save_total_limit: int | None = 2
+
+    def validate(self) -> "SFTParams":
+        _validate_common(self)
+        return self
+
+
+@dataclass
+class GRPOParams:
+    """GRPO/DAPO: the original study's values. Each optimisation step sees one prompt x num_generations."""
+    loss_type: str = "bnpo"
+    beta: float = 0.0                   # no KL term: no reference model in memory
+    epsilon: float = 0.2
+    epsilon_high: float = 0.28          # DAPO's clip-higher
+    num_generations: int = 4
+    max_completion_length: int = 76
+    temperature: float = 0.9
+    top_k: int = 50
+    top_p: float = 0.95
+    repetition_penalty: float = 1.2
+    lr: float = 5e-6
+    max_steps: int = 500
+    # TRL 1.14: generation_batch_size = per_device_train_batch_size x gradient_accumulation_steps (one GPU)
+    # must be a multiple of num_generations; 2 x 2 = 4 = one prompt's group per step, as in the original.
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 2
+    rewards: list = field(default_factory=lambda: ["bleu", "length"])   # BLEU + length penalty, as the original
+    reward_weights: list = field(default_factory=lambda: [1.0, 1.0])
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    lr_scheduler_type: str = "linear"
+    optim: str = field(default_factory=_default_optim)
+    seed: int = 3407
+    logging_steps: int = 1
+    save_steps: int = 50
+    save_total_limit: int | None = 2
+    max_seq_length: int = 512
+
+    def validate(self) -> "GRPOParams":
+        _validate_common(self)
+        if self.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"GRPOParams.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        _positive(self, "num_generations", minimum=2)
+        _positive(self, "max_completion_length")
+        for name in ("beta", "epsilon"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"GRPOParams.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ConfigError(f"GRPOParams.epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon})")
+        if not self.temperature > 0:
+            raise ConfigError(f"GRPOParams.temperature must be > 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"GRPOParams.top_p must be in (0, 1], got {self.top_p!r}")
+        gen_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if gen_batch % self.num_generations:
+            raise ConfigError(
+                f"GRPOParams: per_device_train_batch_size x gradient_accumulation_steps ({gen_batch}) must be a "
+                f"multiple of num_generations ({self.num_generations})")
+        if not self.rewards:
+            raise ConfigError("GRPOParams.rewards must name at least one reward")
+        if len(self.reward_weights) != len(self.rewards):
+            raise ConfigError(f"GRPOParams.reward_weights has {len(self.reward_weights)} values for "
+                              f"{len(self.rewards)} rewards {self.rewards}")
+        return self
+
+
+def _positive(params, name, minimum=1):
+    v = getattr(params, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ConfigError(f"{type(params).__name__}.{name} must be an integer >= {minimum}, got {v!r}")
+
+
+def _validate_common(p):
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps",
+                 "save_steps", "max_seq_length"):
+        _positive(p, name)
+    _positive(p, "warmup_steps", minimum=0)
+    if not isinstance(p.lr, (int, float)) or isinstance(p.lr, bool) or not (0 < p.lr < 1) or not math.isfinite(p.lr):
+        raise ConfigError(f"{type(p).__name__}.lr must be a number in (0, 1), got {p.lr!r}")
+    if p.weight_decay < 0:
+        raise ConfigError(f"{type(p).__name__}.weight_decay must be >= 0, got {p.weight_decay!r}")
+    if p.lr_scheduler_type not in SCHEDULERS:
+        raise ConfigError(f"{type(p).__name__}.lr_scheduler_type must be one of {SCHEDULERS}, "
+                          f"got {p.lr_scheduler_type!r}")
+    if p.optim in ("adamw_8bit", "paged_adamw_8bit") and not _cuda():
+        raise ConfigError(f"{type(p).__name__}.optim={p.optim!r} needs CUDA (bitsandbytes); use 'adamw_torch'")
+
+
+def params_from_dict(cls, values: dict | None):
+    """``cls(**values)`` with a ConfigError naming any unknown field, then validated."""
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
+    return cls(**values).validate()
+
+
+def _precision() -> dict:
+    import torch
+    if not torch.cuda.is_available():
+        return {"bf16": False, "fp16": False}
+    bf16 = torch.cuda.is_bf16_supported()
+    return {"bf16": bf16, "fp16": not bf16}
+
+
+def _common_args(p, output_dir) -> dict:
+    return dict(output_dir=str(output_dir), learning_rate=p.lr, per_device_train_batch_size=p.per_device_train_batch_size,
+                gradient_accumulation_steps=p.gradient_accumulation_steps, warmup_steps=p.warmup_steps,
+                weight_decay=p.weight_decay, lr_scheduler_type=p.lr_scheduler_type, optim=p.optim,
+                max_steps=p.max_steps, seed=p.seed, logging_steps=p.logging_steps, save_strategy="steps",
+                save_steps=p.save_steps, save_total_limit=p.save_total_limit, report_to="none",
+                gradient_checkpointing=False,  # add_lora() already set it up (Unsloth's or PEFT's)
+                logging_nan_inf_filter=False,  # log NaN losses as they are, for the NaN guard
+                dataloader_pin_memory=_cuda(),
+                **_precision())
+
+
+def _ensure_lora(model):
+    if hasattr(model, "peft_config"):
+        return model
+    log.info("model has no LoRA adapters: adding them with add_lora() defaults")
+    return add_lora(model)
+
+
+def _split_columns(split, src_lang, tgt_lang):
+    cols = split.column_names
+    if src_lang not in cols or tgt_lang not in cols:
+        from .errors import DataError
+        raise DataError(f"training split needs columns {src_lang!r} and {tgt_lang!r}, has {cols}")
+
+
+def sft_dataset(split, src_lang="en", tgt_lang="de"):
+    """Conversational prompt/completion rows: TRL computes the loss on the completion (the translation) only."""
+    from .prompts import inference_messages
+    if "prompt" in split.column_names and "completion" in split.column_names:
+        return split
+    if "messages" in split.column_names:
+        return split.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]},
+                         remove_columns=split.column_names, desc="SFT prompt/completion")
+    _split_columns(split, src_lang, tgt_lang)
+    return split.map(lambda r: {"prompt": inference_messages(r[src_lang], tgt_lang, src_lang),
+                                "completion": [{"role": "assistant", "content": r[tgt_lang]}]},
+                     remove_columns=split.column_names, desc="SFT prompt/completion")
+
+
+def _sft_text_dataset(split, tokenizer, src_lang, tgt_lang):
+    """Unsloth path: whole conversations as text (BOS left to the tokenizer); masked by train_on_responses_only."""
+    from .prompts import to_sft_dataset
+    if "messages" not in split.column_names:
+        _split_columns(split, src_lang, tgt_lang)
+        split = to_sft_dataset(split, src_lang, tgt_lang)
+    bos = tokenizer.bos_token or ""
+
+    def fmt(r):
+        text = tokenizer.apply_chat_template(r["messages"], tokenize=False)
+        return {"text": text[len(bos):] if bos and text.startswith(bos) else text}
+    return split.map(fmt, remove_columns=split.column_names, desc="SFT text")
+
+
+class NaNGuard:
+    """Trainer callback: stop with TrainingError as soon as a logged loss is NaN or infinite."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Guard(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                for key in ("loss", "grad_norm"):
+                    value = (logs or {}).get(key)
+                    if value is not None and not math.isfinite(float(value)):
+                        raise TrainingError(f"non-finite {key} at step {state.global_step} ({value}): lower the "
+                                            f"learning rate or check the data")
+        return _Guard()
+
+
+def build_sft_trainer(model, tokenizer, train_split, params: SFTParams | None = None, output_dir="sft-out",
+                      eval_split=None, src_lang: str = "en", tgt_lang: str = "de", callbacks=None):
+    """A TRL SFTTrainer whose loss covers only the assistant's translation (and its end-of-turn token)."""
+    params = (params or SFTParams()).validate()
+    backend = backend_of(model)
+    model = _ensure_lora(model)
+    from trl import SFTConfig, SFTTrainer
+    args = SFTConfig(**_common_args(params, output_dir), max_length=params.max_seq_length,
+                     packing=params.packing)
+    if backend == "unsloth":
+        from unsloth.chat_templates import train_on_responses_only
+        args.dataset_text_field = "text"
+        train = _sft_text_dataset(train_split, tokenizer, src_lang, tgt_lang)
+        evals = _sft_text_dataset(eval_split, tokenizer, src_lang, tgt_lang) if eval_split is not None else None
+        trainer = SFTTrainer(model=model, processing_class=tokenizer, args=args, train_dataset=train,
+                             eval_dataset=evals, callbacks=callbacks)
+        trainer = train_on_responses_only(trainer, instruction_part=USER_PROMPT_HEADER,
+                                          response_part=ASSISTANT_HEADER)
+    else:
+        args.completion_only_loss = True
+        train = sft_dataset(train_split, src_lang, tgt_lang)
+        evals = sft_dataset(eval_split, src_lang, tgt_lang) if eval_split is not None else None
+        trainer = SFTTrainer(model=model, processing_class=tokenizer, args=args, train_dataset=train,
+                             eval_dataset=evals, callbacks=callbacks)
+    return trainer
+
+
+def grpo_dataset(split, src_lang="en", tgt_lang="de"):
+    """``prompt`` (chat messages) + ``reference`` rows for GRPOTrainer."""
+    from .prompts import to_grpo_dataset
+    if "prompt" in split.column_names and "reference" in split.column_names:
+        return split
+    _split_columns(split, src_lang, tgt_lang)
+    return to_grpo_dataset(split, src_lang, tgt_lang)
+
+
+def build_grpo_trainer(model, tokenizer, train_split, params: GRPOParams | None = None, output_dir="grpo-out",
+                       rewards=None, src_lang: str = "en", tgt_lang: str = "de", callbacks=None):
+    """A TRL GRPOTrainer with the rewards named in ``params.rewards`` (or ``rewards``: names or functions).
+
+    ``model`` may be a fresh LoRA model or one continued from an SFT adapter
+    (``load_trained(sft_run, trainable=True).model``).
+    """
+    params = (params or GRPOParams()).validate()
+    if rewards is not None:
+        params = dataclasses.replace(params, rewards=list(rewards),
+                                     reward_weights=params.reward_weights if len(params.reward_weights) == len(rewards)
+                                     else [1.0] * len(rewards))
+    model = _ensure_lora(model)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("the model has no trainable parameters: load the SFT adapter with "
+                          "load_trained(..., trainable=True)")
+    from trl import GRPOConfig, GRPOTrainer
+    args = GRPOConfig(**_common_args(params, output_dir), loss_type=params.loss_type, beta=params.beta,
+                      epsilon=params.epsilon, epsilon_high=params.epsilon_high,
+                      num_generations=params.num_generations, max_completion_length=params.max_completion_length,
+                      temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                      repetition_penalty=params.repetition_penalty, reward_weights=list(params.reward_weights))
+    funcs = build_rewards(params.rewards, tokenizer)
+    tokenizer.padding_side = "left"
+    return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=grpo_dataset(train_split, src_lang,
+                                                                                              tgt_lang),
+                       processing_class=tokenizer, callbacks=callbacks)
+
+
+# -- runs -----------------------------------------------------------------------------------------------
+
+def _find_resumable(runs_root, stage) -> Path | None:
+    from .results import read_json
+    root = Path(runs_root)
+    if not root.is_dir():
+        return None
+    for path in sorted((p for p in root.iterdir() if p.is_dir() and f"-{stage}-" in p.name), reverse=True):
+        status = (read_json(path / "status.json") or {}).get("status")
+        if status != "finished" and list((path / "checkpoints").glob("checkpoint-*")):
+            return path
+    return None
+
+
+def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config, callbacks):
+    from transformers.trainer_utils import get_last_checkpoint
+    from .results import Run
+
+    base_name = base_name_of(model)
+    if resume:
+        run_dir = Path(resume) if not isinstance(resume, bool) else _find_resumable(runs_root, stage)
+        if run_dir is None or not get_last_checkpoint(str(run_dir / "checkpoints")):
+            raise TrainingError(f"resume: no {stage} run with a checkpoint under {runs_root}"
+                                if isinstance(resume, bool) else f"resume: no checkpoint in {run_dir}/checkpoints")
+        run = Run.open(run_dir)
+        run._status("running", resumed=True)
+    else:
+        run = Run.create(stage, {"model": base_name, "backend": backend_of(model), "params": asdict(params),
+                                 **(config or {})}, root=runs_root, name=name)
+    output_dir = run.path / "checkpoints"
+    trainer = None
+    try:
+        trainer = build(output_dir, [NaNGuard(), *(callbacks or [])])
+        run.write_json("trainable.json", trainable_summary(trainer.model))
+        checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
+        with run.timer("train"):
+            result = trainer.train(resume_from_checkpoint=checkpoint)
+        run.write_json("log_history.json", trainer.state.log_history)
+        adapter_dir = save_adapter(trainer.model, tokenizer, run.path / "adapter", stage=stage, base_name=base_name)
+        run.write_json("train_result.json", {"global_step": trainer.state.global_step,
+                                             "training_loss": result.training_loss, **(result.metrics or {})})
+        run.finish()
+    except BaseException as exc:  # KeyboardInterrupt too: the run stays on disk, marked failed, resumable
+        if trainer is not None:
+            run.write_json("log_history.json", trainer.state.log_history)
+        run.fail(exc)
+        raise
+    trained = TrainedModel(trainer.model, tokenizer, stage=stage, run_dir=run.path, adapter_dir=adapter_dir,
+                           base_name=base_name)
+    trained.extra["trainer"] = trainer
+    return trained
+
+
+def run_sft(model, tokenizer, train_split, params: SFTParams | None = None, runs_root="runs", name: str = "sft",
+            eval_split=None, resume=False, src_lang: str = "en", tgt_lang: str = "de", config: dict | None = None,
+            callbacks=None) -> TrainedModel:
+    """Train with SFT in a new run folder (or ``resume=True``: continue the last interrupted SFT run).
+
+    Writes config, log_history.json (loss per step), timings, the adapter (``<run>/adapter``) and status.
+    """
+    params = (params or SFTParams()).validate()
+    if isinstance(model, TrainedModel):
+        model = model.model
+
+    def build(output_dir, cbs):
+        return build_sft_trainer(model, tokenizer, train_split, params, output_dir, eval_split=eval_split,
+                                 src_lang=src_lang, tgt_lang=tgt_lang, callbacks=cbs)
+    return _run("sft", build, model, tokenizer, params, runs_root, name, resume,
+                {"n_train": len(train_split), "src_lang": src_lang, "tgt_lang": tgt_lang, **(config or {})},
+                callbacks)
+
+
+def run_grpo(model, tokenizer, train_split, params: GRPOParams | None = None, runs_root="runs", name: str = "grpo",
+             rewards=None, resume=False, src_lang: str = "en", tgt_lang: str = "de", config: dict | None = None,
+             callbacks=None) -> TrainedModel:
+    """Train with GRPO in a new run folder; ``model`` may be a TrainedModel from SFT (its adapter is continued)."""
+    params = (params or GRPOParams()).validate()
+    extra = {}
+    if isinstance(model, TrainedModel):
+        extra = {"from_stage": model.stage, "from_run": model.run_dir, "from_adapter": model.adapter_dir}
+        model = model.model
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.requires_grad_(True)
+
+    def build(output_dir, cbs):
+        return build_grpo_trainer(model, tokenizer, train_split, params, output_dir, rewards=rewards,
+                                  src_lang=src_lang, tgt_lang=tgt_lang, callbacks=cbs)
+    return _run("grpo", build, model, tokenizer, params, runs_root, name, resume,
+                {"n_train": len(train_split), "src_lang": src_lang, "tgt_lang": tgt_lang, **extra, **(config or {})},
+                callbacks)

@@ -1,0 +1,110 @@
+"""Loading on the plain backend, LoRA, adapters on disk, the HF token."""
+import json
+
+import pytest
+import torch
+from model_fixtures import tiny, tiny_dir  # noqa: F401
+
+from mtlib import modeling
+from mtlib.errors import ConfigError
+from mtlib.modeling import (LORA_TARGETS, TrainedModel, add_lora, load_model, load_trained, save_adapter,
+                            trainable_summary)
+
+
+def test_load_model_cpu_plain_backend(tiny):  # noqa: F811
+    model, tok = tiny
+    assert modeling.backend_of(model) == "hf"
+    assert next(model.parameters()).dtype == torch.float32  # 4-bit asked, but no CUDA: full precision
+    assert tok.padding_side == "left"
+    assert tok.pad_token == "<|finetune_right_pad_id|>" and tok.pad_token_id != tok.eos_token_id
+
+
+def test_missing_pad_token_gets_llama_pad(tiny_dir):  # noqa: F811
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    tok.pad_token = None
+    assert tok.pad_token is None
+    assert modeling.prepare_tokenizer(tok).pad_token == "<|finetune_right_pad_id|>"
+
+
+def test_backend_choice():
+    assert modeling.resolve_backend("auto") == "hf"  # no CUDA here
+    with pytest.raises(ConfigError, match="unsloth"):
+        modeling.resolve_backend("unsloth")
+    with pytest.raises(ConfigError, match="backend"):
+        modeling.resolve_backend("vllm")
+
+
+def test_add_lora_wraps_all_projections(tiny):  # noqa: F811
+    model, _ = tiny
+    total_before = sum(p.numel() for p in model.parameters())
+    peft_model = add_lora(model, r=4, alpha=8, gradient_checkpointing=False)
+    summary = trainable_summary(peft_model)
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    wrapped = {n.split(".")[-2] for n, _ in peft_model.named_modules() if n.endswith("lora_A")}
+    assert wrapped == set(LORA_TARGETS)
+    # r=4 on 7 projections x 2 layers: (in + out) * r parameters each
+    cfg = model.config
+    kv = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    per_layer = 4 * ((h + h) * 2 + (h + kv) * 2 + (h + i) * 2 + (i + h))
+    assert summary["trainable"] == per_layer * cfg.num_hidden_layers
+    assert summary["total"] == total_before + summary["trainable"]
+    assert 0 < summary["share"] < 1
+
+
+def test_lora_validation(tiny):  # noqa: F811
+    with pytest.raises(ConfigError, match="rank"):
+        add_lora(tiny[0], r=0)
+
+
+def test_adapter_round_trip(tmp_path, tiny, tiny_dir):  # noqa: F811
+    model, tok = tiny
+    peft_model = add_lora(model, r=4, gradient_checkpointing=False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # make the adapter change the output
+    ids = tok(["A dog runs."], return_tensors="pt").input_ids
+    peft_model.eval()
+    want = peft_model(ids).logits
+    save_adapter(peft_model, tok, tmp_path / "run" / "adapter", stage="sft")
+    cfg = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(tiny_dir)
+
+    loaded = load_trained(tmp_path / "run", backend="hf")
+    assert isinstance(loaded, TrainedModel)
+    assert (loaded.stage, loaded.run_dir, loaded.base_name) == ("sft", tmp_path / "run", str(tiny_dir))
+    got = loaded.model(ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not any(p.requires_grad for n, p in loaded.model.named_parameters() if "lora_" in n)
+    with loaded.model.disable_adapter():
+        assert not torch.allclose(loaded.model(ids).logits, want, atol=1e-3)
+    again = load_trained(tmp_path / "run" / "adapter", backend="hf", trainable=True)
+    lora = [p for n, p in again.model.named_parameters() if "lora_" in n]
+    assert lora and all(p.requires_grad for p in lora)
+    assert trainable_summary(again.model)["trainable"] == sum(p.numel() for p in lora)
+
+
+def test_load_trained_without_adapter_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="adapter_config.json"):
+        load_trained(tmp_path)
+
+
+def test_trained_model_stage_is_checked(tiny):  # noqa: F811
+    with pytest.raises(ConfigError, match="stage"):
+        TrainedModel(*tiny, stage="dpo")
+    m, t = TrainedModel(*tiny)
+    assert m is tiny[0] and t is tiny[1]
+
+
+def test_hf_token_from_environment(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    assert modeling.hf_token() is None  # not on Colab either
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hub-secret")
+    assert modeling.hf_token() == "hub-secret"
+    monkeypatch.setenv("HF_TOKEN", "fake-secret")
+    assert modeling.hf_token() == "fake-secret"

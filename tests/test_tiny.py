@@ -1,0 +1,80 @@
+"""Tiny offline models: deterministic, Llama-3 chat format, loadable; shape twins have the real config."""
+import hashlib
+
+import pytest
+from model_fixtures import pairs, tiny_dir  # noqa: F401
+
+from mtlib.errors import ConfigError
+from mtlib.prompts import inference_messages, sft_messages
+from mtlib.tiny import KNOWN_CONFIGS, build_shape_twin, build_tiny_model
+
+
+def _digest(path):
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_same_seed_same_files(tmp_path, tiny_dir, pairs):  # noqa: F811
+    again = build_tiny_model(tmp_path / "again", seed=0)
+    assert _digest(again) == _digest(tiny_dir)
+    assert (again / "tokenizer.json").read_bytes() == (tiny_dir / "tokenizer.json").read_bytes()
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    assert _digest(other) != _digest(tiny_dir)
+
+
+def test_loads_with_auto_classes_and_llama3_chat_format(tiny_dir):  # noqa: F811
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert model.config.model_type == "llama" and model.config.hidden_size == 64
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(tok) <= 2000
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == \
+        ("<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>")
+    text = tok.apply_chat_template(sft_messages("A dog runs.", "Ein Hund rennt."), tokenize=False)
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are")
+    assert text.endswith("<|start_header_id|>user<|end_header_id|>\n\nA dog runs.<|eot_id|>"
+                         "<|start_header_id|>assistant<|end_header_id|>\n\nEin Hund rennt.<|eot_id|>")
+    prompt = tok.apply_chat_template(inference_messages("A dog runs."), tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("A dog runs.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    assert eot in model.generation_config.eos_token_id
+    # byte-level BPE: German text round-trips exactly
+    s = "Zwei Männer stehen am Straßenrand."
+    assert tok.decode(tok(s, add_special_tokens=False).input_ids) == s
+
+
+def test_shape_twin_config_matches_llama_3_2_3b(tmp_path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    out = build_shape_twin(tmp_path / "twin", save_weights=False)
+    cfg = AutoConfig.from_pretrained(out)
+    want = KNOWN_CONFIGS["meta-llama/Llama-3.2-3B-Instruct"]
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
+            cfg.intermediate_size, cfg.vocab_size, cfg.max_position_embeddings) == \
+        (3072, 28, 24, 8, 8192, 128256, 131072)
+    assert cfg.tie_word_embeddings and want["rope_scaling"]["rope_type"] == "llama3"
+    assert cfg.rope_parameters["rope_type"] == "llama3" and cfg.rope_parameters["rope_theta"] == 500000.0
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert 3.2e9 < n < 3.22e9  # Llama-3.2-3B: 3.21B parameters (tied embeddings)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert len(tok) < cfg.vocab_size and cfg.eos_token_id == tok.eos_token_id
+
+
+def test_small_twin_with_weights_loads(tmp_path, monkeypatch):
+    """A full build on CPU, shrunk via the config table so the test stays small."""
+    import torch
+    from mtlib import tiny
+    from transformers import AutoModelForCausalLM
+    small = dict(KNOWN_CONFIGS["meta-llama/Llama-3.2-1B-Instruct"], hidden_size=64, intermediate_size=64,
+                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=32, vocab_size=4096)
+    monkeypatch.setitem(tiny.KNOWN_CONFIGS, "test/small", small)
+    out = build_shape_twin(tmp_path / "small", model="test/small", texts=["ein Hund", "a dog"] * 50)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.vocab_size == 4096
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_unknown_twin_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="Llama-3.2-3B-Instruct"):
+        build_shape_twin(tmp_path, model="meta-llama/Nope", save_weights=False)
