@@ -46,11 +46,19 @@ class SFTParams:
     logging_steps: int = 1
     max_seq_length: int = 512
     packing: bool = False
+    padding_free: bool | None = None                    # None: the backend decides (Unsloth: padding-free)
+    train_sampling_strategy: str = "random"             # "group_by_length": batches of similar lengths
+    pad_to_multiple_of: int | None = None               # fewer distinct shapes for compiled blocks
     save_steps: int = 50                                # checkpoints (for resume) every N steps
     save_total_limit: int | None = 2
 
     def validate(self) -> "SFTParams":
         _validate_common(self)
+        if self.train_sampling_strategy not in ("random", "sequential", "group_by_length"):
+            raise ConfigError("SFTParams.train_sampling_strategy must be 'random', 'sequential' or "
+                              f"'group_by_length', got {self.train_sampling_strategy!r}")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ConfigError(f"SFTParams.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of!r}")
         return self
 
 
@@ -231,7 +239,9 @@ def build_sft_trainer(model, tokenizer, train_split, params: SFTParams | None = 
     model = _ensure_lora(model)
     from trl import SFTConfig, SFTTrainer
     args = SFTConfig(**_common_args(params, output_dir), max_length=params.max_seq_length,
-                     packing=params.packing)
+                     packing=params.packing, pad_to_multiple_of=params.pad_to_multiple_of,
+                     train_sampling_strategy=params.train_sampling_strategy,
+                     **({} if params.padding_free is None else {"padding_free": params.padding_free}))
     if backend == "unsloth":
         from unsloth.chat_templates import train_on_responses_only
         args.dataset_text_field = "text"
@@ -368,6 +378,7 @@ def run_grpo(model, tokenizer, train_split, params: GRPOParams | None = None, ru
     extra = {}
     if isinstance(model, TrainedModel):
         extra = {"from_stage": model.stage, "from_run": model.run_dir, "from_adapter": model.adapter_dir}
+        tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         model = model.model
         for n, p in model.named_parameters():
             if "lora_" in n:

@@ -1,0 +1,272 @@
+"""Side-by-side GPU benchmark: the original study's recipe ("seed") against the fast profile ("fast").
+
+Builds the Llama-3.2-3B-Instruct shape twin (random weights, the small tokenizer), loads it in 4-bit with
+LoRA r16 on the seven projections and measures, through the same mtlib functions the chapters call:
+SFT throughput (non-padding tokens/s), translating the 1,000 test-2016 sentences (64 new tokens each)
+and GRPO completions/s. Writes one table (markdown, CSV, JSON) under --out.
+
+    python scripts/gpu_benchmark.py --data DATA_DIR --out OUT_DIR            (CUDA host, offline)
+    python scripts/gpu_benchmark.py --data DATA_DIR --out OUT_DIR --tiny     (CPU check, tiny model)
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RECIPES = {
+    # The original notebook: batch 4 x accumulation 4 with Unsloth's offloaded gradient checkpointing,
+    # translation in batches of 8, GRPO with one prompt's group of 4 completions a step.
+    "seed": dict(gradient_checkpointing=True, sft=dict(per_device_train_batch_size=4, gradient_accumulation_steps=4),
+                 translate=dict(batch_size=8, fast_decode=False),
+                 grpo=dict(per_device_train_batch_size=2, gradient_accumulation_steps=2)),
+    # The fast profile: large padded batches without checkpointing (80 GB hold the activations),
+    # translation in one or two batches with CUDA-graph decoding, GRPO with 32 prompts x 4 completions.
+    "fast": dict(gradient_checkpointing=False,
+                 sft=dict(per_device_train_batch_size=256, gradient_accumulation_steps=1, padding_free=False,
+                          train_sampling_strategy="group_by_length", pad_to_multiple_of=16),
+                 translate=dict(batch_size=512, fast_decode=True),
+                 grpo=dict(per_device_train_batch_size=32, gradient_accumulation_steps=4)),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="Multi30k raw folder")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tiny", action="store_true", help="CPU check with the tiny model and small sizes")
+    ap.add_argument("--recipes", default="seed,fast")
+    ap.add_argument("--parts", default="translate,sft,grpo,pipeline")
+    ap.add_argument("--seed-translate-sentences", type=int, default=32,
+                    help="the seed recipe translates this many sentences; its time is scaled to 1,000")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from mtlib import modeling  # noqa: F401  (imports Unsloth first where it is used)
+    import torch
+
+    from mtlib import data, tiny
+    from mtlib.generate import translate
+    from mtlib.modeling import add_lora, load_model
+    from mtlib.train import GRPOParams, SFTParams, build_grpo_trainer, build_sft_trainer
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    dsd = data.load_pairs(args.data)
+    test_src = list(dsd["test"]["en"])
+    train = dsd["train"]
+    if args.tiny:
+        test_src = test_src[:24]
+    rows, samples = [], {}
+    t_start = time.time()
+
+    def record(**row):
+        row["elapsed_s"] = round(time.time() - t_start, 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        (out / "benchmark.json").write_text(json.dumps({"rows": rows, "env": env}, indent=1))
+
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "card": torch.cuda.get_device_name(0) if cuda else "cpu"}
+    for name in ("transformers", "trl", "peft", "unsloth", "bitsandbytes", "datasets"):
+        try:
+            env[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001
+            pass
+
+    twin_dir = out / "twin"
+    t = time.time()
+    if args.tiny:
+        tiny.build_tiny_model(twin_dir, texts=list(train["en"][:2000]) + list(train["de"][:2000]))
+    else:
+        tiny.build_shape_twin(twin_dir, texts=list(train["en"][:4000]) + list(train["de"][:4000]))
+    record(stage="setup", recipe="-", what="build twin", seconds=round(time.time() - t, 1))
+
+    def peak_gb():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+
+    def reset_peak():
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.stamps, self.tokens = [], []
+
+        def on_step_end(self, a, state, c, **kw):
+            sync()
+            self.stamps.append(time.time())
+            self.tokens.append(state.num_input_tokens_seen)
+
+    n_new = 8 if args.tiny else 64
+    for recipe in args.recipes.split(","):
+        spec = RECIPES[recipe]
+        reset_peak()
+        t = time.time()
+        model, tok = load_model(str(twin_dir), max_seq_length=512, load_in_4bit=True,
+                                backend="hf" if args.tiny else "auto")
+        model = add_lora(model, r=16, alpha=16, gradient_checkpointing=spec["gradient_checkpointing"])
+        record(stage="setup", recipe=recipe, what="load 4-bit + LoRA", seconds=round(time.time() - t, 1),
+               peak_gb=peak_gb())
+
+        def bench_translate():
+            tr = spec["translate"]
+            n = min(args.seed_translate_sentences, len(test_src)) if recipe == "seed" else len(test_src)
+            srcs = test_src[:n]
+            translate(model, tok, srcs[: tr["batch_size"]][:8], batch_size=8, max_new_tokens=4,
+                      progress=False, fast_decode=tr["fast_decode"])  # warm-up: kernels, graphs
+            reset_peak()
+            sync()
+            t = time.time()
+            hyps, stats = translate(model, tok, srcs, batch_size=tr["batch_size"], max_new_tokens=n_new,
+                                    min_new_tokens=n_new, return_stats=True, fast_decode=tr["fast_decode"])
+            sync()
+            sec = time.time() - t
+            samples[recipe] = hyps[:64]
+            scale = len(test_src) / n
+            record(stage="translate", recipe=recipe, sentences=n, batch=str(stats.batch_size_used),
+                   seconds=round(sec, 2), seconds_1000=round(sec * scale * 1000 / len(test_src), 1),
+                   throughput=round(n / sec, 1), unit="sentences/s", peak_gb=peak_gb(),
+                   note="timed on %d sentences, scaled" % n if scale > 1 else "")
+
+        def bench_sft():
+            s = dict(spec["sft"])
+            per_step = s["per_device_train_batch_size"] * s["gradient_accumulation_steps"]
+            steps = 3 if args.tiny else (8 if per_step <= 64 else 6)
+            params = SFTParams(max_steps=steps, save_steps=10_000, **s)
+            clock = Clock()
+            trainer = build_sft_trainer(model, tok, train.select(range(per_step * steps)), params,
+                                        output_dir=out / f"sft-{recipe}", callbacks=[clock])
+            trainer.args.include_num_input_tokens_seen = "non_padding"
+            reset_peak()
+            trainer.train()
+            k = 2 if len(clock.stamps) > 3 else 0  # skip warm-up steps (compilation)
+            sec = clock.stamps[-1] - clock.stamps[k]
+            tokens = clock.tokens[-1] - clock.tokens[k]
+            record(stage="sft", recipe=recipe, batch=f'{s["per_device_train_batch_size"]}x{s["gradient_accumulation_steps"]}',
+                   steps_timed=len(clock.stamps) - 1 - k, seconds=round(sec, 2),
+                   seconds_per_step=round(sec / max(1, len(clock.stamps) - 1 - k), 3),
+                   throughput=round(tokens / sec), unit="non-padding tokens/s", peak_gb=peak_gb())
+
+        def bench_grpo():
+            g = spec["grpo"]
+            steps = 3 if args.tiny else 4
+            params = GRPOParams(max_steps=steps, save_steps=10_000,
+                                max_completion_length=8 if args.tiny else 76, **g)
+            clock = Clock()
+            trainer = build_grpo_trainer(model, tok, train.select(range(2000)), params,
+                                         output_dir=out / f"grpo-{recipe}", callbacks=[clock])
+            gen_seconds = time_generate(trainer.model)
+            reset_peak()
+            trainer.train()
+            per_step_completions = g["per_device_train_batch_size"] * g["gradient_accumulation_steps"]
+            k = 1 if len(clock.stamps) > 2 else 0
+            sec = clock.stamps[-1] - clock.stamps[k]
+            n_steps = len(clock.stamps) - 1 - k
+            record(stage="grpo", recipe=recipe, batch=f'{g["per_device_train_batch_size"]}x{g["gradient_accumulation_steps"]}',
+                   steps_timed=n_steps, seconds=round(sec, 2), seconds_per_step=round(sec / max(1, n_steps), 2),
+                   throughput=round(per_step_completions * n_steps / sec, 2), unit="completions/s",
+                   peak_gb=peak_gb(), generate_share=round(sum(gen_seconds[-n_steps:]) / sec, 2) if gen_seconds else None)
+        for part, fn in (("translate", bench_translate), ("sft", bench_sft), ("grpo", bench_grpo)):
+            if part in args.parts:
+                try:
+                    fn()
+                except Exception as exc:  # noqa: BLE001  (record it, keep measuring the rest)
+                    import traceback
+                    traceback.print_exc()
+                    record(stage=part, recipe=recipe, error=repr(exc)[:500])
+                gc.collect()
+        model = tok = None  # free the GPU before the next recipe
+        reset_peak()
+
+    if "pipeline" in args.parts:
+        try:
+            pipeline(twin_dir, train, dsd["test"], out, record, args.tiny)
+        except Exception as exc:  # noqa: BLE001
+            import traceback
+            traceback.print_exc()
+            record(stage="pipeline", recipe="-", error=repr(exc)[:500])
+
+    if len(samples) == 2:
+        a, b = samples["seed"], samples["fast"]
+        same = sum(x == y for x, y in zip(a, b))
+        record(stage="translate", recipe="fast vs seed", what="identical greedy outputs",
+               throughput=f"{same}/{len(a)}")
+        (out / "translations_sample.json").write_text(json.dumps({"seed": a, "fast": b}, ensure_ascii=False, indent=1))
+    write_table(rows, env, out)
+
+
+def time_generate(model):
+    """Wall seconds of each generate() call the trainer makes (GRPO's generation share of a step)."""
+    import torch
+    seconds = []
+    inner = model.generate
+
+    def timed(*a, **k):
+        t = time.time()
+        result = inner(*a, **k)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds.append(time.time() - t)
+        return result
+    model.generate = timed
+    return seconds
+
+
+def pipeline(twin_dir, train, test, out, record, tiny):
+    """What the chapters do, on the GPU: run_sft -> run_grpo from its adapter -> evaluate the GRPO model."""
+    from mtlib.generate import evaluate
+    from mtlib.modeling import add_lora, load_model, load_trained
+    from mtlib.train import GRPOParams, SFTParams, run_grpo, run_sft
+    t = time.time()
+    runs = out / "runs"
+    model, tok = load_model(str(twin_dir), max_seq_length=512, backend="hf" if tiny else "auto")
+    model = add_lora(model)
+    sft = run_sft(model, tok, train.select(range(64)), SFTParams(max_steps=3, save_steps=10_000), runs_root=runs)
+    grpo = run_grpo(sft, None, train.select(range(64)),
+                    GRPOParams(max_steps=2, save_steps=10_000, max_completion_length=16), runs_root=runs)
+    ev = evaluate(grpo, test.select(range(32)), runs_root=runs, batch_size=32, max_new_tokens=16)
+    reloaded = load_trained(grpo.run_dir)
+    record(stage="pipeline", recipe="-", what="run_sft -> run_grpo -> evaluate -> load_trained",
+           seconds=round(time.time() - t, 1), evaluated_stage=ev.stage, bleu=round(ev.metrics["bleu"], 2),
+           reloaded_stage=reloaded.stage, sft_steps=sft.model is not None)
+
+
+def write_table(rows, env, out):
+    """One table: throughput, wall time, peak memory and the fast/seed ratio per stage."""
+    import pandas as pd
+    df = pd.DataFrame([r for r in rows if r["stage"] in ("sft", "translate", "grpo") and r["recipe"] in RECIPES])
+    if df.empty:
+        return
+    df.to_csv(out / "benchmark.csv", index=False)
+    lines = [f"card: {env.get('card')}; torch {env.get('torch')}, transformers {env.get('transformers')}, "
+             f"trl {env.get('trl')}, unsloth {env.get('unsloth', '-')}", "",
+             "| stage | recipe | batch | throughput | unit | wall time (s) | peak GPU memory (GB) | fast/seed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for stage, group in df.groupby("stage", sort=False):
+        base = group[group.recipe == "seed"].throughput
+        for _, r in group.iterrows():
+            ratio = (f"{r.throughput / base.iloc[0]:.1f}x" if r.recipe == "fast" and len(base) and base.iloc[0] else "")
+            wall = r.get("seconds_1000") if stage == "translate" else r.get("seconds")
+            lines.append(f"| {stage} | {r.recipe} | {r.batch} | {r.throughput} | "
+                         f"{r.unit} | {wall} | {r.peak_gb} | {ratio} |")
+    (out / "benchmark.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
