@@ -1,0 +1,440 @@
+"""The book: helpers the chapters call, and the runner that executes them and renders the HTML book.
+
+``python -m mtlib.book --profile smoke --out build/smoke`` executes every chapter with papermill
+(parameters from the profile, run records under ``<out>/runs``) into ``<out>/book/executed/``, then
+builds the HTML book with Jupyter Book (execution off) into ``<out>/book/_build/html``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from . import profiles
+from .errors import ConfigError, MtlibError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+REPO_URL = "https://github.com/mt-finetuning-book/mt-finetuning-book"
+COLAB_URL = "https://colab.research.google.com"
+TINY_MODEL = "tiny"
+LOCAL_DATASET = "local"
+
+# Without ipywidgets tqdm.auto falls back to text bars and says so on stderr in every chapter.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+
+# --------------------------------------------------------------------------- helpers for chapters
+
+def colab_link(chapter: str, branch: str = "main") -> str:
+    """The Colab URL that opens ``notebooks/<chapter>.ipynb`` of the book's repository."""
+    owner_repo = REPO_URL.removeprefix("https://github.com/")
+    return f"{COLAB_URL}/github/{owner_repo}/blob/{branch}/notebooks/{chapter}.ipynb"
+
+
+def is_smoke(params: dict) -> bool:
+    """Whether the chapter runs on the tiny random model (its numbers then mean nothing)."""
+    return params.get("model") == TINY_MODEL
+
+
+def chapter_params(chapter: str, namespace: dict) -> dict:
+    """Collect and check a chapter's parameters from its namespace (``globals()``) against the schema."""
+    names = profiles.chapter_names(chapter)
+    missing = [n for n in names if n not in namespace]
+    if missing:
+        raise ConfigError(f"chapter {chapter}: parameters cell lacks {', '.join(missing)}")
+    return profiles.check_parameters({n: namespace[n] for n in names}, chapter, f"chapter {chapter}")
+
+
+_BOX = ('<div class="admonition {kind}" style="border-left:6px solid {color};background:{bg};'
+        'padding:0.6em 1em;margin:0.5em 0"><p class="admonition-title" style="font-weight:bold;margin:0">'
+        '{title}</p><p style="margin:0.3em 0 0">{text}</p></div>')
+
+
+def notice(params: dict):
+    """A warning box when the chapter runs on the tiny random model (smoke profile); None otherwise.
+
+    A chapter without a model (data, metrics) built with the smoke profile gets a note that its numbers
+    are real, so that the reader knows which pages to trust.
+    """
+    from IPython.display import HTML
+    if is_smoke(params):
+        return HTML(_BOX.format(
+            kind="warning", color="#e0a800", bg="#fff8e1",
+            title="Smoke build: the numbers in this chapter mean nothing",
+            text="This chapter ran with the <code>smoke</code> profile: a tiny, randomly initialised model, "
+                 "a few hundred sentence pairs and a handful of training steps, so that the whole book builds "
+                 "on a CPU in minutes. Every score, curve and translation below is noise. Run the "
+                 "<code>seed</code> or <code>fast</code> profile on a GPU, or open the chapter in Colab, for "
+                 "real results."))
+    if params.get("profile") == "smoke" and "model" not in params:
+        return HTML(_BOX.format(
+            kind="note", color="#2f6fb0", bg="#eef4fb", title="Smoke build",
+            text="The book was built with the <code>smoke</code> profile, whose models are tiny and random. "
+                 "This chapter uses no model: its data and metric examples are real."))
+    return None
+
+
+def show_figures(dpi: int = 110) -> None:
+    """Make a bare matplotlib ``Figure`` (as mtlib's plotting functions return) render as PNG in the notebook."""
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("png", dpi=dpi, bbox_inches="tight")
+
+
+def show_params(params: dict):
+    """The parameters a chapter ran with, as a small table (with the schema's explanation of each)."""
+    import pandas as pd
+    rows = [{"parameter": k, "value": repr(v), "meaning": profiles.SCHEMA[k].help} for k, v in params.items()]
+    return pd.DataFrame(rows).set_index("parameter")
+
+
+def header(chapter: str, namespace: dict) -> dict:
+    """Check the parameters, then display the smoke notice (if any) and the parameter table; returns them."""
+    import pandas as pd
+    from IPython.display import display
+    params = chapter_params(chapter, namespace)
+    show_figures()
+    pd.set_option("display.max_colwidth", 200)  # translations and explanations in full, not cut at 50
+    box = notice(params)
+    if box is not None:
+        display(box)
+    display(show_params(params))
+    return params
+
+
+def resolve_dataset(dataset: str) -> str:
+    """``"local"`` means the raw Multi30k files (``mtlib.data.default_raw_dir()``); anything else is kept."""
+    if dataset != LOCAL_DATASET:
+        return dataset
+    from . import data
+    raw = data.default_raw_dir()
+    if raw is None:
+        raise ConfigError('dataset "local" needs the raw Multi30k files: set $MULTI30K_DIR to their folder, '
+                          'or use dataset "bentrevett/multi30k" (the Hub)')
+    return str(raw)
+
+
+def tiny_model_dir(runs_root: str | os.PathLike) -> Path:
+    """Where the smoke build keeps its tiny model: next to the runs folder, shared by the chapters."""
+    return Path(runs_root).resolve().parent / "tiny-model"
+
+
+def resolve_model(model: str, runs_root: str | os.PathLike, texts=None) -> str:
+    """``"tiny"`` builds (once) a tiny random model next to ``runs_root`` from ``texts``; anything else is kept."""
+    if model != TINY_MODEL:
+        return model
+    out = tiny_model_dir(runs_root)
+    if not (out / "config.json").exists():
+        from . import tiny
+        tiny.build_tiny_model(out, texts=texts)
+    return str(out)
+
+
+def latest_run(runs_root: str | os.PathLike, stage: str):
+    """The newest finished *training* run of ``stage`` (one that saved an adapter) under ``runs_root``, or None.
+
+    Returns the run's row of :func:`mtlib.results.load_runs` (``path``, ``run_id``, ``started`` ...).
+    """
+    from . import results
+    runs = results.load_runs(runs_root, include_unscored=True)
+    runs = runs[(runs["stage"] == stage)
+                & runs["path"].map(lambda p: (Path(p) / "adapter" / "adapter_config.json").exists())]
+    if len(runs) == 0:
+        return None
+    return runs.sort_values(["started", "run_id"]).iloc[-1]
+
+
+# Notebook parameter -> mtlib.train dataclass field (the rest keep their name).
+_TRAIN_FIELDS = {"num_steps": "max_steps", "batch_size": "per_device_train_batch_size",
+                 "grad_accum": "gradient_accumulation_steps", "lr_scheduler": "lr_scheduler_type"}
+_SFT_KEYS = ("num_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "lr_scheduler",
+             "logging_steps", "max_seq_length", "seed")
+_GRPO_KEYS = _SFT_KEYS + ("loss_type", "beta", "epsilon", "epsilon_high", "num_generations",
+                          "max_completion_length", "temperature", "rewards", "reward_weights")
+
+
+def _train_params(cls, params: dict, keys):
+    from . import train
+    values = {_TRAIN_FIELDS.get(k, k): (list(params[k]) if isinstance(params[k], (list, tuple)) else params[k])
+              for k in keys if k in params and params[k] is not None}
+    if "rewards" in values and "reward_weights" not in values:
+        values["reward_weights"] = [1.0] * len(values["rewards"])
+    return train.params_from_dict(getattr(train, cls), values)
+
+
+def sft_params(params: dict):
+    """The chapter's parameters as :class:`mtlib.train.SFTParams` (short names mapped to the trainer's)."""
+    return _train_params("SFTParams", params, _SFT_KEYS)
+
+
+def grpo_params(params: dict):
+    """The chapter's parameters as :class:`mtlib.train.GRPOParams`."""
+    return _train_params("GRPOParams", params, _GRPO_KEYS)
+
+
+def params_table(dataclass_obj):
+    """A training-parameter dataclass as a one-column table."""
+    import dataclasses
+    import pandas as pd
+    return pd.DataFrame({"value": {k: repr(v) for k, v in dataclasses.asdict(dataclass_obj).items()}})
+
+
+def log_history(trained) -> list:
+    """The training log (list of dicts per logged step) of a TrainedModel returned by run_sft/run_grpo."""
+    from .results import read_json
+    history = read_json(Path(trained.run_dir) / "log_history.json") if trained.run_dir else None
+    if not history and "trainer" in trained.extra:
+        history = trained.extra["trainer"].state.log_history
+    if not history:
+        raise MtlibError(f"no training log for the {trained.stage} run {trained.run_dir}")
+    return history
+
+
+SCORE_COLUMNS = ["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL"]
+
+
+def test_splits(pairs) -> list[str]:
+    """The test sets a DatasetDict holds: ``test`` first, then the later ones (``test_2017_flickr`` ...)."""
+    return sorted((s for s in pairs if s.startswith("test")), key=lambda s: (s != "test", s))
+
+
+def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
+    """Translate and score every test set of ``pairs`` with ``trained`` (one run record each); {split: Evaluation}."""
+    from . import generate
+    out = {}
+    for split in test_splits(pairs):
+        out[split] = generate.evaluate(
+            trained, pairs[split], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"], name=name,
+            runs_root=params["runs_root"], batch_size=params["eval_batch_size"],
+            max_new_tokens=params["max_new_tokens"], split_name=split, config={"profile": params.get("profile")})
+    return out
+
+
+def scores_frame(systems: dict, columns=SCORE_COLUMNS):
+    """Scores as a table, one row per system and test set: ``systems`` is {system: {split: Evaluation}}."""
+    import pandas as pd
+    rows = [{"system": system, "split": split, **{c: ev.metrics.get(c) for c in columns}}
+            for system, evals in systems.items() for split, ev in evals.items()]
+    return pd.DataFrame(rows).set_index(["system", "split"])
+
+
+def latest_scores(runs_root, stages=("base", "sft", "grpo"), columns=SCORE_COLUMNS):
+    """The newest finished evaluation of each stage and test set under ``runs_root``, as a scores table."""
+    from . import results
+    runs = results.load_runs(runs_root)
+    runs = runs[runs["stage"].isin(stages) & runs["split"].notna()]
+    if len(runs) == 0:
+        return None
+    newest = runs.sort_values(["started", "run_id"]).groupby(["stage", "split"], sort=False).tail(1)
+    newest = newest.assign(system=newest["stage"], order=newest["stage"].map({s: i for i, s in enumerate(stages)}))
+    newest = newest.sort_values(["order", "split"]).set_index(["system", "split"])
+    return newest[list(columns)]
+
+
+def side_by_side(evaluations: dict, n: int = 5):
+    """The first ``n`` test sentences: source, each system's translation ({system: Evaluation}), reference."""
+    import pandas as pd
+    first = next(iter(evaluations.values())).translations
+    table = pd.DataFrame({"source": first["source"].head(n)})
+    for system, ev in evaluations.items():
+        if list(ev.translations["source"].head(n)) != list(table["source"]):
+            raise MtlibError(f"side_by_side: {system} translated different sentences")
+        table[system] = ev.translations["hypothesis"].head(n).values
+    table["reference"] = first["reference"].head(n).values
+    return table
+
+
+# --------------------------------------------------------------------------- the runner
+
+def chapters(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The chapters' .ipynb files, in order (``NN_name.ipynb``)."""
+    return sorted(p for p in Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
+
+
+class ChapterFailed(MtlibError):
+    """A chapter's cell raised while papermill executed it."""
+
+
+def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path) -> Path:
+    """Execute one chapter with papermill; on a failing cell raise ChapterFailed naming chapter and cell."""
+    import papermill as pm
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
+                            cwd=str(cwd), progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as exc:
+        first = next((line for line in (exc.source or "").splitlines() if line.strip()), "").strip()
+        raise ChapterFailed(f"chapter {source.stem} failed in cell {exc.cell_index} "
+                            f"(In [{exc.exec_count}]: {first[:80]}): {exc.ename}: {exc.evalue}\n"
+                            f"the partially executed notebook is kept at {output}") from exc
+    return output
+
+
+_PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|.*$|^\s*$")
+
+
+def strip_progress_bars(notebook: Path) -> int:
+    """Drop tqdm progress-bar lines from a notebook's stderr outputs (noise on a printed page); returns how many
+    outputs were changed. Warnings and other stderr text stay."""
+    import nbformat
+    nb = nbformat.read(notebook, as_version=4)
+    changed = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                lines = re.split(r"[\r\n]", out.get("text", ""))
+                text = "\n".join(line for line in lines if not _PROGRESS_LINE.match(line))
+                if text != out.get("text", ""):
+                    changed += 1
+                if not text.strip():
+                    continue
+                out["text"] = text + "\n"
+            kept.append(out)
+        cell["outputs"] = kept
+    if changed:
+        nbformat.write(nb, notebook)
+    return changed
+
+
+def assemble(out: Path, executed: list[Path]) -> Path:
+    """Lay out the book's sources under ``<out>/book``: config, TOC, hand-written pages, executed chapters."""
+    book = out / "book"
+    book.mkdir(parents=True, exist_ok=True)
+    for notebook in executed:
+        strip_progress_bars(notebook)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO_ROOT / name, book / name)
+    for page in (REPO_ROOT / "book").iterdir():
+        if page.is_file() and page.suffix in (".md", ".bib", ".png", ".svg"):
+            shutil.copy2(page, book / page.name)
+    toc = (book / "_toc.yml").read_text(encoding="utf-8")
+    listed = set(re.findall(r"file:\s*executed/(\S+)", toc))
+    missing = listed - {p.stem for p in executed}
+    if missing:
+        raise MtlibError(f"_toc.yml names executed chapters that were not executed: {', '.join(sorted(missing))}")
+    return book
+
+
+_PROBLEM = re.compile(r"(WARNING:|ERROR:|CRITICAL:|SEVERE:|Traceback \(most recent call last\)|Exception occurred|"
+                      r"build finished with problems)")
+
+
+def build_html(book: Path, log_path: Path) -> Path:
+    """``jupyter-book build`` (execution off, warnings are errors); grep its log, since it can exit 0 anyway."""
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book), "--builder", "html",
+           "-W", "-n", "--keep-going", "--all"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    log_path.write_text(log, encoding="utf-8")
+    problems = [line for line in log.splitlines() if _PROBLEM.search(line)]
+    if proc.returncode != 0 or problems:
+        shown = "\n".join(problems[:20]) or log[-3000:]
+        raise MtlibError(f"jupyter-book build failed (exit {proc.returncode}); full log at {log_path}:\n{shown}")
+    return book / "_build" / "html"
+
+
+def find_secret(root: Path, secret: str) -> list[Path]:
+    """Files under ``root`` that contain ``secret`` (the HF token must never be published)."""
+    needle = secret.encode()
+    return [p for p in Path(root).rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+# Progress bars are for people watching; in an executed (published) chapter they are stderr noise.
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, html: bool = True,
+          notebook_dir: Path = NOTEBOOK_DIR) -> Path:
+    """Execute the chapters with ``profile`` into ``<out>/book/executed`` and render the book; returns ``<out>``."""
+    prof = profiles.load_profile(profile)  # validates, and refuses requires_cuda on a CPU machine
+    out = Path(out).resolve()
+    runs_root = out / "runs"
+    executed_dir = out / "book" / "executed"
+    runs_root.mkdir(parents=True, exist_ok=True)
+    sources = chapters(notebook_dir)
+    if only:
+        sources = [s for s in sources if s.stem in only]
+    if not sources:
+        raise ConfigError(f"no chapters to run in {notebook_dir} (only={only})")
+    executed, timings = [], {}
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)  # inherited by the kernels papermill starts
+    for source in sources:
+        params = profiles.chapter_parameters(prof, source.stem) if source.stem in profiles.CHAPTERS \
+            else {"profile": prof["name"]}
+        if "runs_root" in profiles.SCHEMA and source.stem in profiles.SCHEMA["runs_root"].chapters:
+            params["runs_root"] = str(runs_root)
+        print(f"[book] {source.stem}: executing with profile {prof['name']}", flush=True)
+        start = time.perf_counter()
+        executed.append(execute_chapter(source, executed_dir / source.name, params, cwd=source.parent))
+        timings[source.stem] = time.perf_counter() - start
+        print(f"[book] {source.stem}: done in {timings[source.stem]:.0f}s", flush=True)
+    if html:
+        book = assemble(out, executed)
+        print("[book] rendering HTML with jupyter-book", flush=True)
+        html_dir = build_html(book, out / "jupyter-book.log")
+        print(f"[book] HTML book at {html_dir / 'index.html'}", flush=True)
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        leaks = find_secret(out, token)
+        if leaks:
+            raise MtlibError(f"the Hugging Face token appears in {len(leaks)} output file(s), e.g. {leaks[0]}; "
+                             f"do not print it or pass it as a parameter")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mtlib.book", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="smoke", help="shipped profile name or YAML path (default: smoke)")
+    parser.add_argument("--out", default=None, help="output folder (default: build/<profile>)")
+    parser.add_argument("--only", default=None, help="comma-separated chapters to run, e.g. 01_data,02_metrics")
+    parser.add_argument("--no-html", action="store_true", help="execute the chapters but do not render the book")
+    parser.add_argument("--notebooks", default=str(NOTEBOOK_DIR), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    out = args.out or str(REPO_ROOT / "build" / Path(args.profile).stem)
+    only = args.only.split(",") if args.only else None
+    start = time.perf_counter()
+    try:
+        build(args.profile, out, only=only, html=not args.no_html, notebook_dir=Path(args.notebooks))
+    except MtlibError as exc:
+        print(f"[book] error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(f"[book] finished in {time.perf_counter() - start:.0f}s", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- Sphinx extension
+
+def _fix_launch_urls(app, pagename, templatename, context, doctree):
+    """Point launch buttons of executed chapters at the source notebooks (``notebooks/``) in the repository."""
+    for group in context.get("header_buttons", []):
+        for button in group.get("buttons", []) if isinstance(group, dict) else []:
+            url = button.get("url", "")
+            if "/executed/" in url:
+                button["url"] = url.replace("/executed/", "/notebooks/")
+
+
+def setup(app):
+    """Sphinx extension (listed in _config.yml): corrects the Colab launch links of executed chapters."""
+    app.connect("html-page-context", _fix_launch_urls, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

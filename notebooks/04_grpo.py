@@ -1,0 +1,243 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4. Reinforcement learning with GRPO and DAPO
+#
+# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mt-finetuning-book/mt-finetuning-book/blob/main/notebooks/04_grpo.ipynb)
+#
+# Supervised fine-tuning imitates one reference per sentence. Reinforcement learning instead lets the
+# model try several translations of the same sentence, scores each, and makes the better ones more
+# likely. The score can be anything computable: here sentence BLEU against the reference plus a
+# length reward. This chapter continues training the SFT adapter of chapter 3 with **GRPO**, using the
+# changes proposed by **DAPO**, and evaluates the result.
+
+# %%
+# On Colab, install the book's library first (elsewhere it is already installed); no restart needed.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "mtlib[gpu] @ git+https://github.com/mt-finetuning-book/mt-finetuning-book"], check=True)
+
+# %% tags=["parameters"]
+profile = None                     # name of the profile the runner used (display only)
+model = "meta-llama/Llama-3.2-3B-Instruct"  # Hub id or local path ("tiny": a tiny random model)
+dataset = "bentrevett/multi30k"    # Hub id, a local folder or file, or "local" for the raw Multi30k files
+src_lang = "en"                    # source language
+tgt_lang = "de"                    # target language
+runs_root = "runs"                 # where run records go; the SFT adapter is looked up here
+from_sft = True                    # continue this build's newest SFT adapter (else start from the base model)
+seed = 3407                        # seed for the data sample, LoRA initialisation and training
+max_seq_length = 512               # longest prompt plus completion, in tokens
+load_in_4bit = True                # QLoRA: base weights in 4 bits (CUDA only)
+lora_r = 16                        # LoRA rank (used only when no SFT adapter is found)
+lora_alpha = 16                    # LoRA alpha
+lora_dropout = 0.0                 # dropout on the LoRA branch
+train_size = None                  # training prompts (None: all 29,000; training stops after num_steps)
+test_size = None                   # sentences per test set (None: all)
+num_steps = 500                    # optimizer steps
+batch_size = 2                     # completions per device per micro-batch
+grad_accum = 2                     # micro-batches per step (batch_size x grad_accum completions per step)
+num_generations = 4                # completions sampled per prompt: the group
+lr = 5e-6                          # peak learning rate
+warmup_steps = 0                   # linear warm-up steps
+weight_decay = 0.0                 # AdamW weight decay
+lr_scheduler = "linear"            # learning-rate schedule
+logging_steps = 1                  # log rewards every N steps
+loss_type = "bnpo"                 # token-level loss aggregation (DAPO)
+beta = 0.0                         # KL coefficient (0: no reference model)
+epsilon = 0.2                      # lower clipping range
+epsilon_high = 0.28                # upper clipping range (DAPO clip-higher)
+max_completion_length = 76         # longest sampled translation, in tokens
+temperature = 0.9                  # sampling temperature
+rewards = ["bleu", "length"]       # reward functions (mtlib.rewards.REWARDS)
+reward_weights = [1.0, 1.0]        # weight of each reward
+eval_batch_size = 64               # sentences translated per batch
+max_new_tokens = 128               # longest translation at evaluation, in tokens
+n_examples = 5                     # translations to show side by side
+
+# %%
+import mtlib.modeling as modeling  # first: on a GPU it imports Unsloth before transformers/trl
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+
+from mtlib import book, data, plots, prompts, rewards as reward_fns, train
+
+params = book.header("04_grpo", globals())
+
+# %% [markdown]
+# ## From PPO to GRPO
+#
+# Policy-gradient methods raise the probability of sampled outputs in proportion to their
+# *advantage*: how much better they scored than expected. PPO estimates the expected score with a
+# learned value model, as large as the policy itself. **GRPO** (Group Relative Policy Optimization,
+# Shao et al., 2024) drops the value model: for each prompt $q$ it samples a *group* of $G$ completions
+# $o_1, \dots, o_G$, scores them $r_1, \dots, r_G$, and uses the group as its own baseline:
+#
+# $$ \hat A_i = \frac{r_i - \operatorname{mean}(r_1, \dots, r_G)}{\operatorname{std}(r_1, \dots, r_G)} $$
+#
+# Every token of completion $i$ shares the advantage $\hat A_i$. The update is PPO's clipped objective,
+# with $\rho_{i,t} = \pi_\theta(o_{i,t} \mid q, o_{i,<t}) / \pi_{\theta_\text{old}}(o_{i,t} \mid q, o_{i,<t})$
+# the probability ratio of token $t$ between the current policy and the one that sampled it:
+#
+# $$ \mathcal{J}(\theta) = \mathbb{E}\Big[\frac{1}{G}\sum_{i=1}^{G}\frac{1}{|o_i|}\sum_{t=1}^{|o_i|}
+#    \min\big(\rho_{i,t}\hat A_i,\ \operatorname{clip}(\rho_{i,t}, 1-\varepsilon, 1+\varepsilon)\,\hat A_i\big)
+#    \Big] - \beta\, \mathbb{D}_\mathrm{KL}\big[\pi_\theta \,\|\, \pi_\text{ref}\big] $$
+#
+# The clip stops a single update from moving a token's probability too far; the KL term keeps the
+# policy near a reference model (here the SFT model). With $\beta = 0$, as in this study, the
+# reference model is not even loaded, which saves memory; the small learning rate and the clip keep
+# the policy close.
+#
+# ## DAPO's four changes
+#
+# DAPO (Yu et al., 2025) keeps GRPO's group baseline and changes four things. TRL's `GRPOTrainer`
+# implements them through options:
+#
+# | DAPO change | what it does | in TRL | here |
+# |---|---|---|---|
+# | **Clip-higher** | decouples the clip range: $\operatorname{clip}(\rho, 1-\varepsilon_\text{low}, 1+\varepsilon_\text{high})$ with $\varepsilon_\text{high} > \varepsilon_\text{low}$, so unlikely but good tokens can grow faster and the policy keeps exploring | `epsilon` and `epsilon_high` | `epsilon`, `epsilon_high` parameters |
+# | **Dynamic sampling** | groups whose completions all score the same have zero advantage and teach nothing; DAPO drops them and samples more prompts to fill the batch | not implemented as resampling; such groups simply contribute zero gradient, and TRL logs their share as `frac_reward_zero_std` | logged below |
+# | **Token-level loss** | averages the loss over all tokens of the batch instead of per sequence first, so long completions are not under-weighted | `loss_type="dapo"` (whole accumulated batch) or `"bnpo"` (local batch) | `loss_type` parameter |
+# | **Overlong reward shaping** | truncated completions are masked from the loss (*overlong filtering*) and completions that run towards the length limit get a soft penalty | `mask_truncated_completions=True` for the filtering; the soft penalty is a reward function | not masked (mtlib's `GRPOParams` has no such switch); the `length` reward softly penalises translations longer than the reference |
+#
+# ## The SFT adapter to start from
+#
+# GRPO needs a policy that already produces translations most of the time: with a random start almost
+# every completion scores zero and the groups carry no signal. The chapter looks up the newest
+# finished SFT run of this build in `runs_root` and continues its adapter.
+
+# %%
+pairs = data.load_pairs(book.resolve_dataset(dataset), src_lang=src_lang, tgt_lang=tgt_lang)
+splits = book.test_splits(pairs)
+sizes = {"train": train_size, **{s: test_size for s in splits}}
+pairs = data.subset(pairs, {s: n for s, n in sizes.items() if n is not None} or None, seed=seed)
+model_path = book.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
+
+sft_run = book.latest_run(runs_root, "sft") if from_sft else None
+if sft_run is not None:
+    start = modeling.load_trained(sft_run["path"], max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
+                                  trainable=True)
+    display(Markdown(f"Starting from the SFT adapter of run `{sft_run['run_id']}`."))
+else:
+    base, tokenizer = modeling.load_model(model_path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit)
+    start = modeling.TrainedModel(modeling.add_lora(base, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, seed=seed),
+                                  tokenizer, stage="base", base_name=model)
+    display(Markdown("**No finished SFT run was found in this build's runs folder (or `from_sft` is off): GRPO starts "
+                     "from the base model with fresh adapters.**"))
+tokenizer = start.tokenizer
+
+# %% [markdown]
+# ## The GRPO dataset
+#
+# Each row holds the chat prompt (system prompt and English sentence) and, apart from it, the
+# reference translation, which TRL passes to the reward functions as a keyword argument.
+
+# %%
+grpo_rows = prompts.to_grpo_dataset(pairs["train"], src_lang, tgt_lang)
+pd.DataFrame([{**{f"prompt: {m['role']}": m["content"] for m in row["prompt"]}, "reference": row["reference"]}
+              for row in grpo_rows.select(range(2))])
+
+# %% [markdown]
+# ## How long are prompts and translations, in tokens?
+#
+# `max_completion_length` caps how many tokens a sampled translation may have: too small and good
+# translations are cut off (and, being truncated, rewarded badly), too large and every step pays for
+# long rambling samples. The token counts of the prompts and of the reference translations show what
+# is needed.
+
+# %%
+prompt_tokens = [len(tokenizer(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False),
+                               add_special_tokens=False).input_ids) for p in grpo_rows["prompt"]]
+reference_tokens = [len(tokenizer(r, add_special_tokens=False).input_ids) for r in grpo_rows["reference"]]
+lengths = pd.DataFrame({"prompt": pd.Series(prompt_tokens).describe(percentiles=[0.5, 0.9, 0.99]),
+                        "reference": pd.Series(reference_tokens).describe(percentiles=[0.5, 0.9, 0.99])})
+display(lengths.round(1))
+display(Markdown(f"{np.mean(np.array(reference_tokens) > max_completion_length):.1%} of the references are longer than "
+                 f"`max_completion_length` = {max_completion_length} tokens."))
+
+# %% [markdown]
+# ## The rewards
+#
+# * **`bleu`**: sentence BLEU of the completion against the reference (SacreBLEU, effective order,
+#   exponential smoothing), scaled to $[0, 1]$.
+# * **`length`**: the original study's length penalty, 1 while the completion has at most as many
+#   tokens as the reference ($\ell_r$) and $\exp\big(-\tfrac12 (\ell_c - \ell_r)/\ell_r\big)$ beyond: it
+#   discourages chatty additions ("Here is the translation: ..."). Too-short answers are left to
+#   BLEU's brevity penalty, and truncation to `max_completion_length`.
+#
+# The rewards are weighted and summed before the group normalisation. Scored on a few hand-made
+# completions for one reference:
+
+# %%
+reference = pairs["train"][0][tgt_lang]
+candidates = {"the reference": reference, "first half": " ".join(reference.split()[: len(reference.split()) // 2]),
+              "with a preamble": "Hier ist die Übersetzung: " + reference, "English source": pairs["train"][0][src_lang]}
+funcs = train.build_rewards(rewards, tokenizer)
+completions = [[{"role": "assistant", "content": c}] for c in candidates.values()]
+pd.DataFrame({f.__name__: f(prompts=[None] * len(completions), completions=completions,
+                            reference=[reference] * len(completions)) for f in funcs},
+             index=list(candidates)).round(3)
+
+# %% [markdown]
+# ## The configuration
+#
+# Every optimizer step samples `batch_size × grad_accum` completions, that is
+# `batch_size × grad_accum / num_generations` prompts with `num_generations` completions each.
+
+# %%
+grpo_params = book.grpo_params(params)
+book.params_table(grpo_params)
+
+# %% [markdown]
+# ## Training
+#
+# The curves show the mean total reward, each reward separately, the share of groups whose rewards
+# were all equal (no signal, what DAPO's dynamic sampling would replace), and the completion length.
+
+# %%
+grpo = train.run_grpo(start, tokenizer, pairs["train"], grpo_params, runs_root=runs_root, src_lang=src_lang,
+                      tgt_lang=tgt_lang, config={"profile": profile, "from_sft_run": None if sft_run is None else sft_run["run_id"]})
+history = book.log_history(grpo)
+plots.training_curves(history, ["reward", *[f"rewards/{name}/mean" for name in rewards], "frac_reward_zero_std",
+                                "completions/mean_length", "loss"], title="GRPO", ncols=3)
+
+# %% [markdown]
+# ## Evaluating the GRPO model
+#
+# The model returned by `run_grpo` (the SFT adapter after GRPO) translates every test set greedily, as
+# the other systems did. The table repeats this build's base and SFT scores next to it.
+
+# %%
+after = book.evaluate_splits(grpo, pairs, params, name="grpo")
+scores = book.scores_frame({"grpo": after})
+scores.round(2)
+
+# %%
+earlier = book.latest_scores(runs_root, stages=("base", "sft"))
+pd.concat([earlier, scores]).round(2) if earlier is not None else scores.round(2)
+
+# %% [markdown]
+# ## Translations side by side
+#
+# The first sentences of the main test set, translated by the GRPO model, with the source and the
+# reference.
+
+# %%
+book.side_by_side({"grpo": after["test"]}, n=n_examples)

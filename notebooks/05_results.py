@@ -1,0 +1,141 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 5. Results
+#
+# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mt-finetuning-book/mt-finetuning-book/blob/main/notebooks/05_results.ipynb)
+#
+# Every training and evaluation in this book left a run record: its configuration, scores,
+# translations, timings and peak memory. This chapter reads the records of this build and puts the
+# systems side by side: the untouched base model, the SFT model of chapter 3 and the GRPO model of
+# chapter 4, on every test set. It then asks whether the differences are larger than chance, and what
+# each stage cost.
+
+# %%
+# On Colab, install the book's library first (elsewhere it is already installed); no restart needed.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "mtlib @ git+https://github.com/mt-finetuning-book/mt-finetuning-book"], check=True)
+
+# %% tags=["parameters"]
+profile = None                     # name of the profile the runner used (display only)
+runs_root = "runs"                 # the runs folder of this build
+n_bootstrap = 1000                 # paired-bootstrap resamples per comparison
+n_examples = 5                     # translations to show side by side
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+from mtlib import book, metrics, plots, results
+
+params = book.header("05_results", globals())
+runs = results.load_runs(runs_root)
+if runs.empty:
+    raise RuntimeError(f"no finished runs under {runs_root!r}: run chapters 3 and 4 first")
+smoke = (runs["model"].astype(str).str.contains("tiny-model")).any()
+if smoke:
+    display(book.notice({"model": book.TINY_MODEL}))
+
+# %% [markdown]
+# ## Scores per system and test set
+#
+# The newest evaluation of each system on each test set. BLEU, chrF and ROUGE: higher is better;
+# TER: lower is better.
+
+# %%
+scores = book.latest_scores(runs_root)
+scores.round(2)
+
+# %%
+plots.score_bars(scores.reset_index(), metrics=("bleu", "chrf", "ter"), system="system", group="split")
+
+# %% [markdown]
+# ## Are the gains real?
+#
+# A test set is a sample, and a difference of a BLEU point can come from which sentences happened to be
+# in it. **Paired bootstrap resampling** (Koehn, 2004) redraws the test set with replacement many times,
+# scores both systems on each redraw (the *same* sentences for both, hence *paired*), and counts how
+# often the newer system fails to beat the other. That share is a one-sided $p$-value; the 2.5th and
+# 97.5th percentiles of the redrawn differences give a 95% interval. We compare SFT and GRPO with the
+# base model, and GRPO with SFT, on every test set, using the translations stored in the runs.
+
+# %%
+newest = runs.sort_values(["started", "run_id"]).groupby(["stage", "split"]).tail(1).set_index(["stage", "split"])
+rows = []
+for a, b in [("base", "sft"), ("base", "grpo"), ("sft", "grpo")]:
+    for split in sorted({s for (_, s) in newest.index}):
+        if (a, split) not in newest.index or (b, split) not in newest.index:
+            continue
+        ta = results.read_translations(newest.loc[(a, split), "path"])
+        tb = results.read_translations(newest.loc[(b, split), "path"])
+        if list(ta["source"]) != list(tb["source"]):
+            continue  # different sentences: not a paired comparison
+        for metric in ("bleu", "chrf"):
+            test = metrics.paired_bootstrap(list(ta["reference"]), list(ta["hypothesis"]), list(tb["hypothesis"]),
+                                            metric=metric, n_samples=n_bootstrap, progress=False)
+            rows.append({"comparison": f"{b} vs {a}", "split": split, "metric": metric,
+                         "score before": test["score_a"], "score after": test["score_b"],
+                         "delta": test["delta"], "95% CI": f"[{test['ci_low']:.2f}, {test['ci_high']:.2f}]",
+                         "p": test["p_value"], "significant (p < 0.05)": test["p_value"] < 0.05})
+significance = pd.DataFrame(rows)
+significance.set_index(["comparison", "split", "metric"]).round(3) if len(significance) else "no paired runs found"
+
+# %%
+if len(significance):
+    main = significance[(significance["split"] == "test") & (significance["metric"] == "bleu")]
+    lines = [f"* **{r['comparison']}**: BLEU {r['delta']:+.2f} (p = {r['p']:.3f}) — "
+             f"{'significant' if r['significant (p < 0.05)'] else 'not significant'} at the 5% level"
+             for _, r in main.iterrows()]
+    display(Markdown("On the main test set:\n\n" + "\n".join(lines)))
+
+# %% [markdown]
+# ## Translations side by side
+#
+# The first sentences of the main test set as each system translated them.
+
+# %%
+table = None
+for stage in ("base", "sft", "grpo"):
+    if (stage, "test") in newest.index:
+        t = results.read_translations(newest.loc[(stage, "test"), "path"]).head(n_examples)
+        if table is None:
+            table = t[["source"]].copy()
+        table[stage] = t["hypothesis"].values
+if table is not None:
+    table["reference"] = t["reference"].values
+table
+
+# %% [markdown]
+# ## What each stage cost
+#
+# Wall-clock time and peak memory (GPU memory on CUDA, resident memory on CPU) of every run: the
+# training runs of SFT and GRPO, and the evaluations (translating and scoring one test set each).
+
+# %%
+all_runs = results.load_runs(runs_root, include_unscored=True)
+all_runs["kind"] = all_runs["split"].map(lambda s: "training" if s is None or pd.isna(s) else f"evaluation: {s}")
+cost = all_runs[["stage", "kind", "seconds", "peak_mem_gb"]].rename(columns={"peak_mem_gb": "peak memory (GB)"})
+cost.set_index(["stage", "kind"]).round(2)
+
+# %%
+per_stage = cost.groupby("stage", sort=False).agg(runs=("seconds", "size"), seconds=("seconds", "sum"),
+                                                  peak_gb=("peak memory (GB)", "max"))
+per_stage.round(2)

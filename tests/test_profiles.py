@@ -1,0 +1,102 @@
+"""Profiles: every shipped profile validates; bad keys, types and values fail early, naming key and file."""
+from pathlib import Path
+
+import pytest
+
+from mtlib import profiles
+from mtlib.errors import ConfigError
+
+SHIPPED = sorted(p.stem for p in profiles.PROFILE_DIR.glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str, name: str = "bad.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_three_profiles_ship():
+    assert {"smoke", "seed", "fast"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_profile_validates(name):
+    prof = profiles.load_profile(name, check_device=False)
+    assert prof["name"] == name and prof["description"]
+    for chapter in profiles.CHAPTERS:
+        params = profiles.chapter_parameters(prof, chapter)
+        assert set(params) <= set(profiles.chapter_names(chapter))
+        assert params["profile"] == name
+
+
+def test_smoke_runs_on_cpu_with_the_tiny_model():
+    prof = profiles.load_profile("smoke")  # check_device on: must not need CUDA
+    assert prof["requires_cuda"] is False
+    sft = profiles.chapter_parameters(prof, "03_sft")
+    assert sft["model"] == "tiny" and sft["load_in_4bit"] is False
+
+
+@pytest.mark.parametrize("name", ["seed", "fast"])
+def test_gpu_profiles_require_cuda(name):
+    assert profiles.load_profile(name, check_device=False)["requires_cuda"] is True
+
+
+def test_chapter_section_overrides_shared_value(tmp_path):
+    path = write(tmp_path, "lr: 0.001\n04_grpo:\n  lr: 0.00001\n", "two.yaml")
+    prof = profiles.load_profile(path)
+    assert profiles.chapter_parameters(prof, "03_sft")["lr"] == 0.001
+    assert profiles.chapter_parameters(prof, "04_grpo")["lr"] == 0.00001
+    assert "lr" not in profiles.chapter_parameters(prof, "01_data")
+
+
+@pytest.mark.parametrize("text, key", [
+    ("learning_rate: 0.001\n", "learning_rate"),                 # unknown key
+    ("lr: fast\n", "lr"),                                        # wrong type
+    ("batch_size: 0\n", "batch_size"),                           # impossible value
+    ("batch_size: 2.5\n", "batch_size"),                         # float for an int
+    ("lr: -0.0001\n", "lr"),                                     # negative learning rate
+    ("03_sft:\n  num_steps: 0\n", "num_steps"),                  # zero steps
+    ("load_in_4bit: 'yes'\n", "load_in_4bit"),                   # string for a bool
+    ("lr_scheduler: cosine_annealing\n", "lr_scheduler"),        # not a choice
+    ("04_grpo:\n  num_generations: 1\n", "num_generations"),     # a group needs two
+    ("04_grpo:\n  batch_size: 3\n  grad_accum: 1\n  num_generations: 2\n", "num_generations"),
+    ("04_grpo:\n  epsilon: 0.3\n  epsilon_high: 0.2\n", "epsilon_high"),
+    ("04_grpo:\n  rewards: [bleu, length]\n  reward_weights: [1.0]\n", "reward_weights"),
+    ("01_data:\n  lr: 0.001\n", "lr"),                           # not a parameter of that chapter
+    ("03_sft: 5\n", "03_sft"),                                   # section that is not a mapping
+    ("requires_cuda: maybe\n", "requires_cuda"),
+    ("model: null\n", "model"),                                  # required value missing
+])
+def test_bad_profile_names_key_and_file(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        profiles.load_profile(path, check_device=False)
+    msg = str(err.value)
+    assert key in msg and str(path) in msg
+
+
+def test_unknown_profile_name_lists_shipped():
+    with pytest.raises(ConfigError, match="smoke"):
+        profiles.load_profile("no_such_profile")
+
+
+def test_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        profiles.load_profile(write(tmp_path, "- lr\n- 3\n"))
+
+
+def test_requires_cuda_on_cpu_fails_before_anything(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiles, "cuda_available", lambda: False)
+    path = write(tmp_path, "requires_cuda: true\nbatch_size: 8\n", "gpu.yaml")
+    with pytest.raises(ConfigError) as err:
+        profiles.load_profile(path)
+    assert "requires_cuda" in str(err.value) and str(path) in str(err.value)
+    monkeypatch.setattr(profiles, "cuda_available", lambda: True)
+    assert profiles.load_profile(path)["parameters"]["batch_size"] == 8
+
+
+def test_check_value_accepts_ints_for_floats_and_none_when_optional():
+    assert profiles.check_value("lr", 1) == 1.0 and isinstance(profiles.check_value("lr", 1), float)
+    assert profiles.check_value("train_size", None) is None
+    with pytest.raises(ConfigError):
+        profiles.check_value("batch_size", True)  # a bool is not a batch size
