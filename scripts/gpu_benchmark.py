@@ -29,7 +29,7 @@ RECIPES = {
     # The fast profile: large padded batches without checkpointing (80 GB hold the activations),
     # translation in one or two batches with CUDA-graph decoding, GRPO with 32 prompts x 4 completions.
     "fast": dict(gradient_checkpointing=False,
-                 sft=dict(per_device_train_batch_size=256, gradient_accumulation_steps=1, padding_free=False,
+                 sft=dict(per_device_train_batch_size=128, gradient_accumulation_steps=1, padding_free=False,
                           train_sampling_strategy="group_by_length", pad_to_multiple_of=16),
                  translate=dict(batch_size=512, fast_decode=True),
                  grpo=dict(per_device_train_batch_size=32, gradient_accumulation_steps=4)),
@@ -181,7 +181,12 @@ def main():
                    steps_timed=n_steps, seconds=round(sec, 2), seconds_per_step=round(sec / max(1, n_steps), 2),
                    throughput=round(per_step_completions * n_steps / sec, 2), unit="completions/s",
                    peak_gb=peak_gb(), generate_share=round(sum(gen_seconds[-n_steps:]) / sec, 2) if gen_seconds else None)
-        for part, fn in (("translate", bench_translate), ("sft", bench_sft), ("grpo", bench_grpo)):
+        def bench_profile():
+            if recipe == "fast":  # the model is the same in both recipes; profile it once
+                profile_translate(model, tok, test_src[:512], out, record, recipe, cuda)
+
+        for part, fn in (("translate", bench_translate), ("profile", bench_profile), ("sft", bench_sft),
+                         ("grpo", bench_grpo)):
             if part in args.parts:
                 try:
                     fn()
@@ -208,6 +213,32 @@ def main():
                throughput=f"{same}/{len(a)}")
         (out / "translations_sample.json").write_text(json.dumps({"seed": a, "fast": b}, ensure_ascii=False, indent=1))
     write_table(rows, env, out)
+
+
+def profile_translate(model, tok, sources, out, record, recipe, cuda):
+    """Where translation time goes: torch.profiler over 16 decode steps for a batch, eager vs CUDA graphs."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from mtlib.generate import translate
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    for fast in (False, True):
+        kw = dict(batch_size=len(sources), max_new_tokens=16, min_new_tokens=16, progress=False, fast_decode=fast)
+        translate(model, tok, sources, **kw)  # warm-up (graph capture)
+        with profile(activities=acts) as prof:
+            t = time.time()
+            translate(model, tok, sources, **kw)
+            if cuda:
+                torch.cuda.synchronize()
+            sec = time.time() - t
+        events = prof.key_averages()
+        gpu = sum(e.self_device_time_total for e in events) / 1e6 if cuda else 0.0
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        (out / f"profile_translate_{recipe}_graphs{int(fast)}.txt").write_text(
+            events.table(sort_by=key, row_limit=30))
+        record(stage="profile", recipe=recipe, what=f"translate {len(sources)} x 16 tokens, cuda graphs={fast}",
+               seconds=round(sec, 2), gpu_kernel_seconds=round(gpu, 2), kernels=sum(e.count for e in events
+                                                                                       if "CUDA" in str(getattr(e, "device_type", ""))))
 
 
 def time_generate(model):
