@@ -77,7 +77,7 @@ def notice(params: dict):
         return HTML(_BOX.format(
             kind="note", color="#2f6fb0", bg="#eef4fb", title="Smoke build",
             text="The book was built with the <code>smoke</code> profile, whose models are tiny and random. "
-                 "This chapter uses no model: its data and metric examples are real."))
+                 "This chapter uses no model of this build: its numbers are real."))
     return None
 
 
@@ -158,9 +158,10 @@ def latest_run(runs_root: str | os.PathLike, stage: str):
 # Notebook parameter -> mtlib.train dataclass field (the rest keep their name).
 _TRAIN_FIELDS = {"num_steps": "max_steps", "batch_size": "per_device_train_batch_size",
                  "grad_accum": "gradient_accumulation_steps", "lr_scheduler": "lr_scheduler_type"}
-_SFT_KEYS = ("num_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "lr_scheduler",
-             "logging_steps", "max_seq_length", "seed")
-_GRPO_KEYS = _SFT_KEYS + ("loss_type", "beta", "epsilon", "epsilon_high", "num_generations",
+_COMMON_KEYS = ("num_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "lr_scheduler",
+                "logging_steps", "max_seq_length", "seed")
+_SFT_KEYS = _COMMON_KEYS + ("padding_free", "group_by_length")
+_GRPO_KEYS = _COMMON_KEYS + ("loss_type", "beta", "epsilon", "epsilon_high", "num_generations",
                           "max_completion_length", "temperature", "rewards", "reward_weights")
 
 
@@ -168,6 +169,8 @@ def _train_params(cls, params: dict, keys):
     from . import train
     values = {_TRAIN_FIELDS.get(k, k): (list(params[k]) if isinstance(params[k], (list, tuple)) else params[k])
               for k in keys if k in params and params[k] is not None}
+    if "group_by_length" in values:
+        values["train_sampling_strategy"] = "group_by_length" if values.pop("group_by_length") else "random"
     if "rewards" in values and "reward_weights" not in values:
         values["reward_weights"] = [1.0] * len(values["rewards"])
     return train.params_from_dict(getattr(train, cls), values)
@@ -217,7 +220,8 @@ def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
         out[split] = generate.evaluate(
             trained, pairs[split], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"], name=name,
             runs_root=params["runs_root"], batch_size=params["eval_batch_size"],
-            max_new_tokens=params["max_new_tokens"], split_name=split, config={"profile": params.get("profile")})
+            max_new_tokens=params["max_new_tokens"], split_name=split, config={"profile": params.get("profile")},
+            fast_decode=params.get("fast_decode", False))
     return out
 
 

@@ -90,3 +90,21 @@ def score_bars(table: pd.DataFrame, metrics: Sequence[str] = ("bleu", "chrf", "r
     fig.axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def speedup_bars(table: pd.DataFrame) -> Figure:
+    """Fast recipe's throughput as a multiple of the seed recipe's, per stage (log scale)."""
+    rows = table.dropna(subset=["vs_seed"])
+    if rows.empty:
+        raise DataError("the benchmark table has no recipe to compare with the seed recipe")
+    fig = Figure(figsize=(6.5, 3.2))
+    ax = fig.add_subplot()
+    labels = [f"{s}\n{r} ({b})" for s, r, b in zip(rows.stage, rows.recipe, rows.batch)]
+    bars = ax.barh(labels, rows.vs_seed, color=[f"C{i}" for i in range(len(rows))])
+    ax.bar_label(bars, labels=[f"{v:g}x" for v in rows.vs_seed], padding=3, fontsize=8)
+    ax.set_xscale("log")
+    ax.axvline(1, color="grey", lw=0.8)
+    ax.set_xlabel("throughput relative to the seed recipe (log scale)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig

@@ -20,7 +20,7 @@ import yaml
 from .errors import ConfigError
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
-CHAPTERS = ("01_data", "02_metrics", "03_sft", "04_grpo", "05_results")
+CHAPTERS = ("01_data", "02_metrics", "03_sft", "04_grpo", "05_results", "06_gpu_speed")
 META_KEYS = ("description", "requires_cuda")
 
 _DATA = ("01_data", "02_metrics", "03_sft", "04_grpo")
@@ -48,9 +48,10 @@ SCHEMA: dict[str, Param] = {
     "dataset": Param("str", _DATA, 'Hub dataset id, a local folder/file, or "local" for the raw Multi30k files'),
     "src_lang": Param("str", _DATA, "source language code"),
     "tgt_lang": Param("str", _DATA, "target language code"),
-    "n_examples": Param("int", CHAPTERS, "how many example rows to show", min=1, max=100),
+    "n_examples": Param("int", CHAPTERS[:5], "how many example rows to show", min=1, max=100),
     # runs
     "runs_root": Param("str", _RUNS, "folder of the run records (results.Run)"),
+    "benchmark_files": Param("list[str]", ("06_gpu_speed",), "GPU benchmark results (mtlib/benchmarks/ or paths)"),
     "n_bootstrap": Param("int", ("05_results",), "paired-bootstrap resamples for significance", min=10),
     # model
     "model": Param("str", _TRAIN, 'Hub model id or local path; "tiny" builds a tiny random model (smoke only)'),
@@ -73,9 +74,15 @@ SCHEMA: dict[str, Param] = {
     "lr_scheduler": Param("str", _TRAIN, "learning-rate schedule",
                           choices=("linear", "cosine", "constant", "constant_with_warmup")),
     "logging_steps": Param("int", _TRAIN, "log the loss/rewards every N steps", min=1),
+    "gradient_checkpointing": Param("bool", _TRAIN, "recompute activations in the backward pass (saves memory, "
+                                    "costs time; the fast GPU profile turns it off)"),
+    "padding_free": Param("bool", ("03_sft",), "SFT batches without pad tokens (None: the backend decides)",
+                          optional=True),
+    "group_by_length": Param("bool", ("03_sft",), "batch SFT examples of similar length (less padding)"),
     # translation
     "eval_batch_size": Param("int", _TRAIN, "sentences translated per batch", min=1),
     "max_new_tokens": Param("int", _TRAIN, "longest translation generated, in tokens", min=1),
+    "fast_decode": Param("bool", _TRAIN, "replay Unsloth's decode step as CUDA graphs when translating"),
     # GRPO / DAPO
     "from_sft": Param("bool", ("04_grpo",), "start GRPO from this build's newest SFT adapter"),
     "num_generations": Param("int", ("04_grpo",), "completions sampled per prompt (the group)", min=2),

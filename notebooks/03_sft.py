@@ -57,7 +57,11 @@ warmup_steps = 5                   # linear warm-up steps
 weight_decay = 0.01                # AdamW weight decay
 lr_scheduler = "linear"            # learning-rate schedule after warm-up
 logging_steps = 1                  # log the loss every N steps
+gradient_checkpointing = True      # recompute activations in the backward pass (saves memory, costs time)
+padding_free = None                # batches without pad tokens (None: the backend decides)
+group_by_length = False            # batch examples of similar length (less padding)
 eval_batch_size = 64               # sentences translated per batch
+fast_decode = False                # replay Unsloth's decode step as CUDA graphs (GPU only)
 max_new_tokens = 128               # longest translation, in tokens
 n_examples = 5                     # translations to show side by side
 
@@ -137,7 +141,8 @@ book.scores_frame({"base": baseline}).round(2)
 # The table shows how small the trainable share is.
 
 # %%
-peft_model = modeling.add_lora(base, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, seed=seed)
+peft_model = modeling.add_lora(base, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, seed=seed,
+                               gradient_checkpointing=gradient_checkpointing)
 summary = modeling.trainable_summary(peft_model)
 pd.DataFrame({"value": {"trainable parameters": f"{summary['trainable']:,}", "all parameters": f"{summary['total']:,}",
                         "trainable share": f"{100 * summary['share']:.3f}%"}})

@@ -59,6 +59,7 @@ warmup_steps = 0                   # linear warm-up steps
 weight_decay = 0.0                 # AdamW weight decay
 lr_scheduler = "linear"            # learning-rate schedule
 logging_steps = 1                  # log rewards every N steps
+gradient_checkpointing = True      # recompute activations in the backward pass (saves memory, costs time)
 loss_type = "bnpo"                 # token-level loss aggregation (DAPO)
 beta = 0.0                         # KL coefficient (0: no reference model)
 epsilon = 0.2                      # lower clipping range
@@ -68,6 +69,7 @@ temperature = 0.9                  # sampling temperature
 rewards = ["bleu", "length"]       # reward functions (mtlib.rewards.REWARDS)
 reward_weights = [1.0, 1.0]        # weight of each reward
 eval_batch_size = 64               # sentences translated per batch
+fast_decode = False                # replay Unsloth's decode step as CUDA graphs (GPU only)
 max_new_tokens = 128               # longest translation at evaluation, in tokens
 n_examples = 5                     # translations to show side by side
 
@@ -137,7 +139,8 @@ if sft_run is not None:
     display(Markdown(f"Starting from the SFT adapter of run `{sft_run['run_id']}`."))
 else:
     base, tokenizer = modeling.load_model(model_path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit)
-    start = modeling.TrainedModel(modeling.add_lora(base, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, seed=seed),
+    start = modeling.TrainedModel(modeling.add_lora(base, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, seed=seed,
+                                                   gradient_checkpointing=gradient_checkpointing),
                                   tokenizer, stage="base", base_name=model)
     display(Markdown("**No finished SFT run was found in this build's runs folder (or `from_sft` is off): GRPO starts "
                      "from the base model with fresh adapters.**"))

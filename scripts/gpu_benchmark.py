@@ -284,24 +284,12 @@ def pipeline(twin_dir, train, test, out, record, tiny):
 
 def write_table(rows, env, out):
     """One table: throughput, wall time, peak memory and the fast/seed ratio per stage."""
-    import pandas as pd
-    df = pd.DataFrame([r for r in rows if r["stage"] in ("sft", "translate", "grpo") and r["recipe"] in RECIPES])
-    if df.empty:
-        return
-    df.to_csv(out / "benchmark.csv", index=False)
-    lines = [f"card: {env.get('card')}; torch {env.get('torch')}, transformers {env.get('transformers')}, "
-             f"trl {env.get('trl')}, unsloth {env.get('unsloth', '-')}", "",
-             "| stage | recipe | batch | throughput | unit | wall time (s) | peak GPU memory (GB) | fast/seed |",
-             "|---|---|---|---|---|---|---|---|"]
-    for stage, group in df.groupby("stage", sort=False):
-        base = group[group.recipe == "seed"].throughput
-        for _, r in group.iterrows():
-            ratio = (f"{r.throughput / base.iloc[0]:.1f}x" if r.recipe == "fast" and len(base) and base.iloc[0] else "")
-            wall = r.get("seconds_1000") if stage == "translate" else r.get("seconds")
-            lines.append(f"| {stage} | {r.recipe} | {r.batch} | {r.throughput} | "
-                         f"{r.unit} | {wall} | {r.peak_gb} | {ratio} |")
-    (out / "benchmark.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from mtlib.bench import markdown, speedup_table
+    table = speedup_table(rows)
+    table.to_csv(out / "benchmark.csv", index=False)
+    text = markdown(table, env)
+    (out / "benchmark.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""GPU benchmark results (scripts/gpu_benchmark.py): the seed-vs-fast table the speed appendix shows."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+STAGES = ("sft", "translate", "grpo")
+RESULTS_DIR = Path(__file__).resolve().parent / "benchmarks"   # measured results shipped with mtlib
+COLUMNS = ["stage", "recipe", "batch", "throughput", "unit", "time_s", "time_for", "peak_gb", "vs_seed", "file"]
+
+
+def load_rows(paths) -> list[dict]:
+    """Measurement rows of one or more benchmark.json files, each tagged with its file name."""
+    rows = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        path = Path(path) if Path(path).exists() else RESULTS_DIR / path
+        for row in json.loads(Path(path).read_text())["rows"]:
+            rows.append({**row, "file": Path(path).name})
+    return rows
+
+
+def environment(path) -> dict:
+    """Card and library versions a benchmark file was measured with."""
+    path = Path(path) if Path(path).exists() else RESULTS_DIR / path
+    return json.loads(path.read_text()).get("env", {})
+
+
+def speedup_table(rows):
+    """One row per stage and recipe: throughput, wall time, peak memory and the ratio to the seed recipe.
+
+    Where several files measured the same stage and recipe, the first file's successful row is kept.
+    Time is per optimizer step for SFT and GRPO, and for all 1,000 test-2016 sentences for translation
+    (scaled where the seed recipe timed fewer).
+    """
+    import pandas as pd
+    picked = {}
+    for r in rows:
+        if r.get("stage") in STAGES and "error" not in r and isinstance(r.get("throughput"), (int, float)):
+            picked.setdefault((r["stage"], r["recipe"]), r)
+    out = []
+    for (stage, recipe), r in picked.items():
+        seed = picked.get((stage, "seed"))
+        out.append({"stage": stage, "recipe": recipe, "batch": str(r.get("batch", "")),
+                    "throughput": r["throughput"], "unit": r.get("unit", ""),
+                    "time_s": r.get("seconds_1000") if stage == "translate" else r.get("seconds_per_step"),
+                    "time_for": "1,000 sentences" if stage == "translate" else "one step",
+                    "peak_gb": r.get("peak_gb"),
+                    "vs_seed": round(r["throughput"] / seed["throughput"], 1) if seed and recipe != "seed" else None,
+                    "file": r.get("file", "")})
+    df = pd.DataFrame(out, columns=COLUMNS)
+    df["stage"] = pd.Categorical(df["stage"], categories=list(STAGES), ordered=True)
+    df["seed_first"] = df["recipe"] != "seed"
+    return df.sort_values(["stage", "seed_first", "recipe"]).drop(columns="seed_first").reset_index(drop=True)
+
+
+def markdown(table, env: dict | None = None) -> str:
+    """The table as Markdown, headed by the card and library versions."""
+    head = ""
+    if env:
+        head = (f"card: {env.get('card')}; torch {env.get('torch')}, transformers {env.get('transformers')}, "
+                f"trl {env.get('trl')}, unsloth {env.get('unsloth', '-')}\n\n")
+    cols = [c for c in table.columns if c != "file"]
+    def fmt(v):
+        if v is None or v != v:  # None or NaN
+            return ""
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in table.iterrows()]
+    return head + "\n".join(lines) + "\n"

@@ -1,0 +1,33 @@
+"""The GPU benchmark table: ratios to the seed recipe, first successful measurement kept, errors skipped."""
+import json
+
+from mtlib.bench import load_rows, markdown, speedup_table
+
+
+def _write(path, rows):
+    path.write_text(json.dumps({"rows": rows, "env": {}}))
+    return path
+
+
+def test_speedup_table_ratios_and_selection(tmp_path):
+    a = _write(tmp_path / "a.json", [
+        {"stage": "setup", "recipe": "-", "seconds": 9},
+        {"stage": "sft", "recipe": "seed", "batch": "4x4", "throughput": 800, "seconds_per_step": 2.0, "peak_gb": 3},
+        {"stage": "sft", "recipe": "fast", "error": "OutOfMemoryError(...)"},
+        {"stage": "translate", "recipe": "seed", "batch": "8", "throughput": 2.0, "seconds_1000": 500.0},
+        {"stage": "translate", "recipe": "fast", "batch": "512", "throughput": 25.0, "seconds_1000": 40.0},
+    ])
+    b = _write(tmp_path / "b.json", [
+        {"stage": "sft", "recipe": "fast", "batch": "128x1", "throughput": 24000, "seconds_per_step": 0.6},
+        {"stage": "translate", "recipe": "fast", "batch": "512", "throughput": 99.0, "seconds_1000": 10.0},
+        {"stage": "translate", "recipe": "fast vs seed", "throughput": "10/32"},
+    ])
+    table = speedup_table(load_rows([a, b]))
+    assert list(zip(table.stage, table.recipe)) == [("sft", "seed"), ("sft", "fast"),
+                                                    ("translate", "seed"), ("translate", "fast")]
+    fast_sft = table[(table.stage == "sft") & (table.recipe == "fast")].iloc[0]
+    assert fast_sft.vs_seed == 30.0 and fast_sft.file == "b.json"       # the OOM row of a.json is skipped
+    fast_tr = table[(table.stage == "translate") & (table.recipe == "fast")].iloc[0]
+    assert fast_tr.throughput == 25.0 and fast_tr.time_s == 40.0         # the first file's row wins
+    text = markdown(table, {"card": "H100"})
+    assert text.startswith("card: H100") and "| sft | fast | 128x1 | 24000 |" in text
