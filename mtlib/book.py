@@ -125,6 +125,20 @@ def resolve_dataset(dataset: str) -> str:
     return str(raw)
 
 
+def chapter_pairs(params: dict):
+    """The training split and every test set of the chapter's dataset, cut to ``train_size``/``test_size``.
+
+    Returns ``(pairs, test_split_names)``; the sample is seeded with the chapter's ``seed``.
+    """
+    from . import data
+    pairs = data.load_pairs(resolve_dataset(params["dataset"]), src_lang=params["src_lang"],
+                            tgt_lang=params["tgt_lang"])
+    splits = test_splits(pairs)
+    sizes = {"train": params.get("train_size"), **{s: params.get("test_size") for s in splits}}
+    sizes = {s: n for s, n in sizes.items() if n is not None}
+    return data.subset(pairs, sizes or None, seed=params.get("seed")), splits
+
+
 def tiny_model_dir(runs_root: str | os.PathLike) -> Path:
     """Where the smoke build keeps its tiny model: next to the runs folder, shared by the chapters."""
     return Path(runs_root).resolve().parent / "tiny-model"

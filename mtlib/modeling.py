@@ -43,6 +43,18 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _import_unsloth_early() -> None:
+    """On a CUDA machine with Unsloth installed, import it with this module, before transformers/trl load."""
+    try:
+        if _cuda():
+            import unsloth  # noqa: F401
+    except Exception:  # not installed, or no usable GPU: the plain backend will be used
+        pass
+
+
+_import_unsloth_early()
+
+
 def _unsloth_available() -> bool:
     try:
         import unsloth  # noqa: F401  (must come before transformers/trl)

@@ -70,7 +70,7 @@ import mtlib.modeling as modeling  # first: on a GPU it imports Unsloth before t
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import book, data, plots, prompts, train
+from mtlib import book, plots, prompts, train
 
 params = book.header("03_sft", globals())
 
@@ -102,10 +102,7 @@ params = book.header("03_sft", globals())
 # one, the raw release four), each optionally cut to its first `test_size` sentences.
 
 # %%
-pairs = data.load_pairs(book.resolve_dataset(dataset), src_lang=src_lang, tgt_lang=tgt_lang)
-splits = book.test_splits(pairs)
-sizes = {"train": train_size, **{s: test_size for s in splits}}
-pairs = data.subset(pairs, {s: n for s, n in sizes.items() if n is not None} or None, seed=seed)
+pairs, splits = book.chapter_pairs(params)
 pd.DataFrame({"pairs": {name: len(pairs[name]) for name in ["train", *splits]}})
 
 # %% [markdown]

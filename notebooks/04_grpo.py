@@ -79,7 +79,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import book, data, plots, prompts, rewards as reward_fns, train
+from mtlib import book, plots, prompts, rewards as reward_fns, train
 
 params = book.header("04_grpo", globals())
 
@@ -126,10 +126,7 @@ params = book.header("04_grpo", globals())
 # finished SFT run of this build in `runs_root` and continues its adapter.
 
 # %%
-pairs = data.load_pairs(book.resolve_dataset(dataset), src_lang=src_lang, tgt_lang=tgt_lang)
-splits = book.test_splits(pairs)
-sizes = {"train": train_size, **{s: test_size for s in splits}}
-pairs = data.subset(pairs, {s: n for s, n in sizes.items() if n is not None} or None, seed=seed)
+pairs, splits = book.chapter_pairs(params)
 model_path = book.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
 
 sft_run = book.latest_run(runs_root, "sft") if from_sft else None

@@ -6,6 +6,7 @@ import nbformat
 import pytest
 
 from mtlib import book, profiles
+from mtlib.errors import ConfigError
 
 NOTEBOOKS = book.NOTEBOOK_DIR
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
@@ -31,7 +32,7 @@ def defaults(cell) -> dict:
     return out
 
 
-def test_the_five_chapters_exist():
+def test_every_chapter_exists():
     assert [p.stem for p in SOURCES] == list(profiles.CHAPTERS)
     assert [p.stem for p in book.chapters()] == list(profiles.CHAPTERS)
 
@@ -89,3 +90,13 @@ def test_toc_lists_the_executed_chapters():
     toc = (book.REPO_ROOT / "_toc.yml").read_text()
     for chapter in profiles.CHAPTERS:
         assert f"file: executed/{chapter}" in toc
+
+
+@pytest.mark.parametrize("name, value", [("batch_size", 0), ("lr", -1e-4), ("num_steps", 0), ("lr", "fast")])
+def test_edited_parameters_fail_in_the_chapter_header_before_any_model_loads(name, value):
+    """A Colab user who edits the parameters cell gets the error from the header cell, the first one to run."""
+    namespace = defaults(parameters_cell(jupytext.read(NOTEBOOKS / "03_sft.py")))
+    book.chapter_params("03_sft", namespace)  # the defaults pass
+    namespace[name] = value
+    with pytest.raises(ConfigError, match=name):
+        book.chapter_params("03_sft", namespace)
