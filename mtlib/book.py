@@ -38,6 +38,9 @@ def colab_link(chapter: str, branch: str = "main") -> str:
     return f"{COLAB_URL}/github/{owner_repo}/blob/{branch}/notebooks/{chapter}.ipynb"
 
 
+MODEL_FREE_CHAPTERS = ("01_data", "02_metrics", "06_gpu_speed")  # their numbers are real even in a smoke build
+
+
 def is_smoke(params: dict) -> bool:
     """Whether the chapter runs on the tiny random model (its numbers then mean nothing)."""
     return params.get("model") == TINY_MODEL
@@ -57,7 +60,7 @@ _BOX = ('<div class="admonition {kind}" style="border-left:6px solid {color};bac
         '{title}</p><p style="margin:0.3em 0 0">{text}</p></div>')
 
 
-def notice(params: dict):
+def notice(params: dict, chapter: str | None = None):
     """A warning box when the chapter runs on the tiny random model (smoke profile); None otherwise.
 
     A chapter without a model (data, metrics) built with the smoke profile gets a note that its numbers
@@ -73,7 +76,7 @@ def notice(params: dict):
                  "on a CPU in minutes. Every score, curve and translation below is noise. Run the "
                  "<code>seed</code> or <code>fast</code> profile on a GPU, or open the chapter in Colab, for "
                  "real results."))
-    if params.get("profile") == "smoke" and "model" not in params:
+    if params.get("profile") == "smoke" and chapter in MODEL_FREE_CHAPTERS:
         return HTML(_BOX.format(
             kind="note", color="#2f6fb0", bg="#eef4fb", title="Smoke build",
             text="The book was built with the <code>smoke</code> profile, whose models are tiny and random. "
@@ -106,7 +109,7 @@ def header(chapter: str, namespace: dict) -> dict:
     params = chapter_params(chapter, namespace)
     show_figures()
     pd.set_option("display.max_colwidth", 200)  # translations and explanations in full, not cut at 50
-    box = notice(params)
+    box = notice(params, chapter)
     if box is not None:
         display(box)
     display(show_params(params))
@@ -237,6 +240,58 @@ def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
             max_new_tokens=params["max_new_tokens"], split_name=split, config={"profile": params.get("profile")},
             fast_decode=params.get("fast_decode", False))
     return out
+
+
+def newest_evaluations(runs) -> "pd.DataFrame":  # noqa: F821
+    """The newest finished evaluation run of each stage and test set (``load_runs``' table, indexed by both)."""
+    return runs.sort_values(["started", "run_id"]).groupby(["stage", "split"]).tail(1).set_index(["stage", "split"])
+
+
+def stored_side_by_side(runs, split: str = "test", n: int = 5, stages=("base", "sft", "grpo")):
+    """Like :func:`side_by_side`, from the translations stored in the runs folder; None if none."""
+    from . import results
+    newest = newest_evaluations(runs)
+    table = None
+    for stage in stages:
+        if (stage, split) in newest.index:
+            t = results.read_translations(newest.loc[(stage, split), "path"]).head(n)
+            if table is None:
+                table = t[["source"]].copy()
+                reference = t["reference"].values
+            table[stage] = t["hypothesis"].values
+    if table is not None:
+        table["reference"] = reference
+    return table
+
+
+def significance(runs, n_bootstrap: int = 1000, pairs=(("base", "sft"), ("base", "grpo"), ("sft", "grpo")),
+                 metrics_=("bleu", "chrf")):
+    """Paired bootstrap between the newest evaluations of two stages on each test set (same sentences only).
+
+    ``runs`` is :func:`mtlib.results.load_runs`'s table. One row per comparison, split and metric: both
+    scores, the delta, its 95% confidence interval, the one-sided p-value and whether p < 0.05.
+    """
+    import pandas as pd
+    from . import metrics, results
+    newest = newest_evaluations(runs)
+    rows = []
+    for a, b in pairs:
+        for split in sorted({s for (_, s) in newest.index}):
+            if (a, split) not in newest.index or (b, split) not in newest.index:
+                continue
+            ta = results.read_translations(newest.loc[(a, split), "path"])
+            tb = results.read_translations(newest.loc[(b, split), "path"])
+            if list(ta["source"]) != list(tb["source"]):
+                continue  # different sentences: not a paired comparison
+            for metric in metrics_:
+                test = metrics.paired_bootstrap(list(ta["reference"]), list(ta["hypothesis"]),
+                                                list(tb["hypothesis"]), metric=metric, n_samples=n_bootstrap,
+                                                progress=False)
+                rows.append({"comparison": f"{b} vs {a}", "split": split, "metric": metric,
+                             "score before": test["score_a"], "score after": test["score_b"], "delta": test["delta"],
+                             "95% CI": f"[{test['ci_low']:.2f}, {test['ci_high']:.2f}]", "p": test["p_value"],
+                             "significant (p < 0.05)": test["p_value"] < 0.05})
+    return pd.DataFrame(rows)
 
 
 def scores_frame(systems: dict, columns=SCORE_COLUMNS):

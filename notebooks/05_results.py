@@ -44,7 +44,7 @@ n_examples = 5                     # translations to show side by side
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import book, metrics, plots, results
+from mtlib import book, plots, results
 
 params = book.header("05_results", globals())
 runs = results.load_runs(runs_root)
@@ -78,24 +78,7 @@ plots.score_bars(scores.reset_index(), metrics=("bleu", "chrf", "ter"), system="
 # base model, and GRPO with SFT, on every test set, using the translations stored in the runs.
 
 # %%
-newest = runs.sort_values(["started", "run_id"]).groupby(["stage", "split"]).tail(1).set_index(["stage", "split"])
-rows = []
-for a, b in [("base", "sft"), ("base", "grpo"), ("sft", "grpo")]:
-    for split in sorted({s for (_, s) in newest.index}):
-        if (a, split) not in newest.index or (b, split) not in newest.index:
-            continue
-        ta = results.read_translations(newest.loc[(a, split), "path"])
-        tb = results.read_translations(newest.loc[(b, split), "path"])
-        if list(ta["source"]) != list(tb["source"]):
-            continue  # different sentences: not a paired comparison
-        for metric in ("bleu", "chrf"):
-            test = metrics.paired_bootstrap(list(ta["reference"]), list(ta["hypothesis"]), list(tb["hypothesis"]),
-                                            metric=metric, n_samples=n_bootstrap, progress=False)
-            rows.append({"comparison": f"{b} vs {a}", "split": split, "metric": metric,
-                         "score before": test["score_a"], "score after": test["score_b"],
-                         "delta": test["delta"], "95% CI": f"[{test['ci_low']:.2f}, {test['ci_high']:.2f}]",
-                         "p": test["p_value"], "significant (p < 0.05)": test["p_value"] < 0.05})
-significance = pd.DataFrame(rows)
+significance = book.significance(runs, n_bootstrap)
 significance.set_index(["comparison", "split", "metric"]).round(3) if len(significance) else "no paired runs found"
 
 # %%
@@ -112,16 +95,7 @@ if len(significance):
 # The first sentences of the main test set as each system translated them.
 
 # %%
-table = None
-for stage in ("base", "sft", "grpo"):
-    if (stage, "test") in newest.index:
-        t = results.read_translations(newest.loc[(stage, "test"), "path"]).head(n_examples)
-        if table is None:
-            table = t[["source"]].copy()
-        table[stage] = t["hypothesis"].values
-if table is not None:
-    table["reference"] = t["reference"].values
-table
+book.stored_side_by_side(runs, split="test", n=n_examples)
 
 # %% [markdown]
 # ## What each stage cost
