@@ -9,7 +9,6 @@ import argparse
 import gzip
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -133,6 +132,20 @@ def translate(model, tk, sources, bs, graphs):
     return time.time() - t, outs
 
 
+def add_clock(trainer):
+    """A list that receives the time at the end of every optimizer step."""
+    from transformers import TrainerCallback
+    stamps = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, a, s, c, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            stamps.append(time.time())
+    trainer.add_callback(Clock())
+    return stamps
+
+
 def sft(model, tk, bs, ga, steps, packing=False, padding_free=None):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -153,15 +166,7 @@ def sft(model, tk, bs, ga, steps, packing=False, padding_free=None):
         from unsloth.chat_templates import train_on_responses_only
         trainer = train_on_responses_only(trainer, instruction_part="<|start_header_id|>user<|end_header_id|>\n\n",
                                           response_part="<|start_header_id|>assistant<|end_header_id|>\n\n")
-    stamps = []
-    from transformers import TrainerCallback
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, a, s, c, **kw):
-            if cuda:
-                torch.cuda.synchronize()
-            stamps.append(time.time())
-    trainer.add_callback(Clock())
+    stamps = add_clock(trainer)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -186,15 +191,7 @@ def grpo(model, tk, bs, ga, steps, gen_batch=None):
                      top_k=50, top_p=0.95, repetition_penalty=1.2, logging_steps=1, report_to="none",
                      save_strategy="no", bf16=cuda, seed=3407, optim="adamw_8bit" if cuda else "adamw_torch")
     trainer = GRPOTrainer(model=model, processing_class=tk, reward_funcs=[bleu_reward], args=cfg, train_dataset=ds)
-    stamps = []
-    from transformers import TrainerCallback
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, a, s, c, **kw):
-            if cuda:
-                torch.cuda.synchronize()
-            stamps.append(time.time())
-    trainer.add_callback(Clock())
+    stamps = add_clock(trainer)
     trainer.train()
     k = cfg.steps_per_generation - 1  # time whole generation cycles, after the first
     per_step = (stamps[-1] - stamps[k]) / max(1, len(stamps) - 1 - k)
