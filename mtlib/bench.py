@@ -6,7 +6,7 @@ from pathlib import Path
 
 STAGES = ("sft", "translate", "grpo")
 RESULTS_DIR = Path(__file__).resolve().parent / "benchmarks"   # measured results shipped with mtlib
-COLUMNS = ["stage", "recipe", "batch", "throughput", "unit", "time_s", "time_for", "peak_gb", "vs_seed", "file"]
+COLUMNS = ["stage", "recipe", "batch", "throughput", "unit", "time_s", "time_for", "peak_gib", "vs_seed", "file"]
 
 
 def load_rows(paths) -> list[dict]:
@@ -26,7 +26,7 @@ def environment(path) -> dict:
 
 
 def speedup_table(rows):
-    """One row per stage and recipe: throughput, wall time, peak memory and the ratio to the seed recipe.
+    """One row per stage and recipe: throughput, time, peak GPU memory (GiB) and the ratio to the seed recipe.
 
     Where several files measured the same stage and recipe, the first file's successful row is kept.
     Time is per optimizer step for SFT and GRPO, and for all 1,000 test-2016 sentences for translation
@@ -44,7 +44,7 @@ def speedup_table(rows):
                     "throughput": r["throughput"], "unit": r.get("unit", ""),
                     "time_s": r.get("seconds_1000") if stage == "translate" else r.get("seconds_per_step"),
                     "time_for": "1,000 sentences" if stage == "translate" else "one step",
-                    "peak_gb": r.get("peak_gb"),
+                    "peak_gib": r.get("peak_gb"),  # torch.cuda.max_memory_allocated / 2**30
                     "vs_seed": round(r["throughput"] / seed["throughput"], 1) if seed and recipe != "seed" else None,
                     "file": r.get("file", "")})
     df = pd.DataFrame(out, columns=COLUMNS)

@@ -176,8 +176,8 @@ def latest_run(runs_root: str | os.PathLike, stage: str):
 _TRAIN_FIELDS = {"num_steps": "max_steps", "batch_size": "per_device_train_batch_size",
                  "grad_accum": "gradient_accumulation_steps", "lr_scheduler": "lr_scheduler_type"}
 _COMMON_KEYS = ("num_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "lr_scheduler",
-                "logging_steps", "max_seq_length", "seed")
-_SFT_KEYS = _COMMON_KEYS + ("padding_free", "group_by_length")
+                "logging_steps", "seed")
+_SFT_KEYS = _COMMON_KEYS + ("max_seq_length", "padding_free", "group_by_length")
 _GRPO_KEYS = _COMMON_KEYS + ("loss_type", "beta", "epsilon", "epsilon_high", "num_generations",
                           "max_completion_length", "temperature", "rewards", "reward_weights")
 
@@ -242,6 +242,12 @@ def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
     return out
 
 
+def runs_are_smoke(runs) -> bool:
+    """Whether any run in ``load_runs``' table used the tiny random model (its scores then mean nothing)."""
+    models = runs["model"].astype(str)
+    return bool((models.eq(TINY_MODEL) | models.str.contains("tiny-model", regex=False)).any())
+
+
 def newest_evaluations(runs) -> "pd.DataFrame":  # noqa: F821
     """The newest finished evaluation run of each stage and test set (``load_runs``' table, indexed by both)."""
     return runs.sort_values(["started", "run_id"]).groupby(["stage", "split"]).tail(1).set_index(["stage", "split"])
@@ -258,6 +264,8 @@ def stored_side_by_side(runs, split: str = "test", n: int = 5, stages=("base", "
             if table is None:
                 table = t[["source"]].copy()
                 reference = t["reference"].values
+            elif list(t["source"]) != list(table["source"]):
+                raise MtlibError(f"stored_side_by_side: the {stage} run translated different {split} sentences")
             table[stage] = t["hypothesis"].values
     if table is not None:
         table["reference"] = reference

@@ -141,7 +141,6 @@ def load_model(name_or_path, max_seq_length: int = 512, load_in_4bit: bool = Tru
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **({"token": token} if token else {}))
         tokenizer.model_max_length = max_seq_length
     _set_backend(model, backend)
-    model.mtlib_max_seq_length = max_seq_length
     return model, prepare_tokenizer(tokenizer)
 
 
@@ -162,14 +161,8 @@ def add_lora(model, r: int = 16, alpha: int = 16, dropout: float = 0.0, target_m
             use_gradient_checkpointing="unsloth" if gradient_checkpointing else False, random_state=seed)
     else:
         import torch
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
+        from peft import LoraConfig, get_peft_model
+        model = _prepare_for_training(model, gradient_checkpointing)
         torch.manual_seed(seed)
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                             bias="none", task_type="CAUSAL_LM")
@@ -178,13 +171,23 @@ def add_lora(model, r: int = 16, alpha: int = 16, dropout: float = 0.0, target_m
     return peft_model
 
 
+def _prepare_for_training(model, gradient_checkpointing: bool):
+    """Plain backend: k-bit preparation for a quantized base, and gradient checkpointing if asked."""
+    from peft import prepare_model_for_kbit_training
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
+
+
 def trainable_summary(model) -> dict:
     """Trainable vs total parameter counts: {"trainable", "total", "share"} (share in [0, 1])."""
     trainable = total = 0
     for p in model.parameters():
         n = p.numel()
-        if hasattr(p, "ds_numel"):
-            n = p.ds_numel
         if p.__class__.__name__ == "Params4bit":  # bitsandbytes packs two 4-bit values per byte
             n *= 2
         total += n
@@ -261,10 +264,12 @@ def find_adapter_dir(run_or_adapter_dir) -> Path:
 
 
 def load_trained(run_or_adapter_dir, max_seq_length: int = 512, load_in_4bit: bool = True, dtype=None,
-                 backend: str = "auto", trainable: bool = False, base_name: str | None = None) -> TrainedModel:
+                 backend: str = "auto", trainable: bool = False, base_name: str | None = None,
+                 gradient_checkpointing: bool = True) -> TrainedModel:
     """Load base model + saved adapter (from a run folder or adapter folder) as a TrainedModel.
 
-    ``trainable=True`` keeps the adapter's weights trainable, to continue training it (SFT -> GRPO).
+    ``trainable=True`` keeps the adapter's weights trainable, to continue training it (SFT -> GRPO), with
+    gradient checkpointing as in :func:`add_lora` when ``gradient_checkpointing``.
     ``base_name`` overrides the base model recorded in adapter_config.json (e.g. a moved local folder).
     """
     adapter_dir = find_adapter_dir(run_or_adapter_dir)
@@ -278,13 +283,16 @@ def load_trained(run_or_adapter_dir, max_seq_length: int = 512, load_in_4bit: bo
             raise ConfigError("base_name override is not supported on the unsloth backend")
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=str(adapter_dir), max_seq_length=max_seq_length, dtype=_dtype(dtype),
-            load_in_4bit=load_in_4bit, token=hf_token())
+            load_in_4bit=load_in_4bit, token=hf_token(),
+            use_gradient_checkpointing="unsloth" if trainable and gradient_checkpointing else False)
         _set_backend(model, "unsloth")
         tokenizer = prepare_tokenizer(tokenizer)
     else:
         from peft import PeftModel
         model, tokenizer = load_model(base, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
                                       dtype=dtype, backend="hf")
+        if trainable:
+            _prepare_for_training(model, gradient_checkpointing)
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
         _set_backend(model, "hf")
     if trainable:

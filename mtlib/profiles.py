@@ -20,8 +20,9 @@ import yaml
 from .errors import ConfigError
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")   # TRL GRPOConfig.loss_type values this book supports
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 CHAPTERS = ("01_data", "02_metrics", "03_sft", "04_grpo", "05_results", "06_gpu_speed")
-META_KEYS = ("description", "requires_cuda")
 
 _DATA = ("01_data", "02_metrics", "03_sft", "04_grpo")
 _TRAIN = ("03_sft", "04_grpo")
@@ -71,8 +72,7 @@ SCHEMA: dict[str, Param] = {
     "lr": Param("float", _TRAIN, "peak learning rate", above=0.0, max=1.0),
     "warmup_steps": Param("int", _TRAIN, "linear warm-up steps", min=0),
     "weight_decay": Param("float", _TRAIN, "AdamW weight decay", min=0.0, max=1.0),
-    "lr_scheduler": Param("str", _TRAIN, "learning-rate schedule",
-                          choices=("linear", "cosine", "constant", "constant_with_warmup")),
+    "lr_scheduler": Param("str", _TRAIN, "learning-rate schedule", choices=SCHEDULERS),
     "logging_steps": Param("int", _TRAIN, "log the loss/rewards every N steps", min=1),
     "gradient_checkpointing": Param("bool", _TRAIN, "recompute activations in the backward pass (saves memory, "
                                     "costs time; the fast GPU profile turns it off)"),
@@ -91,8 +91,7 @@ SCHEMA: dict[str, Param] = {
     "beta": Param("float", ("04_grpo",), "KL coefficient (0: no reference model)", min=0.0),
     "epsilon": Param("float", ("04_grpo",), "lower clipping range", above=0.0, max=1.0),
     "epsilon_high": Param("float", ("04_grpo",), "upper clipping range (DAPO clip-higher)", above=0.0, max=1.0),
-    "loss_type": Param("str", ("04_grpo",), "loss aggregation",
-                       choices=("grpo", "bnpo", "dr_grpo", "dapo")),
+    "loss_type": Param("str", ("04_grpo",), "loss aggregation", choices=LOSS_TYPES),
     "rewards": Param("list[str]", ("04_grpo",), "reward functions by name (mtlib.rewards.REWARDS)"),
     "reward_weights": Param("list[float]", ("04_grpo",), "weight of each reward (None: all 1)", optional=True),
 }

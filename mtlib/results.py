@@ -23,7 +23,6 @@ from typing import Iterable
 
 from .errors import ConfigError
 
-STATUSES = ("running", "finished", "failed")
 METRIC_COLUMNS = ["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "rougeLsum", "bp", "sys_len", "ref_len", "n"]
 ENV_PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "sacrebleu", "rouge_score",
                 "bitsandbytes", "unsloth", "unsloth_zoo"]

@@ -18,7 +18,7 @@ SPECIAL_TOKENS = [
     "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
     "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
 ]
-BOS, EOS, PAD, EOT = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>", "<|eot_id|>"
+BOS, EOS, PAD = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>"
 
 # Llama 3.2's chat template for system/user/assistant turns, without the date lines and tool calls.
 CHAT_TEMPLATE = (

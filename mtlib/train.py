@@ -11,13 +11,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, TrainingError
+from .profiles import LOSS_TYPES, SCHEDULERS
 from .modeling import TrainedModel, add_lora, backend_of, base_name_of, save_adapter, trainable_summary
 from .rewards import build_rewards
 
 log = logging.getLogger(__name__)
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 USER_PROMPT_HEADER = "<|start_header_id|>user<|end_header_id|>\n\n"
 ASSISTANT_HEADER = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
@@ -54,6 +53,7 @@ class SFTParams:
 
     def validate(self) -> "SFTParams":
         _validate_common(self)
+        _positive(self, "max_seq_length")
         if self.train_sampling_strategy not in ("random", "sequential", "group_by_length"):
             raise ConfigError("SFTParams.train_sampling_strategy must be 'random', 'sequential' or "
                               f"'group_by_length', got {self.train_sampling_strategy!r}")
@@ -91,7 +91,6 @@ class GRPOParams:
     logging_steps: int = 1
     save_steps: int = 50
     save_total_limit: int | None = 2
-    max_seq_length: int = 512
 
     def validate(self) -> "GRPOParams":
         _validate_common(self)
@@ -99,9 +98,10 @@ class GRPOParams:
             raise ConfigError(f"GRPOParams.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         _positive(self, "num_generations", minimum=2)
         _positive(self, "max_completion_length")
-        for name in ("beta", "epsilon"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"GRPOParams.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.beta < 0:
+            raise ConfigError(f"GRPOParams.beta must be >= 0, got {self.beta!r}")
+        if not self.epsilon > 0:
+            raise ConfigError(f"GRPOParams.epsilon must be > 0, got {self.epsilon!r}")
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ConfigError(f"GRPOParams.epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon})")
         if not self.temperature > 0:
@@ -115,6 +115,10 @@ class GRPOParams:
                 f"multiple of num_generations ({self.num_generations})")
         if not self.rewards:
             raise ConfigError("GRPOParams.rewards must name at least one reward")
+        from .rewards import REWARDS
+        unknown = [r for r in self.rewards if not callable(r) and r not in REWARDS]
+        if unknown:
+            raise ConfigError(f"GRPOParams.rewards: unknown {unknown}; choose from {sorted(REWARDS)}")
         if len(self.reward_weights) != len(self.rewards):
             raise ConfigError(f"GRPOParams.reward_weights has {len(self.reward_weights)} values for "
                               f"{len(self.rewards)} rewards {self.rewards}")
@@ -129,11 +133,11 @@ def _positive(params, name, minimum=1):
 
 def _validate_common(p):
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps",
-                 "save_steps", "max_seq_length"):
+                 "save_steps"):
         _positive(p, name)
     _positive(p, "warmup_steps", minimum=0)
-    if not isinstance(p.lr, (int, float)) or isinstance(p.lr, bool) or not (0 < p.lr < 1) or not math.isfinite(p.lr):
-        raise ConfigError(f"{type(p).__name__}.lr must be a number in (0, 1), got {p.lr!r}")
+    if not isinstance(p.lr, (int, float)) or isinstance(p.lr, bool) or not (0 < p.lr <= 1) or not math.isfinite(p.lr):
+        raise ConfigError(f"{type(p).__name__}.lr must be a number in (0, 1], got {p.lr!r}")
     if p.weight_decay < 0:
         raise ConfigError(f"{type(p).__name__}.weight_decay must be >= 0, got {p.weight_decay!r}")
     if p.lr_scheduler_type not in SCHEDULERS:
@@ -319,7 +323,8 @@ def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config
     base_name = base_name_of(model)
     if resume:
         run_dir = Path(resume) if not isinstance(resume, bool) else _find_resumable(runs_root, stage)
-        if run_dir is None or not get_last_checkpoint(str(run_dir / "checkpoints")):
+        if run_dir is None or not (run_dir / "checkpoints").is_dir() \
+                or not get_last_checkpoint(str(run_dir / "checkpoints")):
             raise TrainingError(f"resume: no {stage} run with a checkpoint under {runs_root}"
                                 if isinstance(resume, bool) else f"resume: no checkpoint in {run_dir}/checkpoints")
         run = Run.open(run_dir)

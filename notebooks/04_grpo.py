@@ -132,7 +132,7 @@ model_path = book.resolve_model(model, runs_root, texts=list(pairs["train"][src_
 sft_run = book.latest_run(runs_root, "sft") if from_sft else None
 if sft_run is not None:
     start = modeling.load_trained(sft_run["path"], max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
-                                  trainable=True)
+                                  trainable=True, gradient_checkpointing=gradient_checkpointing)
     display(Markdown(f"Starting from the SFT adapter of run `{sft_run['run_id']}`."))
 else:
     base, tokenizer = modeling.load_model(model_path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit)
@@ -189,7 +189,7 @@ display(Markdown(f"{np.mean(np.array(reference_tokens) > max_completion_length):
 reference = pairs["train"][0][tgt_lang]
 candidates = {"the reference": reference, "first half": " ".join(reference.split()[: len(reference.split()) // 2]),
               "with a preamble": "Hier ist die Übersetzung: " + reference, "English source": pairs["train"][0][src_lang]}
-funcs = train.build_rewards(rewards, tokenizer)
+funcs = reward_fns.build_rewards(rewards, tokenizer)
 completions = [[{"role": "assistant", "content": c}] for c in candidates.values()]
 pd.DataFrame({f.__name__: f(prompts=[None] * len(completions), completions=completions,
                             reference=[reference] * len(completions)) for f in funcs},

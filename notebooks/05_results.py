@@ -50,8 +50,7 @@ params = book.header("05_results", globals())
 runs = results.load_runs(runs_root)
 if runs.empty:
     raise RuntimeError(f"no finished runs under {runs_root!r}: run chapters 3 and 4 first")
-smoke = (runs["model"].astype(str).str.contains("tiny-model")).any()
-if smoke:
+if book.runs_are_smoke(runs):
     display(book.notice({"model": book.TINY_MODEL}))
 
 # %% [markdown]

@@ -110,7 +110,7 @@ targets
 #
 # | stage | seed recipe | fast recipe | why it is faster |
 # |---|---|---|---|
-# | SFT | batch 4 x accumulation 4, Unsloth's offloaded gradient checkpointing, padding-free batches | batch 128, no checkpointing, padded batches grouped by length (`group_by_length`, `pad_to_multiple_of=16`), one epoch of all 29,000 pairs, lr 4e-4 | A micro-batch of 4 short sentences (about 70 tokens each) leaves the GPU idle between kernel launches; 128 sentences fill it. Without flash-attention, Unsloth's padding-free path runs attention sequence by sequence, so padded batches of similar lengths are cheaper. 80 GB hold the activations, so checkpointing (recomputing the forward pass) only costs time. |
+# | SFT | batch 4 x accumulation 4, Unsloth's offloaded gradient checkpointing, padding-free batches | batch 128, no checkpointing, padded batches grouped by length (`group_by_length`, `pad_to_multiple_of=16`), one epoch of all 29,000 pairs, lr 4e-4 | A micro-batch of 4 short sentences (about 70 tokens each) leaves the GPU idle between kernel launches; 128 sentences fill it. Unsloth's padding-free batches (its default; no flash-attention on this host) stayed near 2,500 tokens/s even at batch 256 in the exploration run (`scripts/results/explore_h100_2026-11-25.json`), while padded batches of similar lengths reach 23,000. 80 GB hold the activations, so checkpointing (recomputing the forward pass) only costs time. |
 # | translation | batches of 8 | batches of 512, halved on out-of-memory | 64 decode steps serve 512 sentences at once instead of 8. |
 # | GRPO | 1 prompt x 4 completions a step | 32 prompts x 4 completions a step, no checkpointing | Generation is a batch of 128 sequences instead of 4. |
 #
@@ -127,7 +127,8 @@ targets
 # **SFT** reaches about 23,000 non-padding tokens/s; the 3B LoRA step costs about 13 GFLOP per token
 # with the backward pass, so this is about 300 TFLOP/s of useful work, within a factor of three of the
 # card's dense bf16 peak (the rest: 4-bit dequantization, padding, the 128,256-word output layer). Batch
-# 256 without checkpointing ran out of the 80 GB.
+# 256 without checkpointing ran out of the 80 GB. Memory figures are peak `torch.cuda.max_memory_allocated`
+# in GiB.
 #
 # **Translation** is the target this book misses. A profile of 16 decode steps for 512 sentences
 # (`torch.profiler`; the table below, and `scripts/results/profile_translate_h100_*.txt` for the kernels)

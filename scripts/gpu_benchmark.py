@@ -130,7 +130,7 @@ def main():
             tr = spec["translate"]
             n = min(args.seed_translate_sentences, len(test_src)) if recipe == "seed" else len(test_src)
             srcs = test_src[:n]
-            translate(model, tok, srcs[: tr["batch_size"]][:8], batch_size=8, max_new_tokens=4,
+            translate(model, tok, srcs[:8], batch_size=8, max_new_tokens=4,
                       progress=False, fast_decode=tr["fast_decode"])  # warm-up: kernels, graphs
             reset_peak()
             sync()

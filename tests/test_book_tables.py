@@ -31,3 +31,22 @@ def test_newer_evaluation_of_a_stage_replaces_the_older(tmp_path):
     _eval_run(tmp_path, "base", list(REFS))
     newest = book.newest_evaluations(results.load_runs(tmp_path))
     assert round(newest.loc[("base", "test"), "bleu"], 6) == 100.0
+
+
+def test_side_by_side_refuses_runs_on_different_sentences(tmp_path):
+    import pytest
+    from mtlib.errors import MtlibError
+    _eval_run(tmp_path, "base", list(REFS))
+    run = results.Run.create("sft", {}, root=tmp_path, name="sft")
+    run.write_translations(pd.DataFrame({"source": SOURCES[::-1], "reference": REFS[::-1], "hypothesis": REFS[::-1]}))
+    run.finish(metrics.corpus_scores(REFS, REFS))
+    with pytest.raises(MtlibError, match="different"):
+        book.stored_side_by_side(results.load_runs(tmp_path))
+
+
+def test_runs_are_smoke(tmp_path):
+    _eval_run(tmp_path, "base", list(REFS))
+    runs = results.load_runs(tmp_path)
+    assert not book.runs_are_smoke(runs.assign(model="meta-llama/Llama-3.2-3B-Instruct"))
+    assert book.runs_are_smoke(runs.assign(model="tiny"))
+    assert book.runs_are_smoke(runs.assign(model="/build/smoke/tiny-model"))

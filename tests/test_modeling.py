@@ -86,6 +86,9 @@ def test_adapter_round_trip(tmp_path, tiny, tiny_dir):  # noqa: F811
     lora = [p for n, p in again.model.named_parameters() if "lora_" in n]
     assert lora and all(p.requires_grad for p in lora)
     assert trainable_summary(again.model)["trainable"] == sum(p.numel() for p in lora)
+    assert again.model.base_model.model.is_gradient_checkpointing  # continued training checkpoints too
+    plain = load_trained(tmp_path / "run", backend="hf", trainable=True, gradient_checkpointing=False)
+    assert not plain.model.base_model.model.is_gradient_checkpointing
 
 
 def test_load_trained_without_adapter_is_clear(tmp_path):

@@ -100,3 +100,25 @@ def test_check_value_accepts_ints_for_floats_and_none_when_optional():
     assert profiles.check_value("train_size", None) is None
     with pytest.raises(ConfigError):
         profiles.check_value("batch_size", True)  # a bool is not a batch size
+
+
+@pytest.mark.parametrize("name", ["smoke", "seed", "fast"])
+def test_shipped_profile_builds_valid_trainer_parameters(name, monkeypatch):
+    """Every shipped profile passes the trainers' own checks too, not only the schema."""
+    from mtlib import book, train
+    monkeypatch.setattr(train, "_cuda", lambda: True)  # the GPU profiles' 8-bit AdamW is checked as on CUDA
+    prof = profiles.load_profile(name, check_device=False)
+    sft = book.sft_params(profiles.chapter_parameters(prof, "03_sft"))
+    grpo = book.grpo_params(profiles.chapter_parameters(prof, "04_grpo"))
+    sft.validate(), grpo.validate()
+    sections = prof["chapters"]
+    if sections.get("03_sft", {}).get("group_by_length"):
+        assert sft.train_sampling_strategy == "group_by_length"
+    if "batch_size" in sections.get("04_grpo", {}):
+        assert grpo.per_device_train_batch_size == sections["04_grpo"]["batch_size"]
+
+
+def test_schema_choices_are_the_trainers():
+    from mtlib import train
+    assert profiles.SCHEMA["loss_type"].choices == train.LOSS_TYPES
+    assert profiles.SCHEMA["lr_scheduler"].choices == train.SCHEDULERS

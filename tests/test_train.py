@@ -113,6 +113,10 @@ def test_resume_after_interruption_reaches_the_same_step(tmp_path, tiny_dir, tra
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
     with pytest.raises(TrainingError, match="checkpoint"):
         run_sft(model, tok, data, params, runs_root=tmp_path / "empty", resume=True)
+    no_checkpoints = tmp_path / "an-evaluation-run"
+    no_checkpoints.mkdir()
+    with pytest.raises(TrainingError, match="no checkpoint in"):  # an explicit folder without checkpoints
+        run_sft(model, tok, data, params, runs_root=tmp_path, resume=no_checkpoints)
 
 
 def test_grpo_logs_every_reward_and_continues_the_sft_adapter(tmp_path, tiny_dir, train_split):  # noqa: F811
