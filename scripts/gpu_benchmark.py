@@ -116,7 +116,7 @@ def main():
             self.tokens.append(state.num_input_tokens_seen)
 
     n_new = 8 if args.tiny else 64
-    for recipe in args.recipes.split(","):
+    for recipe in [r for r in args.recipes.split(",") if r]:
         spec = RECIPES[recipe]
         reset_peak()
         t = time.time()
@@ -264,7 +264,7 @@ def time_generate(model):
 
 
 def pipeline(twin_dir, train, test, out, record, tiny):
-    """What the chapters do, on the GPU: run_sft -> run_grpo from its adapter -> evaluate the GRPO model."""
+    """What the chapters do, on the GPU: run_sft -> reload its adapter -> run_grpo -> evaluate -> reload."""
     from mtlib.generate import evaluate
     from mtlib.modeling import add_lora, load_model, load_trained
     from mtlib.train import GRPOParams, SFTParams, run_grpo, run_sft
@@ -273,11 +273,13 @@ def pipeline(twin_dir, train, test, out, record, tiny):
     model, tok = load_model(str(twin_dir), max_seq_length=512, backend="hf" if tiny else "auto")
     model = add_lora(model)
     sft = run_sft(model, tok, train.select(range(64)), SFTParams(max_steps=3, save_steps=10_000), runs_root=runs)
+    sft = load_trained(sft.run_dir, max_seq_length=512, trainable=True, gradient_checkpointing=False,
+                       backend="hf" if tiny else "auto")  # as chapter 4 continues chapter 3's adapter
     grpo = run_grpo(sft, None, train.select(range(64)),
                     GRPOParams(max_steps=2, save_steps=10_000, max_completion_length=16), runs_root=runs)
     ev = evaluate(grpo, test.select(range(32)), runs_root=runs, batch_size=32, max_new_tokens=16)
     reloaded = load_trained(grpo.run_dir)
-    record(stage="pipeline", recipe="-", what="run_sft -> run_grpo -> evaluate -> load_trained",
+    record(stage="pipeline", recipe="-", what="run_sft -> load_trained -> run_grpo -> evaluate -> load_trained",
            seconds=round(time.time() - t, 1), evaluated_stage=ev.stage, bleu=round(ev.metrics["bleu"], 2),
            reloaded_stage=reloaded.stage, sft_steps=sft.model is not None)
 
