@@ -248,7 +248,7 @@ def runs_are_smoke(runs) -> bool:
     return bool((models.eq(TINY_MODEL) | models.str.contains("tiny-model", regex=False)).any())
 
 
-def newest_evaluations(runs) -> "pd.DataFrame":  # noqa: F821
+def newest_evaluations(runs):
     """The newest finished evaluation run of each stage and test set (``load_runs``' table, indexed by both)."""
     return runs.sort_values(["started", "run_id"]).groupby(["stage", "split"]).tail(1).set_index(["stage", "split"])
 

@@ -439,3 +439,18 @@ def length_histogram(dsd: DatasetDict, split: str = "train", langs: Sequence[str
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def pair_columns(split, src_lang: str, tgt_lang: str) -> tuple[list, list]:
+    """Source and target sentences of a Dataset or DataFrame split; DataError naming missing columns."""
+    if hasattr(split, "column_names"):  # datasets.Dataset
+        cols = split.column_names
+        if src_lang not in cols or tgt_lang not in cols:
+            raise DataError(f"split needs columns {src_lang!r} and {tgt_lang!r}, has {cols}")
+        return list(split[src_lang]), list(split[tgt_lang])
+    if hasattr(split, "columns"):  # pandas.DataFrame
+        if src_lang not in split.columns or tgt_lang not in split.columns:
+            raise DataError(f"split needs columns {src_lang!r} and {tgt_lang!r}, has {list(split.columns)}")
+        return split[src_lang].tolist(), split[tgt_lang].tolist()
+    raise DataError(f"split must be a datasets.Dataset or DataFrame with {src_lang!r}/{tgt_lang!r} columns, "
+                    f"got {type(split).__name__}")

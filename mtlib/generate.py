@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data import pair_columns
 from .errors import ConfigError, DataError
 from .modeling import TrainedModel, as_trained, backend_of
 from .prompts import inference_messages
@@ -208,20 +209,6 @@ class Evaluation:
     per_split: dict = field(default_factory=dict)
 
 
-def _split_columns(split, src_lang, tgt_lang):
-    if hasattr(split, "column_names"):  # datasets.Dataset
-        cols = split.column_names
-        if src_lang not in cols or tgt_lang not in cols:
-            raise DataError(f"split needs columns {src_lang!r} and {tgt_lang!r}, has {cols}")
-        return list(split[src_lang]), list(split[tgt_lang])
-    if hasattr(split, "columns"):  # pandas.DataFrame
-        if src_lang not in split.columns or tgt_lang not in split.columns:
-            raise DataError(f"split needs columns {src_lang!r} and {tgt_lang!r}, has {list(split.columns)}")
-        return split[src_lang].tolist(), split[tgt_lang].tolist()
-    raise DataError(f"split must be a datasets.Dataset or DataFrame with {src_lang!r}/{tgt_lang!r} columns, "
-                    f"got {type(split).__name__}")
-
-
 def evaluate(model_or_trained, split, src_lang: str = "en", tgt_lang: str = "de", name: str | None = None,
              runs_root="runs", batch_size: int = 64, max_new_tokens: int = 128, config: dict | None = None,
              split_name: str | None = None, tokenizer=None, **translate_kwargs) -> Evaluation:
@@ -236,7 +223,7 @@ def evaluate(model_or_trained, split, src_lang: str = "en", tgt_lang: str = "de"
     from .results import Run
 
     trained: TrainedModel = as_trained(model_or_trained, tokenizer)
-    sources, refs = _split_columns(split, src_lang, tgt_lang)
+    sources, refs = pair_columns(split, src_lang, tgt_lang)
     if not sources:
         raise DataError("the split to evaluate is empty")
     split_name = split_name or (str(split.split) if getattr(split, "split", None) else "test")

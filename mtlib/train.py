@@ -10,20 +10,16 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .data import pair_columns
 from .errors import ConfigError, TrainingError
 from .profiles import LOSS_TYPES, SCHEDULERS
-from .modeling import TrainedModel, add_lora, backend_of, base_name_of, save_adapter, trainable_summary
+from .modeling import TrainedModel, _cuda, add_lora, backend_of, base_name_of, save_adapter, trainable_summary
 from .rewards import build_rewards
 
 log = logging.getLogger(__name__)
 
 USER_PROMPT_HEADER = "<|start_header_id|>user<|end_header_id|>\n\n"
 ASSISTANT_HEADER = "<|start_header_id|>assistant<|end_header_id|>\n\n"
-
-
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
 
 
 def _default_optim() -> str:
@@ -184,13 +180,6 @@ def _ensure_lora(model):
     return add_lora(model)
 
 
-def _split_columns(split, src_lang, tgt_lang):
-    cols = split.column_names
-    if src_lang not in cols or tgt_lang not in cols:
-        from .errors import DataError
-        raise DataError(f"training split needs columns {src_lang!r} and {tgt_lang!r}, has {cols}")
-
-
 def sft_dataset(split, src_lang="en", tgt_lang="de"):
     """Conversational prompt/completion rows: TRL computes the loss on the completion (the translation) only."""
     from .prompts import inference_messages
@@ -199,7 +188,7 @@ def sft_dataset(split, src_lang="en", tgt_lang="de"):
     if "messages" in split.column_names:
         return split.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]},
                          remove_columns=split.column_names, desc="SFT prompt/completion")
-    _split_columns(split, src_lang, tgt_lang)
+    pair_columns(split, src_lang, tgt_lang)
     return split.map(lambda r: {"prompt": inference_messages(r[src_lang], tgt_lang, src_lang),
                                 "completion": [{"role": "assistant", "content": r[tgt_lang]}]},
                      remove_columns=split.column_names, desc="SFT prompt/completion")
@@ -209,7 +198,7 @@ def _sft_text_dataset(split, tokenizer, src_lang, tgt_lang):
     """Unsloth path: whole conversations as text (BOS left to the tokenizer); masked by train_on_responses_only."""
     from .prompts import to_sft_dataset
     if "messages" not in split.column_names:
-        _split_columns(split, src_lang, tgt_lang)
+        pair_columns(split, src_lang, tgt_lang)
         split = to_sft_dataset(split, src_lang, tgt_lang)
     bos = tokenizer.bos_token or ""
 
@@ -269,7 +258,7 @@ def grpo_dataset(split, src_lang="en", tgt_lang="de"):
     from .prompts import to_grpo_dataset
     if "prompt" in split.column_names and "reference" in split.column_names:
         return split
-    _split_columns(split, src_lang, tgt_lang)
+    pair_columns(split, src_lang, tgt_lang)
     return to_grpo_dataset(split, src_lang, tgt_lang)
 
 
