@@ -174,12 +174,13 @@ def latest_run(runs_root: str | os.PathLike, stage: str):
 
 # Notebook parameter -> mtlib.train dataclass field (the rest keep their name).
 _TRAIN_FIELDS = {"num_steps": "max_steps", "batch_size": "per_device_train_batch_size",
-                 "grad_accum": "gradient_accumulation_steps", "lr_scheduler": "lr_scheduler_type"}
+                 "grad_accum": "gradient_accumulation_steps", "lr_scheduler": "lr_scheduler_type",
+                 "fast_decode": "fast_generation"}
 _COMMON_KEYS = ("num_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "lr_scheduler",
                 "logging_steps", "seed")
 _SFT_KEYS = _COMMON_KEYS + ("max_seq_length", "padding_free", "group_by_length")
 _GRPO_KEYS = _COMMON_KEYS + ("loss_type", "beta", "epsilon", "epsilon_high", "num_generations",
-                          "max_completion_length", "temperature", "rewards", "reward_weights")
+                          "max_completion_length", "temperature", "rewards", "reward_weights", "fast_decode")
 
 
 def _train_params(cls, params: dict, keys):

@@ -1,10 +1,8 @@
 """Batched translation with the chat template, and evaluation of a model on a split (scores + run record)."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ class TranslateStats:
     oom_retries: int = 0
     seconds: float = 0.0
     new_tokens: int = 0
+    setup_seconds: float = 0.0   # building the merged copy (fast_decode)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -101,25 +100,6 @@ def _for_inference(model):
         model.eval()
 
 
-@contextlib.contextmanager
-def _decode_graphs(on: bool):
-    """Unsloth replays its one-token decode step as CUDA graphs while UNSLOTH_DECODE_CUDA_GRAPHS=1.
-
-    The eager decode step is bound by kernel launches (hundreds a token); replaying it as graphs computes
-    the same step. Other backends ignore the variable.
-    """
-    old = os.environ.get("UNSLOTH_DECODE_CUDA_GRAPHS")
-    if on:
-        os.environ["UNSLOTH_DECODE_CUDA_GRAPHS"] = "1"
-    try:
-        yield
-    finally:
-        if on and old is None:
-            os.environ.pop("UNSLOTH_DECODE_CUDA_GRAPHS", None)
-        elif on:
-            os.environ["UNSLOTH_DECODE_CUDA_GRAPHS"] = old
-
-
 def _restore_training(model, was_training: bool):
     if not was_training:
         return
@@ -137,8 +117,10 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
 
     Prompts are sorted by length into left-padded batches, only the new tokens are decoded, and the
     outputs come back in input order. On out-of-memory the batch is halved and retried (down to 1).
-    With ``return_stats=True`` returns ``(outputs, TranslateStats)``. ``fast_decode=True`` replays
-    Unsloth's decode step as CUDA graphs (the GPU profiles; no effect on the plain backend).
+    With ``return_stats=True`` returns ``(outputs, TranslateStats)``. ``fast_decode=True`` decodes with
+    a merged dense copy of the model (:func:`mtlib.fastgen.merged_copy`: 4-bit base dequantized, LoRA
+    folded in, plain transformers) that is built for this call and freed after it; on CUDA with a static
+    cache, so transformers compiles the decode step (the first batch of a shape pays the compilation).
     """
     import torch
     from tqdm.auto import tqdm
@@ -164,18 +146,26 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
     outputs: list[str | None] = [None] * len(prompts)
     was_training = model.training
     _for_inference(model)
-    device = next(model.parameters()).device
-    size, start = batch_size, 0
+    runner = model
     try:
-        with _decode_graphs(fast_decode), \
-                tqdm(total=len(prompts), desc="translate", unit="sent", disable=not progress) as bar:
+        if fast_decode:
+            from .fastgen import merged_copy
+            t = time.time()
+            runner = merged_copy(model)
+            stats.setup_seconds = round(time.time() - t, 2)
+            if torch.cuda.is_available() and "cache_implementation" not in gen_kwargs:
+                # a static cache lets transformers compile the decode step (once per batch shape)
+                gen_config.cache_implementation = "static"
+        device = next(runner.parameters()).device
+        size, start = batch_size, 0
+        with tqdm(total=len(prompts), desc="translate", unit="sent", disable=not progress) as bar:
             while start < len(order):
                 idx = order[start:start + size]
                 enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(device)
                 try:
                     with torch.inference_mode():
-                        out = model.generate(**enc, generation_config=gen_config)
+                        out = runner.generate(**enc, generation_config=gen_config)
                 except Exception as exc:
                     if not _is_oom(exc) or size == 1:
                         raise
@@ -193,6 +183,10 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
                 start += len(idx)
                 bar.update(len(idx))
     finally:
+        if runner is not model:
+            del runner
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         _restore_training(model, was_training)
     stats.seconds = time.time() - t0
     return (outputs, stats) if return_stats else outputs

@@ -121,6 +121,7 @@ def load_model(name_or_path, max_seq_length: int = 512, load_in_4bit: bool = Tru
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=str(name_or_path), max_seq_length=max_seq_length, dtype=dtype,
             load_in_4bit=load_in_4bit, token=token)
+        contiguous_head_input(model)
     else:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -142,6 +143,24 @@ def load_model(name_or_path, max_seq_length: int = 512, load_in_4bit: bool = Tru
         tokenizer.model_max_length = max_seq_length
     _set_backend(model, backend)
     return model, prepare_tokenizer(tokenizer)
+
+
+def _contiguous_input(module, args):
+    return (args[0].contiguous(),) + tuple(args[1:]) if args and hasattr(args[0], "contiguous") else args
+
+
+def contiguous_head_input(model):
+    """Hand the output layer a contiguous input (idempotent); returns ``model``.
+
+    Unsloth's decode step can pass ``lm_head`` a strided ``(batch, 1, hidden)`` view; torch.matmul then
+    expands the vocabulary matrix into a batched matmul that reads it once per sequence (a ~70 ms step
+    at batch 500 on an H100, half of Unsloth's batched decode time). A contiguous input makes it one GEMM.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and not getattr(head, "_mtlib_contiguous_input", False):
+        head.register_forward_pre_hook(_contiguous_input)
+        head._mtlib_contiguous_input = True
+    return model
 
 
 def add_lora(model, r: int = 16, alpha: int = 16, dropout: float = 0.0, target_modules=LORA_TARGETS,
@@ -285,6 +304,7 @@ def load_trained(run_or_adapter_dir, max_seq_length: int = 512, load_in_4bit: bo
             model_name=str(adapter_dir), max_seq_length=max_seq_length, dtype=_dtype(dtype),
             load_in_4bit=load_in_4bit, token=hf_token(),
             use_gradient_checkpointing="unsloth" if trainable and gradient_checkpointing else False)
+        contiguous_head_input(model)
         _set_backend(model, "unsloth")
         tokenizer = prepare_tokenizer(tokenizer)
     else:

@@ -78,6 +78,7 @@ class GRPOParams:
     per_device_train_batch_size: int = 2
     gradient_accumulation_steps: int = 2
     rewards: list = field(default_factory=lambda: ["bleu", "length"])   # BLEU + length penalty, as the original
+    fast_generation: bool = False       # completions from a merged bf16 copy (mtlib.fastgen.route_generate)
     reward_weights: list = field(default_factory=lambda: [1.0, 1.0])
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -286,6 +287,8 @@ def build_grpo_trainer(model, tokenizer, train_split, params: GRPOParams | None 
                       repetition_penalty=params.repetition_penalty, reward_weights=list(params.reward_weights))
     funcs = build_rewards(params.rewards, tokenizer)
     tokenizer.padding_side = "left"
+    from .fastgen import route_generate, unroute_generate
+    route_generate(model) if params.fast_generation else unroute_generate(model)
     return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=grpo_dataset(train_split, src_lang,
                                                                                               tgt_lang),
                        processing_class=tokenizer, callbacks=callbacks)

@@ -1,0 +1,195 @@
+"""The fast translation path: a merged bf16 copy of the model, decoded by plain transformers.
+
+Training keeps the 4-bit base + LoRA. For batched greedy decoding that is slow: every step dequantizes
+the base, runs the adapter as extra matmuls, and (under Unsloth) goes through a decode path tuned for
+small batches. :func:`merged_copy` builds, once per evaluation, an ordinary transformers model whose
+weights are the dequantized base plus the folded-in LoRA update: the same function, in bf16, decoded
+with large batches by ``model.generate``. :func:`grouped_decode_attention` is registered as the
+``"mtlib_sdpa"`` attention: for one-token decode steps it reads each key/value head in place instead of
+copying it once per query head (what transformers' sdpa does whenever a padding mask is present).
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import inspect
+import logging
+import sys
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ATTENTION = "mtlib_sdpa"
+
+
+def grouped_decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                             scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+    """transformers' sdpa attention, except one-token decode steps with grouped KV heads and a mask.
+
+    There the ``n_heads / n_kv_heads`` query heads that share a KV head are laid out as that head's
+    queries (a decode query sees every unmasked key, so they need no causal order) and one SDPA call
+    reads the cache as it is, without ``repeat_kv``'s copy of the whole cache on every layer and step.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    batch, n_heads, q_len, head_dim = query.shape
+    if q_len != 1 or groups == 1 or attention_mask is None or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    n_kv = key.shape[1]
+    q = query.reshape(batch, n_kv, groups, head_dim)  # query head h uses KV head h // groups
+    mask = attention_mask[:, :, -1:, :]               # (batch, 1, 1, kv): the same for every head
+    out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(batch, n_heads, 1, head_dim).transpose(1, 2), None
+
+
+def register_attention() -> str:
+    """Register :func:`grouped_decode_attention` with transformers as ``"mtlib_sdpa"``; returns the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    AttentionInterface.register(ATTENTION, grouped_decode_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    return ATTENTION
+
+
+def _patched(module) -> bool:
+    """True when a class defined in ``module`` has a method defined elsewhere (Unsloth replaces forwards)."""
+    for obj in vars(module).values():
+        if inspect.isclass(obj) and obj.__module__ == module.__name__:
+            for fn in vars(obj).values():
+                if inspect.isfunction(fn) and fn.__module__ != module.__name__ and "transformers" not in fn.__module__:
+                    return True
+    return False
+
+
+def pristine_class(cls):
+    """``cls`` as transformers defines it: re-imported fresh when its module's classes were patched."""
+    module = sys.modules[cls.__module__]
+    if not _patched(module):
+        return cls
+    spec = importlib.util.find_spec(cls.__module__)
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    log.info("%s was patched (Unsloth): using a fresh import of %s for the merged copy", cls.__name__,
+             cls.__module__)
+    return getattr(fresh, cls.__name__)
+
+
+def _dense_weight(layer):
+    """The weight of a linear layer as a dense tensor (bitsandbytes 4-bit weights dequantized)."""
+    w = layer.weight
+    if getattr(w, "quant_state", None) is not None:
+        import bitsandbytes.functional as bnbf
+        return bnbf.dequantize_4bit(w.data, w.quant_state)
+    return w.data
+
+
+def merged_state(model, dtype) -> dict:
+    """Parameters of ``model`` (a PEFT LoRA model or a plain one) with every LoRA update folded in.
+
+    Keys are the base model's parameter names (``model.layers.0.self_attn.q_proj.weight``, ...).
+    """
+    import torch
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    state, skip = {}, ()
+    for name, module in base.named_modules():
+        if skip and name.startswith(skip):
+            continue
+        prefix = f"{name}." if name else ""
+        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
+            skip = (prefix,)
+            layer = module.base_layer
+            w = _dense_weight(layer).to(torch.float32)
+            for key in module.active_adapters:
+                if key in module.lora_A:
+                    a, b = module.lora_A[key].weight, module.lora_B[key].weight
+                    w = w + (b.to(torch.float32) @ a.to(torch.float32)) * module.scaling[key]
+            state[prefix + "weight"] = w.to(dtype)
+            if getattr(layer, "bias", None) is not None:
+                state[prefix + "bias"] = layer.bias.data.to(dtype)
+            continue
+        if getattr(getattr(module, "weight", None), "quant_state", None) is not None:
+            state[prefix + "weight"] = _dense_weight(module).to(dtype)
+            if getattr(module, "bias", None) is not None:
+                state[prefix + "bias"] = module.bias.data.to(dtype)
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            state[prefix + pname] = p.data.to(dtype) if p.is_floating_point() else p.data
+    return state
+
+
+def merged_copy(model, dtype=None, attention: str | None = ATTENTION):
+    """A plain transformers model computing ``model`` (4-bit base + LoRA) with merged dense weights.
+
+    Weights with a LoRA update or a 4-bit base are new tensors (6 GB for a 3B model in bf16); the others
+    (embeddings, norms) are shared with ``model`` when the dtype matches. It is for inference: free it
+    with ``del`` and build a new one after further training. ``attention``: the attention implementation of the copy (default
+    :data:`ATTENTION`, registered here; ``None`` keeps transformers' sdpa).
+    """
+    import torch
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(base, "config"):
+        raise ConfigError("merged_copy needs a transformers model (or a PEFT model around one)")
+    device = next(base.parameters()).device
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = copy.deepcopy(base.config)
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    if attention:
+        register_attention()
+    config._attn_implementation = attention or "sdpa"
+    config.use_cache = True
+    with torch.no_grad():
+        state = merged_state(model, dtype)
+    cls = pristine_class(type(base))
+    with torch.device(device):  # built where it runs (buffers such as rotary frequencies included)
+        fresh = cls._from_config(config, dtype=dtype)
+    missing, unexpected = fresh.load_state_dict(state, strict=False, assign=True)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if getattr(config, "tie_word_embeddings", False) \
+        else set()
+    if unexpected or set(missing) - tied:
+        raise ConfigError(f"merged_copy: parameters did not line up (missing {sorted(set(missing) - tied)[:5]}, "
+                          f"unexpected {sorted(unexpected)[:5]})")
+    if tied:
+        fresh.tie_weights()
+    fresh.generation_config = copy.deepcopy(getattr(base, "generation_config", fresh.generation_config))
+    return fresh.to(device).eval()
+
+
+
+def route_generate(model):
+    """Send ``model.generate(...)`` through a fresh :func:`merged_copy` on every call; returns ``model``.
+
+    For trainers that generate with the model they train (TRL's GRPOTrainer): the copy is rebuilt from
+    the current adapter at each call (about 0.2 s for a 3B model on an H100) and freed after it.
+    ``unroute_generate(model)`` restores the model's own ``generate``.
+    """
+    if getattr(model, "_mtlib_routed_generate", None) is not None:
+        return model
+    own = model.generate
+
+    def generate(*args, **kwargs):
+        runner = merged_copy(model)
+        try:
+            return runner.generate(*args, **kwargs)
+        finally:
+            del runner
+
+    generate.__doc__ = f"model.generate through a merged copy (mtlib.fastgen.route_generate)\n\n{own.__doc__ or ''}"
+    model._mtlib_routed_generate = own
+    model.generate = generate
+    return model
+
+
+def unroute_generate(model):
+    """Undo :func:`route_generate`."""
+    own = getattr(model, "_mtlib_routed_generate", None)
+    if own is not None:
+        del model.generate
+        model._mtlib_routed_generate = None
+    return model

@@ -1,0 +1,160 @@
+"""The fast translation path: merged copy, grouped decode attention, patched-class detection."""
+import dataclasses
+
+import pytest
+import torch
+
+from model_fixtures import pairs, tiny, tiny_dir, train_split  # noqa: F401
+
+
+def _lora(model, seed=1):
+    """LoRA on the tiny model with non-zero B matrices, so the adapter changes the outputs."""
+    from mtlib.modeling import add_lora
+    peft_model = add_lora(model, gradient_checkpointing=False)
+    g = torch.Generator().manual_seed(seed)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data = torch.randn(p.shape, generator=g) * 0.05
+    return peft_model.eval()
+
+
+def test_merged_copy_computes_the_adapted_model(tiny, pairs):  # noqa: F811
+    from mtlib.fastgen import ATTENTION, merged_copy
+    model, tok = tiny
+    peft_model = _lora(model)
+    copy = merged_copy(peft_model)
+    assert not hasattr(copy, "peft_config") and not any("lora" in n for n, _ in copy.named_parameters())
+    assert copy.config._attn_implementation == ATTENTION
+    enc = tok([p[0] for p in pairs[:4]], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = peft_model(**enc).logits
+        got = copy(**enc).logits
+        base = peft_model.get_base_model()
+        with peft_model.disable_adapter():
+            without = peft_model(**enc).logits
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(without, want, atol=1e-2)  # the adapter matters, so the merge was tested
+    # merged weights are the copy's own: changing them leaves the original alone
+    copy.model.layers[0].self_attn.q_proj.weight.data.zero_()
+    with torch.no_grad():
+        assert torch.equal(peft_model(**enc).logits, want)
+    assert base.model.embed_tokens.weight.data_ptr() == copy.model.embed_tokens.weight.data_ptr()  # shared
+
+
+def test_fast_decode_gives_the_same_greedy_translations(tiny, pairs):  # noqa: F811
+    from mtlib.generate import translate
+    model, tok = tiny
+    peft_model = _lora(model)
+    sources = [p[0] for p in pairs[:12]]
+    plain = translate(peft_model, tok, sources, batch_size=5, max_new_tokens=12, progress=False)
+    fast, stats = translate(peft_model, tok, sources, batch_size=5, max_new_tokens=12, progress=False,
+                            fast_decode=True, return_stats=True)
+    assert fast == plain
+    assert stats.setup_seconds > 0
+    assert peft_model.training is False and hasattr(peft_model, "peft_config")  # the model itself is untouched
+
+
+def test_grouped_decode_attention_equals_repeated_kv_sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from mtlib.fastgen import grouped_decode_attention
+
+    class Attn(torch.nn.Module):
+        num_key_value_groups = 3
+        is_causal = True
+
+    g = torch.Generator().manual_seed(0)
+    batch, kv_heads, groups, length, dim = 4, 2, 3, 9, 8
+    q = torch.randn(batch, kv_heads * groups, 1, dim, generator=g)
+    k = torch.randn(batch, kv_heads, length, dim, generator=g)
+    v = torch.randn(batch, kv_heads, length, dim, generator=g)
+    mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    mask[0, ..., :3] = False  # left padding
+    mask[2, ..., :5] = False
+    want, _ = sdpa_attention_forward(Attn(), q, k, v, mask, scaling=dim ** -0.5)
+    got, _ = grouped_decode_attention(Attn(), q, k, v, mask, scaling=dim ** -0.5)
+    assert got.shape == want.shape == (batch, 1, kv_heads * groups, dim)
+    assert torch.allclose(got, want, atol=1e-5)
+    # prefill (several query positions) goes through transformers' own sdpa unchanged
+    q2 = torch.randn(batch, kv_heads * groups, length, dim, generator=g)
+    full = torch.ones(batch, 1, length, length, dtype=torch.bool).tril()
+    a, _ = grouped_decode_attention(Attn(), q2, k, v, full, scaling=dim ** -0.5)
+    b, _ = sdpa_attention_forward(Attn(), q2, k, v, full, scaling=dim ** -0.5)
+    assert torch.equal(a, b)
+
+
+def test_pristine_class_undoes_a_patched_forward(monkeypatch):
+    import transformers.models.llama.modeling_llama as llama
+    from mtlib.fastgen import pristine_class
+    assert pristine_class(llama.LlamaForCausalLM) is llama.LlamaForCausalLM  # nothing patched
+
+    def patched_forward(self, *a, **k):  # what Unsloth does to the Llama classes
+        raise AssertionError("the patched forward ran")
+    patched_forward.__module__ = "unsloth.models.llama"
+    monkeypatch.setattr(llama.LlamaAttention, "forward", patched_forward)
+    fresh = pristine_class(llama.LlamaForCausalLM)
+    assert fresh is not llama.LlamaForCausalLM and fresh.__name__ == "LlamaForCausalLM"
+    assert fresh.forward.__module__ == llama.__name__
+
+
+def test_merged_copy_runs_pristine_classes_when_patched(tiny, monkeypatch):  # noqa: F811
+    import transformers.models.llama.modeling_llama as llama
+    from mtlib.fastgen import merged_copy
+    model, tok = tiny
+
+    def patched_forward(self, *a, **k):
+        raise AssertionError("the patched forward ran")
+    patched_forward.__module__ = "unsloth.models.llama"
+    monkeypatch.setattr(llama.LlamaAttention, "forward", patched_forward)
+    copy = merged_copy(model)
+    enc = tok(["a small test"], return_tensors="pt")
+    with torch.no_grad():
+        copy(**enc)  # would raise through the patched attention
+    with pytest.raises(AssertionError, match="patched forward ran"):
+        with torch.no_grad():
+            model(**enc)
+
+
+def test_grpo_fast_generation_samples_from_the_current_adapter(tmp_path, tiny_dir, train_split, monkeypatch):  # noqa: F811
+    """fast_generation routes every GRPO generate() through a merged copy built from the adapter of that step."""
+    from mtlib import fastgen
+    from mtlib.modeling import add_lora, load_model
+    from mtlib.train import GRPOParams, build_grpo_trainer
+
+    model, tok = load_model(tiny_dir, backend="hf", load_in_4bit=False)
+    model = add_lora(model, gradient_checkpointing=False)
+    built = []
+    real = fastgen.merged_copy
+
+    def spy(m, *a, **k):
+        copy = real(m, *a, **k)
+        lora_b = next(p for n, p in m.named_parameters() if "lora_B" in n)
+        built.append(float(lora_b.detach().abs().sum()))  # the adapter the copy was built from
+        return copy
+    monkeypatch.setattr(fastgen, "merged_copy", spy)
+
+    def varied(completions, **kw):
+        return [len(c[0]["content"]) / 10 for c in completions]
+
+    params = GRPOParams(max_steps=3, max_completion_length=8, lr=5e-2, save_steps=100, fast_generation=True)
+    trainer = build_grpo_trainer(model, tok, train_split.select(range(8)), params, tmp_path, rewards=[varied])
+    trainer.train()
+    assert len(built) == 3                 # one copy per generation round (one per step here)
+    assert built[0] == 0.0 and built[-1] > 0.0  # later copies carry the updated adapter
+    # the flag off restores the model's own generate
+    build_grpo_trainer(model, tok, train_split.select(range(8)), dataclasses.replace(params, fast_generation=False),
+                       tmp_path / "b", rewards=[varied])
+    assert "generate" not in vars(model)
+
+
+def test_contiguous_head_input_keeps_outputs(tiny):  # noqa: F811
+    from mtlib.modeling import contiguous_head_input
+    model, tok = tiny
+    x = torch.randn(3, 5, model.config.hidden_size)[:, -1:, :]  # a strided (batch, 1, hidden) view
+    assert not x.is_contiguous()
+    head = model.get_output_embeddings()
+    want = head(x)
+    contiguous_head_input(contiguous_head_input(model))  # idempotent
+    seen = []
+    head.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous()))
+    assert torch.equal(head(x), want) and seen == [True]
+    assert len(head._forward_pre_hooks) == 2
