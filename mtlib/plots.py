@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import matplotlib.patches
 from matplotlib.figure import Figure
 
 from .errors import DataError
@@ -105,6 +106,31 @@ def speedup_bars(table: pd.DataFrame) -> Figure:
     ax.set_xscale("log")
     ax.axvline(1, color="grey", lw=0.8)
     ax.set_xlabel("throughput relative to the seed recipe (log scale)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def path_times(table: pd.DataFrame, target: float | None = None) -> Figure:
+    """Seconds to translate 1,000 sentences per decoding path (``process``, ``decoder``, ``batch`` columns),
+    coloured by process, with the target as a dashed line."""
+    if table.empty:
+        raise DataError("no translation paths to plot")
+    processes = list(dict.fromkeys(table.process))
+    fig = Figure(figsize=(7.5, 0.32 * len(table) + 1.2))
+    ax = fig.add_subplot()
+    runs = table["run"] if "run" in table else [""] * len(table)
+    labels = [f"{r + ': ' if r else ''}{d} (batch {b})" for r, d, b in zip(runs, table.decoder, table.batch)]
+    colors = [f"C{processes.index(p)}" for p in table.process]
+    bars = ax.barh(range(len(table)), table.seconds_1000, color=colors)
+    ax.set_yticks(range(len(table)), labels, fontsize=8)
+    ax.bar_label(bars, labels=[f"{v:g} s" for v in table.seconds_1000], padding=3, fontsize=8)
+    if target is not None:
+        ax.axvline(target, color="black", ls="--", lw=1)
+        ax.text(target, -0.9, f" target {target:g} s", fontsize=8, va="bottom")
+    handles = [matplotlib.patches.Patch(color=f"C{i}", label=p) for i, p in enumerate(processes)]
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.set_xlabel("seconds for 1,000 sentences x 64 new tokens")
     ax.invert_yaxis()
     fig.tight_layout()
     return fig

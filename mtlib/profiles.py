@@ -53,6 +53,7 @@ SCHEMA: dict[str, Param] = {
     # runs
     "runs_root": Param("str", _RUNS, "folder of the run records (results.Run)"),
     "benchmark_files": Param("list[str]", ("06_gpu_speed",), "GPU benchmark results (mtlib/benchmarks/ or paths)"),
+    "paths_file": Param("str", ("06_gpu_speed",), "measured translation paths (mtlib/benchmarks/ or a path)"),
     "n_bootstrap": Param("int", ("05_results",), "paired-bootstrap resamples for significance", min=10),
     # model
     "model": Param("str", _TRAIN, 'Hub model id or local path; "tiny" builds a tiny random model (smoke only)'),
@@ -82,7 +83,8 @@ SCHEMA: dict[str, Param] = {
     # translation
     "eval_batch_size": Param("int", _TRAIN, "sentences translated per batch", min=1),
     "max_new_tokens": Param("int", _TRAIN, "longest translation generated, in tokens", min=1),
-    "fast_decode": Param("bool", _TRAIN, "replay Unsloth's decode step as CUDA graphs when translating"),
+    "fast_decode": Param("bool", _TRAIN, "translate (and sample GRPO completions) with a merged bf16 copy of "
+                         "the model (mtlib.fastgen; about 6 GB more GPU memory for a 3B model)"),
     # GRPO / DAPO
     "from_sft": Param("bool", ("04_grpo",), "start GRPO from this build's newest SFT adapter"),
     "num_generations": Param("int", ("04_grpo",), "completions sampled per prompt (the group)", min=2),

@@ -61,7 +61,7 @@ gradient_checkpointing = True      # recompute activations in the backward pass 
 padding_free = None                # batches without pad tokens (None: the backend decides)
 group_by_length = False            # batch examples of similar length (less padding)
 eval_batch_size = 64               # sentences translated per batch
-fast_decode = False                # replay Unsloth's decode step as CUDA graphs (GPU only)
+fast_decode = False                # decode with a merged bf16 copy of the model (mtlib.fastgen)
 max_new_tokens = 128               # longest translation, in tokens
 n_examples = 5                     # translations to show side by side
 

@@ -69,7 +69,7 @@ temperature = 0.9                  # sampling temperature
 rewards = ["bleu", "length"]       # reward functions (mtlib.rewards.REWARDS)
 reward_weights = [1.0, 1.0]        # weight of each reward
 eval_batch_size = 64               # sentences translated per batch
-fast_decode = False                # replay Unsloth's decode step as CUDA graphs (GPU only)
+fast_decode = False                # decode with a merged bf16 copy of the model (mtlib.fastgen)
 max_new_tokens = 128               # longest translation at evaluation, in tokens
 n_examples = 5                     # translations to show side by side
 

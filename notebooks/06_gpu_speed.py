@@ -29,13 +29,16 @@
 # scripts/gpu_wheels.sh .whl            # Unsloth, bitsandbytes, TRL, PEFT, datasets as wheels
 # pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 # python scripts/gpu_benchmark.py --data <multi30k raw folder> --out <out dir>
+# python scripts/gpu_translate_paths.py --data <raw> --out <dir> --twin /tmp/twin --adapter /tmp/adapter --family unsloth
+# python scripts/gpu_translate_paths.py --data <raw> --out <dir> --twin /tmp/twin --adapter /tmp/adapter --family hf
 # ```
 #
 # It builds a **shape twin** of Llama-3.2-3B-Instruct (hidden size 3072, 28 layers, 24 heads, 8 KV heads,
 # vocabulary 128,256: random weights with the real configuration, `mtlib.tiny.build_shape_twin`), loads
 # it in 4 bits with LoRA rank 16 on the seven projections, and drives it through the same `mtlib`
 # functions the chapters call (`load_model`, `add_lora`, `build_sft_trainer`, `build_grpo_trainer`,
-# `translate`) on real Multi30k sentences. Random weights never stop a sentence early, so translation
+# `translate`) on real Multi30k sentences; the second script compares translation paths, each family in its
+# own process. Random weights never stop a sentence early, so translation
 # generates a fixed 64 new tokens per sentence. Unlike the other chapters, these figures do not come
 # from this build: they were measured once and ship with `mtlib` (`mtlib/benchmarks/`).
 
@@ -50,8 +53,9 @@ if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.envir
                     "mtlib @ git+https://github.com/mt-finetuning-book/mt-finetuning-book"], check=True)
 
 # %% tags=["parameters"]
-profile = None                     # name of the profile the runner used (display only)
-benchmark_files = ["h100_run2.json", "h100_run3.json"]  # measured results, in mtlib/benchmarks/
+profile = None                          # name of the profile the runner used (display only)
+benchmark_files = ["h100_run5.json"]    # measured results, in mtlib/benchmarks/
+paths_file = "h100_translate_paths.json"
 
 # %%
 import pandas as pd
@@ -67,13 +71,15 @@ pd.DataFrame({"value": env}).rename_axis("measured with")
 # %% [markdown]
 # ## Seed recipe against fast recipe
 #
-# One row per stage and recipe. Throughput counts what a user waits for: non-padding tokens per second
-# for SFT, sentences per second for translation, sampled completions per second for GRPO. Time is per
-# optimizer step for training and for all 1,000 test-2016 sentences for translation (the seed recipe
-# translated 32 sentences in batches of 8, scaled up to 1,000). `vs_seed` is the fast recipe's
-# throughput as a multiple of the seed recipe's. The two files are two runs of the benchmark on H100
-# machines of the same kind, the same day; the first run's fast SFT ran out of memory (see below), so
-# that row comes from the second, which also repeated the fast translation (38.5 s against 39.2 s).
+# One row per stage and recipe, all measured in one process on one machine. Throughput counts what a
+# user waits for: non-padding tokens per second for SFT, sentences per second for translation, sampled
+# completions per second for GRPO. Time is per optimizer step for training and for all 1,000 test-2016
+# sentences for translation (the seed recipe translated 32 sentences in batches of 8, scaled up to
+# 1,000). `vs_seed` is the throughput as a multiple of the seed recipe's. `fast` decodes translations and
+# GRPO completions with a merged bf16 copy of the model (below); `fast-unsloth-decode` runs the same
+# batches through the trained model itself, Unsloth's decode path. The benchmark's fast translation uses a
+# static cache, which lets transformers compile the decode step; it is timed on the second call, after a
+# first call that compiled for 36 s.
 
 # %%
 table = bench.speedup_table(rows)
@@ -89,30 +95,39 @@ plots.speedup_bars(table)
 # completions/s for GRPO) and from what the card could do in principle.
 
 # %%
+paths = pd.DataFrame(bench.load_rows(paths_file))
+
+
 def pick(stage, recipe):
     return table[(table.stage == stage) & (table.recipe == recipe)].iloc[0]
 
 
+best_alone = paths[paths.process == "without Unsloth"].seconds_1000.min()
 targets = pd.DataFrame([
     {"stage": "SFT", "target": ">= 15,000 non-padding tokens/s",
      "measured": f"{pick('sft', 'fast').throughput:,.0f} tokens/s", "met": pick("sft", "fast").throughput >= 15_000},
     {"stage": "translation", "target": "1,000 sentences x 64 tokens in <= 5 s",
-     "measured": f"{pick('translate', 'fast').time_s} s (Unsloth), {pick('translate', 'fast-hf').time_s} s "
-                 "(transformers + bitsandbytes)", "met": min(pick("translate", "fast").time_s,
-                                                             pick("translate", "fast-hf").time_s) <= 5},
+     "measured": f"{pick('translate', 'fast').time_s} s in the chapters' process (compiled, second call); "
+                 f"{best_alone} s in a process without Unsloth", "met": pick("translate", "fast").time_s <= 5},
     {"stage": "GRPO", "target": ">= 7 completions/s (20x the original 0.35)",
-     "measured": f"{pick('grpo', 'fast').throughput} completions/s", "met": pick("grpo", "fast").throughput >= 7},
+     "measured": f"{pick('grpo', 'fast').throughput} completions/s ({pick('grpo', 'fast').vs_seed}x this seed run)",
+     "met": pick("grpo", "fast").throughput >= 7},
 ]).set_index("stage")
 targets
 
 # %% [markdown]
+# Translation meets its target only outside the chapters' process: the same compiled merged copy takes
+# 4.3 s where Unsloth was never imported and 8.6 to 11.3 s in a process that trained with Unsloth (next
+# section). GRPO passes the absolute target; against the seed recipe measured here (1.75 completions/s,
+# five times the first look's 0.35) the gain is 11.5x rather than 20x.
+#
 # ## What the fast recipe changes, and why quality should hold
 #
 # | stage | seed recipe | fast recipe | why it is faster |
 # |---|---|---|---|
 # | SFT | batch 4 x accumulation 4, Unsloth's offloaded gradient checkpointing, padding-free batches | batch 128, no checkpointing, padded batches grouped by length (`group_by_length`, `pad_to_multiple_of=16`), one epoch of all 29,000 pairs, lr 4e-4 | A micro-batch of 4 short sentences (about 70 tokens each) leaves the GPU idle between kernel launches; 128 sentences fill it. Unsloth's padding-free batches (its default; no flash-attention on this host) stayed near 2,500 tokens/s even at batch 256 in the exploration run (`scripts/results/explore_h100_2026-11-25.json`), while padded batches of similar lengths reach 23,000. 80 GB hold the activations, so checkpointing (recomputing the forward pass) only costs time. |
-# | translation | batches of 8 | batches of 512, halved on out-of-memory | 64 decode steps serve 512 sentences at once instead of 8. |
-# | GRPO | 1 prompt x 4 completions a step | 32 prompts x 4 completions a step, no checkpointing | Generation is a batch of 128 sequences instead of 4. |
+# | translation | the trained 4-bit model, batches of 8 | a merged bf16 copy of it, batches of 1,024 (halved on out-of-memory) | 64 decode steps serve every sentence at once, and the copy decodes with plain dense matrix products (below). |
+# | GRPO | 1 prompt x 4 completions a step | 32 prompts x 4 completions a step, no checkpointing, completions sampled from a merged copy rebuilt each step (`fast_generation`) | Generation is a batch of 128 sequences instead of 4, on the faster decoder. |
 #
 # Optimization changes with the batch: the SFT step sees 8 times more examples, so the learning rate
 # grows by a conservative square-root rule (2e-4 to 4e-4) and the run covers one whole epoch (227 steps,
@@ -120,9 +135,51 @@ targets
 # should not hurt, and padding only changes which tokens are computed, not the loss (pad tokens carry
 # no label). GRPO keeps its group of 4 completions per prompt, so the group-relative advantage is
 # computed exactly as before; only more groups are averaged per step, which lowers the gradient's
-# variance (lr 1e-5 for 60 steps of 32 prompts, against 5e-6 for 500 steps of one prompt).
+# variance (lr 1e-5 for 60 steps of 32 prompts, against 5e-6 for 500 steps of one prompt). The merged
+# copy changes no weights: it holds the dequantized 4-bit base plus the LoRA update, the function the
+# 4-bit model computes, in bf16. Training itself stays 4-bit QLoRA.
 #
-# ## Where the time goes
+# ## Where translation time goes
+#
+# Every path below translated the same 1,000 sentences (64 new tokens each) with the 3B twin after a few
+# LoRA steps (rows with batch 500 timed 500 sentences, doubled). Runs A and B ran each family of paths in
+# its own process on one machine: Unsloth patches the Llama classes for the whole process, so plain
+# transformers needs a process that never imported it. Run C is the benchmark above, run D a repeat of
+# its fast translation; each run is a fresh machine of the same kind.
+
+# %%
+paths[["run", "process", "decoder", "batch", "seconds_1000", "peak_gb", "note"]]
+
+# %%
+plots.path_times(paths, target=5)
+
+# %% [markdown]
+# Profiles with tensor shapes (`torch.profiler`, 500 sentences x 8 tokens; the tables are in
+# `scripts/results/profile_translate_h100_shapes_*.txt`) explain the steps:
+#
+# - **Unsloth's decode, output layer.** The ~70 ms kernel of the first profile is the 128,256-word output
+#   layer run as a batched product, `bmm([500, 1, 3072] x [500, 3072, 128256])`: its input reaches
+#   `lm_head` as a strided view, so `torch.matmul` expands the weight once per sentence and reads it 500
+#   times. Handing it a contiguous input makes it one GEMM and halves Unsloth's decode time (38.5 s to
+#   21.2 s); `mtlib` now does this for every Unsloth model (`modeling.contiguous_head_input`).
+# - **Unsloth's decode, projections.** Above 16 sentences Unsloth dequantizes each 4-bit weight and calls
+#   `torch.matmul` with an output buffer, which again becomes a batched product with the weight expanded
+#   (`bmm([500, 1, 3072] x [500, 3072, 3072])`): that path is tuned for a few sequences, not a thousand.
+#   Dequantizing the base to bf16 does not help (37.7 s); the 4-bit format is not the cost.
+# - **A merged copy in plain transformers** (`mtlib.fastgen.merged_copy`: dequantized base + folded LoRA,
+#   built in 0.2 s) decodes with ordinary GEMMs: 9.7 to 17.5 s for 1,000 sentences in one batch.
+# - **Attention under a padding mask.** Left-padded batches carry a mask, and transformers' sdpa then
+#   copies every key/value head once per query head (`repeat_kv`, 3 x the cache per layer per step).
+#   `mtlib.fastgen.grouped_decode_attention` lays a decode step's grouped query heads out as queries of
+#   their shared KV head and reads the cache in place: 17.5 s to 8.6 s.
+# - **Compiling the step.** A static cache lets transformers compile the decode step (CUDA graphs): 4.3 s
+#   after a first call that compiles for 36 s. The chapters translate each split once, so the fast
+#   profile skips this; `translate(..., cache_implementation="static")` turns it on.
+# - **The Unsloth process.** The same merged copy runs 2 to 2.4 times slower in a process that imported
+#   Unsloth (20.4 s against 8.6 s eager, 8.6 to 11.3 s against 4.3 s compiled), with identical outputs
+#   (1,000 of 1,000). It is not the memory allocator (11.3 s with `expandable_segments` off); the device
+#   time of this study ran out before the cause was found. A translation run in its own process, without
+#   Unsloth, would reach the target.
 #
 # **SFT** reaches about 23,000 non-padding tokens/s; the 3B LoRA step costs about 13 GFLOP per token
 # with the backward pass, so this is about 300 TFLOP/s of useful work, within a factor of three of the
@@ -130,40 +187,32 @@ targets
 # 256 without checkpointing ran out of the 80 GB. Memory figures are peak `torch.cuda.max_memory_allocated`
 # in GiB.
 #
-# **Translation** is the target this book misses. A profile of 16 decode steps for 512 sentences
-# (`torch.profiler`; the table below, and `scripts/results/profile_translate_h100_*.txt` for the kernels)
-# finds GPU kernels running for 5.8 s of the 8.1 s, so the GPU, not the host's kernel launches, is the
-# main bound, and Unsloth's CUDA-graph replay of the decode step (`fast_decode`) changes nothing (8.1 s
-# eager, 8.7 s with graphs). More than half of the kernel time is batched matrix products
-# (`aten::bmm`, 3.3 s), most of it in a single kernel of about 70 ms that runs twice per forward pass (33
-# calls in 16 steps): not once per layer, so not attention, but a product over the whole batch such as
-# the 128,256-word output layer; pinning it down needs a profile with tensor shapes, which the device
-# time of this study did not leave room for. The next items are the 4-bit weights' dequantize-and-
-# multiply (`aten::mm`, 1.0 s) and copies (0.8 s). The plain transformers + bitsandbytes backend
-# translates the same 1,000 sentences in 23.8 s instead of 39.2 s. Reaching 5 s needs a serving engine
-# (vLLM with paged attention and batched 4-bit kernels), which this offline setup does not have.
+# **GRPO** spends about half of each fast step generating; the other half computes log-probabilities and
+# the update, which the decoder does not touch. Sampling from the merged copy (20.1 completions/s) beats
+# Unsloth's decode with the output-layer fix (16.8); the copy is rebuilt every step (0.2 s) because the
+# adapter changes.
 #
-# **GRPO** spends about 60 % of each fast step generating (the same decoding path as translation) and
-# the rest computing log-probabilities and the update. Two runs gave 11.6 and 7.7 completions/s; the
-# seed recipe measured 1.6 completions/s here (faster than the 0.35 of the first look), so the fast recipe
-# is 4.8 to 7 times the seed recipe measured the same day, and 22 to 33 times the original figure.
-
-# %%
-prof = pd.DataFrame([r for r in rows if r.get("stage") == "profile"])[["what", "seconds", "kernels", "file"]]
-prof
-
-# %% [markdown]
 # ## Are the fast outputs the same?
 #
-# Under greedy decoding the fast translation path runs the same model with larger batches. On the
-# random-weight twin, 10 of the first 32 translations were identical between batch 8 and batch 512.
-# This is expected for random weights and not a bug: their next-token distribution is almost flat, so
-# the top two logits are often within bf16 rounding of each other, and matrix kernels chosen for a
-# different batch size round differently; once one token differs, the rest of the sentence follows a
-# different path. On CPU, where kernels do not depend on the batch size, `tests/test_generate.py` checks
-# that greedy outputs are identical for batch sizes 1, 3 and 8. A trained model, whose top token usually
-# leads by a wide margin, is far less sensitive.
+# The merged copy computes the same function as the 4-bit model in a different order (the LoRA update
+# folded into bf16 weights instead of added after them), so bf16 rounding differs. On CPU in float32,
+# `tests/test_fastgen.py` checks that greedy translations are identical with and without `fast_decode`
+# and that the copy's logits match the adapted model's. On the twin on the H100, exact equality is a
+# poor test: random weights leave the top two logits nearly tied, so the first rounding difference flips
+# a token and the rest of the sentence diverges (even transformers' own two attention kernels on the
+# same merged weights agree on only 327 of 1,000 sentences). The benchmark therefore compares next-token
+# choices under teacher forcing: the trained model and its merged copy read the same sequences (prompt +
+# fast translation), and where their argmaxes differ, the trained model's own lead of top-1 over top-2 is
+# recorded.
 
 # %%
-same = [r for r in rows if r.get("recipe") == "fast vs seed"]
-Markdown(f"Identical greedy outputs, fast vs seed: **{same[0]['throughput']}**" if same else "not measured")
+agree = [r for r in rows if r.get("what") == "teacher-forced argmax agreement"]
+pd.DataFrame(agree)[["recipe", "throughput", "median_margin", "median_margin_where_different",
+                     "max_margin_where_different"]].rename(columns={"throughput": "same argmax"}) if agree else \
+    Markdown("not measured")
+
+# %% [markdown]
+# Where the two disagree, the trained model's own margin has a median of 0.06, one bf16 step at these
+# logit magnitudes, against 0.16 over all positions: the copy flips near-ties, which greedy decoding
+# cannot resolve either way, and never a clear choice by more than about half a logit. The merged copy in
+# a process with Unsloth and without it produced identical translations (1,000 of 1,000).

@@ -31,3 +31,21 @@ def test_speedup_table_ratios_and_selection(tmp_path):
     assert fast_tr.throughput == 25.0 and fast_tr.time_s == 40.0         # the first file's row wins
     text = markdown(table, {"card": "H100"})
     assert text.startswith("card: H100") and "| sft | fast | 128x1 | 24000 |" in text
+
+
+def test_translation_paths_ship_with_mtlib_and_plot():
+    import pandas as pd
+    import pytest
+    from mtlib.errors import DataError
+    from mtlib.plots import path_times
+
+    paths = pd.DataFrame(load_rows("h100_translate_paths.json"))
+    assert set(paths.stage) == {"translate-path"} and paths.seconds_1000.gt(0).all()
+    assert {"with Unsloth", "without Unsloth"} == set(paths.process)
+    fig = path_times(paths, target=5)
+    ax = fig.axes[0]
+    assert len(ax.patches) == len(paths)                                   # one bar per path
+    assert [line.get_xdata()[0] for line in ax.lines] == [5]               # the target line
+    assert len({bar.get_facecolor() for bar in ax.patches}) == 2           # coloured by process
+    with pytest.raises(DataError):
+        path_times(paths.iloc[:0])
