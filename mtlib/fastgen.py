@@ -10,6 +10,7 @@ copying it once per query head (what transformers' sdpa does whenever a padding 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import inspect
@@ -65,17 +66,60 @@ def _patched(module) -> bool:
     return False
 
 
+def _unsloth_mask_originals() -> dict:
+    """transformers' mask builders that Unsloth wrapped (it compiles them), by name: {name: original}.
+
+    Unsloth replaces ``transformers.masking_utils.create_causal_mask`` and friends with wrappers around
+    ``torch.compile``-d versions and keeps the originals as ``_unsloth_original_<name>``.
+    """
+    import transformers.masking_utils as masking_utils
+    prefix = "_unsloth_original_"
+    return {n[len(prefix):]: getattr(masking_utils, n) for n in dir(masking_utils) if n.startswith(prefix)}
+
+
+_FRESH_MODULES: dict = {}
+
+
 def pristine_class(cls):
-    """``cls`` as transformers defines it: re-imported fresh when its module's classes were patched."""
+    """``cls`` as transformers defines it, free of Unsloth's patches.
+
+    When Unsloth patched the classes of ``cls``'s module or wrapped transformers' mask builders, the
+    module is imported afresh (once per process) and its mask builders are rebound to the originals.
+    """
     module = sys.modules[cls.__module__]
-    if not _patched(module):
+    originals = _unsloth_mask_originals()
+    if not _patched(module) and not originals:
         return cls
-    spec = importlib.util.find_spec(cls.__module__)
-    fresh = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fresh)
-    log.info("%s was patched (Unsloth): using a fresh import of %s for the merged copy", cls.__name__,
-             cls.__module__)
-    return getattr(fresh, cls.__name__)
+    if cls.__module__ not in _FRESH_MODULES:
+        spec = importlib.util.find_spec(cls.__module__)
+        fresh = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fresh)
+        for name, original in originals.items():
+            if name in vars(fresh):
+                setattr(fresh, name, original)
+        _FRESH_MODULES[cls.__module__] = fresh
+        log.info("using a fresh import of %s (Unsloth patched it) for the merged copy", cls.__module__)
+    return getattr(_FRESH_MODULES[cls.__module__], cls.__name__)
+
+
+@contextlib.contextmanager
+def original_generation_masks():
+    """Within the block, transformers builds attention masks with its own functions instead of Unsloth's
+    compiled wrappers (``generate`` calls them once per step); the wrappers are restored afterwards."""
+    import transformers.generation.utils as generation_utils
+    import transformers.masking_utils as masking_utils
+    originals = _unsloth_mask_originals()
+    targets = [(masking_utils, name) for name in originals]
+    if "create_masks_for_generate" in originals:
+        targets.append((generation_utils, "create_masks_for_generate"))
+    saved = [(module, name, getattr(module, name)) for module, name in targets]
+    for module, name in targets:
+        setattr(module, name, originals[name])
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def _dense_weight(layer):
@@ -176,7 +220,8 @@ def route_generate(model):
     def generate(*args, **kwargs):
         runner = merged_copy(model)
         try:
-            return runner.generate(*args, **kwargs)
+            with original_generation_masks():
+                return runner.generate(*args, **kwargs)
         finally:
             del runner
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .data import pair_columns
 from .errors import ConfigError, DataError
+from .fastgen import original_generation_masks
 from .modeling import TrainedModel, as_trained, backend_of
 from .prompts import inference_messages
 
@@ -163,7 +164,7 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
                 enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(device)
                 try:
-                    with torch.inference_mode():
+                    with torch.inference_mode(), original_generation_masks():
                         out = runner.generate(**enc, generation_config=gen_config)
                 except Exception as exc:
                     if not _is_oom(exc) or size == 1:

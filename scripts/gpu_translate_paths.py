@@ -147,6 +147,8 @@ if args.family == "unsloth":
     model.save_pretrained(args.adapter)
     tok.save_pretrained(args.adapter)
     record(variant="setup", what="sft", losses=losses)
+    if on("eager"):  # translate(fast_decode=True) as the fast profile runs it (no static cache)
+        timed(f"unsloth-proc-fast-eager-bs{N}", model, tok, N, N, fast_decode=True)
     if on("twice"):  # the fast path as chapters run it, called twice (the first call compiles)
         import os
         tag = "expandable" if "expandable_segments:True" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") else "plain"

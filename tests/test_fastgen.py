@@ -158,3 +158,33 @@ def test_contiguous_head_input_keeps_outputs(tiny):  # noqa: F811
     head.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous()))
     assert torch.equal(head(x), want) and seen == [True]
     assert len(head._forward_pre_hooks) == 2
+
+
+def test_merged_copy_and_generate_avoid_unsloths_compiled_mask_builders(tiny, pairs, monkeypatch):  # noqa: F811
+    """Unsloth swaps transformers' mask builders for torch.compile-d wrappers (stashing the originals as
+    _unsloth_original_*); the fast path must build its masks with the originals."""
+    import transformers.generation.utils as generation_utils
+    import transformers.masking_utils as masking_utils
+    from mtlib import fastgen
+    from mtlib.generate import translate
+
+    calls = []
+
+    def wrapped(name):
+        def wrapper(*a, **k):
+            calls.append(name)
+            raise AssertionError(f"Unsloth's wrapped {name} ran")
+        return wrapper
+    for name in ("create_causal_mask", "create_masks_for_generate"):
+        monkeypatch.setattr(masking_utils, f"_unsloth_original_{name}", getattr(masking_utils, name), raising=False)
+        monkeypatch.setattr(masking_utils, name, wrapped(name))
+    monkeypatch.setattr(generation_utils, "create_masks_for_generate", wrapped("create_masks_for_generate"))
+    monkeypatch.setattr(fastgen, "_FRESH_MODULES", {})
+    model, tok = tiny
+    sources = [p[0] for p in pairs[:6]]
+    for cache in (None, "static"):
+        out = translate(model, tok, sources, batch_size=3, max_new_tokens=6, progress=False, fast_decode=True,
+                        **({"cache_implementation": cache} if cache else {}))
+        assert len(out) == 6
+    assert calls == []
+    assert generation_utils.create_masks_for_generate.__name__ == "wrapper"  # restored after generate
