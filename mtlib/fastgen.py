@@ -144,6 +144,10 @@ def merged_state(model, dtype) -> dict:
             continue
         prefix = f"{name}." if name else ""
         if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
+            if len(getattr(module, "lora_magnitude_vector", ()) or ()) or len(getattr(module, "lora_embedding_A", ())
+                                                                             or ()):
+                raise ConfigError(f"fast_decode cannot merge {name}: DoRA and embedding LoRA adapters are not "
+                                  "supported; translate with fast_decode=False")
             skip = (prefix,)
             layer = module.base_layer
             w = _dense_weight(layer).to(torch.float32)

@@ -116,9 +116,9 @@ targets = pd.DataFrame([
 targets
 
 # %% [markdown]
-# Translation meets its target only outside the chapters' process: the same compiled merged copy takes
+# Translation met its target only outside the chapters' process: the same compiled merged copy took
 # 4.3 s where Unsloth was never imported and 8.6 to 11.3 s in a process that trained with Unsloth (next
-# section). GRPO passes the absolute target; against the seed recipe measured here (1.75 completions/s,
+# section, with the fix that followed). GRPO passes the absolute target; against the seed recipe measured here (1.75 completions/s,
 # five times the first look's 0.35) the gain is 11.5x rather than 20x.
 #
 # ## What the fast recipe changes, and why quality should hold
@@ -175,11 +175,15 @@ plots.path_times(paths, target=5)
 # - **Compiling the step.** A static cache lets transformers compile the decode step (CUDA graphs): 4.3 s
 #   after a first call that compiles for 36 s. The chapters translate each split once, so the fast
 #   profile skips this; `translate(..., cache_implementation="static")` turns it on.
-# - **The Unsloth process.** The same merged copy runs 2 to 2.4 times slower in a process that imported
+# - **The Unsloth process.** The same merged copy ran 2 to 2.4 times slower in a process that imported
 #   Unsloth (20.4 s against 8.6 s eager, 8.6 to 11.3 s against 4.3 s compiled), with identical outputs
-#   (1,000 of 1,000). It is not the memory allocator (11.3 s with `expandable_segments` off); the device
-#   time of this study ran out before the cause was found. A translation run in its own process, without
-#   Unsloth, would reach the target.
+#   (1,000 of 1,000); the memory allocator was ruled out (11.3 s with `expandable_segments` off). Reading
+#   Unsloth's source after the device time was spent points at a likely cause: `unsloth_zoo` replaces
+#   transformers' mask builders (`create_causal_mask`, `create_masks_for_generate`) with wrappers around
+#   `torch.compile(dynamic=True)` versions, and the copy called them at every decode step. `mtlib.fastgen`
+#   now gives the copy transformers' own builders (tested on CPU, `tests/test_fastgen.py`); whether that
+#   closes the gap on the H100 is not yet measured. Where it does, the compiled path meets the target in
+#   the chapters' process too.
 #
 # **SFT** reaches about 23,000 non-padding tokens/s; the 3B LoRA step costs about 13 GFLOP per token
 # with the backward pass, so this is about 300 TFLOP/s of useful work, within a factor of three of the

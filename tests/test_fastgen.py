@@ -188,3 +188,13 @@ def test_merged_copy_and_generate_avoid_unsloths_compiled_mask_builders(tiny, pa
         assert len(out) == 6
     assert calls == []
     assert generation_utils.create_masks_for_generate.__name__ == "wrapper"  # restored after generate
+
+
+def test_adapters_it_cannot_merge_are_refused(tiny):  # noqa: F811
+    from peft import LoraConfig, get_peft_model
+    from mtlib.errors import ConfigError
+    from mtlib.fastgen import merged_copy
+    model, _ = tiny
+    dora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    with pytest.raises(ConfigError, match="DoRA"):
+        merged_copy(dora)
