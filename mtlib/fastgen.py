@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import logging
 import sys
+import traceback
 
 from .errors import ConfigError
 
@@ -86,6 +87,9 @@ def pristine_class(cls):
     When Unsloth patched the classes of ``cls``'s module or wrapped transformers' mask builders, the
     module is imported afresh (once per process) and its mask builders are rebound to the originals.
     """
+    if not cls.__module__.startswith("transformers."):
+        raise ConfigError(f"fast_decode needs a model class defined by transformers, got {cls.__module__}."
+                          f"{cls.__name__}; use fast_decode=False")
     module = sys.modules[cls.__module__]
     originals = _unsloth_mask_originals()
     if not _patched(module) and not originals:
@@ -138,20 +142,20 @@ def merged_state(model, dtype) -> dict:
     """
     import torch
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    state, skip = {}, ()
+    state, skip, converted = {}, (), {}
     for name, module in base.named_modules():
         if skip and name.startswith(skip):
             continue
         prefix = f"{name}." if name else ""
         if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
-            if len(getattr(module, "lora_magnitude_vector", ()) or ()) or len(getattr(module, "lora_embedding_A", ())
-                                                                             or ()):
-                raise ConfigError(f"fast_decode cannot merge {name}: DoRA and embedding LoRA adapters are not "
-                                  "supported; translate with fast_decode=False")
+            _check_mergeable(name, module)
             skip = (prefix,)
             layer = module.base_layer
             w = _dense_weight(layer).to(torch.float32)
-            for key in module.active_adapters:
+            # merged adapters are already in the base weight; disabled ones do not count
+            active = [] if getattr(module, "merged", False) or getattr(module, "disable_adapters", False) \
+                else module.active_adapters
+            for key in active:
                 if key in module.lora_A:
                     a, b = module.lora_A[key].weight, module.lora_B[key].weight
                     w = w + (b.to(torch.float32) @ a.to(torch.float32)) * module.scaling[key]
@@ -165,15 +169,34 @@ def merged_state(model, dtype) -> dict:
                 state[prefix + "bias"] = module.bias.data.to(dtype)
             continue
         for pname, p in module.named_parameters(recurse=False):
-            state[prefix + pname] = p.data.to(dtype) if p.is_floating_point() else p.data
+            if id(p) not in converted:  # tied weights (embeddings = output layer) stay one tensor
+                converted[id(p)] = p.data.to(dtype) if p.is_floating_point() else p.data
+            state[prefix + pname] = converted[id(p)]
     return state
+
+
+def _check_mergeable(name, module):
+    """Refuse the LoRA variants whose update is not ``B @ A * scaling`` on a plain weight."""
+    reasons = []
+    if len(getattr(module, "lora_magnitude_vector", ()) or ()):
+        reasons.append("DoRA")
+    if len(getattr(module, "lora_embedding_A", ()) or ()):
+        reasons.append("LoRA on embeddings")
+    if any((getattr(module, "lora_bias", {}) or {}).values()):
+        reasons.append("lora_bias")
+    if getattr(module, "fan_in_fan_out", False):
+        reasons.append("fan_in_fan_out weights")
+    if reasons:
+        raise ConfigError(f"fast_decode cannot merge {name} ({', '.join(reasons)} is not supported); "
+                          "use fast_decode=False")
 
 
 def merged_copy(model, dtype=None, attention: str | None = ATTENTION):
     """A plain transformers model computing ``model`` (4-bit base + LoRA) with merged dense weights.
 
-    Weights with a LoRA update or a 4-bit base are new tensors (6 GB for a 3B model in bf16); the others
-    (embeddings, norms) are shared with ``model`` when the dtype matches. It is for inference: free it
+    Weights with a LoRA update or a 4-bit base are new tensors (6 GB for a 3B model in bf16), built
+    straight into the copy (no second, randomly initialised model); the others (embeddings, norms) are
+    shared with ``model`` when the dtype matches. It is for inference: free it
     with ``del`` and build a new one after further training. ``attention``: the attention implementation of the copy (default
     :data:`ATTENTION`, registered here; ``None`` keeps transformers' sdpa).
     """
@@ -195,7 +218,7 @@ def merged_copy(model, dtype=None, attention: str | None = ATTENTION):
     with torch.no_grad():
         state = merged_state(model, dtype)
     cls = pristine_class(type(base))
-    with torch.device(device):  # built where it runs (buffers such as rotary frequencies included)
+    with torch.device("meta"):  # no memory and no random init: the weights come from ``state``
         fresh = cls._from_config(config, dtype=dtype)
     missing, unexpected = fresh.load_state_dict(state, strict=False, assign=True)
     tied = {k for k in missing if k.endswith("lm_head.weight")} if getattr(config, "tie_word_embeddings", False) \
@@ -205,8 +228,26 @@ def merged_copy(model, dtype=None, attention: str | None = ATTENTION):
                           f"unexpected {sorted(unexpected)[:5]})")
     if tied:
         fresh.tie_weights()
+    _materialize_buffers(fresh, config, device)
     fresh.generation_config = copy.deepcopy(getattr(base, "generation_config", fresh.generation_config))
-    return fresh.to(device).eval()
+    return fresh.eval()
+
+
+def _materialize_buffers(fresh, config, device):
+    """Rebuild, on ``device``, the submodules whose buffers (rotary frequencies) are still on the meta device."""
+    import torch
+    for name, sub in list(fresh.named_modules()):
+        if not any(b.is_meta for b in sub.buffers(recurse=False)):
+            continue
+        try:
+            with torch.device(device):
+                rebuilt = type(sub)(config=getattr(sub, "config", config))
+        except TypeError as exc:
+            raise ConfigError(f"merged_copy: cannot rebuild {name} ({type(sub).__name__}) on {device}: {exc}") from exc
+        fresh.set_submodule(name, rebuilt)
+    left = [n for n, t in list(fresh.named_parameters()) + list(fresh.named_buffers()) if t.is_meta]
+    if left:
+        raise ConfigError(f"merged_copy: no value for {left[:5]}")
 
 
 
@@ -215,10 +256,11 @@ def route_generate(model):
 
     For trainers that generate with the model they train (TRL's GRPOTrainer): the copy is rebuilt from
     the current adapter at each call (about 0.2 s for a 3B model on an H100) and freed after it.
-    ``unroute_generate(model)`` restores the model's own ``generate``.
+    :func:`unroute_generate` restores the model's own ``generate`` (Unsloth's, where it set one).
     """
     if getattr(model, "_mtlib_routed_generate", None) is not None:
         return model
+    had_own = "generate" in vars(model)
     own = model.generate
 
     def generate(*args, **kwargs):
@@ -226,19 +268,26 @@ def route_generate(model):
         try:
             with original_generation_masks():
                 return runner.generate(*args, **kwargs)
+        except BaseException as exc:
+            traceback.clear_frames(exc.__traceback__)  # frames would keep the copy alive
+            raise
         finally:
             del runner
 
     generate.__doc__ = f"model.generate through a merged copy (mtlib.fastgen.route_generate)\n\n{own.__doc__ or ''}"
-    model._mtlib_routed_generate = own
+    model._mtlib_routed_generate = (own, had_own)
     model.generate = generate
     return model
 
 
 def unroute_generate(model):
-    """Undo :func:`route_generate`."""
-    own = getattr(model, "_mtlib_routed_generate", None)
-    if own is not None:
-        del model.generate
+    """Undo :func:`route_generate` (a no-op for a model that is not routed)."""
+    routed = getattr(model, "_mtlib_routed_generate", None)
+    if routed is not None:
+        own, had_own = routed
+        if had_own:
+            model.generate = own
+        else:
+            del model.generate
         model._mtlib_routed_generate = None
     return model

@@ -1,9 +1,11 @@
 """Batched translation with the chat template, and evaluation of a model on a split (scores + run record)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,7 +157,7 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
             from .fastgen import merged_copy
             t = time.time()
             runner = merged_copy(model)
-            stats.setup_seconds = round(time.time() - t, 2)
+            stats.setup_seconds = time.time() - t
         device = next(runner.parameters()).device
         size, start = batch_size, 0
         with tqdm(total=len(prompts), desc="translate", unit="sent", disable=not progress) as bar:
@@ -164,10 +166,13 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
                 enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(device)
                 try:
-                    with torch.inference_mode(), original_generation_masks():
+                    with torch.inference_mode(), \
+                            original_generation_masks() if runner is not model else contextlib.nullcontext():
                         out = runner.generate(**enc, generation_config=gen_config)
                 except Exception as exc:
                     if not _is_oom(exc) or size == 1:
+                        if runner is not model:
+                            traceback.clear_frames(exc.__traceback__)  # frames would keep the copy alive
                         raise
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()

@@ -342,6 +342,9 @@ def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config
             run.write_json("log_history.json", trainer.state.log_history)
         run.fail(exc)
         raise
+    finally:
+        from .fastgen import unroute_generate
+        unroute_generate(model)  # GRPO's fast_generation routes generate() only while it trains
     trained = TrainedModel(trainer.model, tokenizer, stage=stage, run_dir=run.path, adapter_dir=adapter_dir,
                            base_name=base_name)
     trained.extra["trainer"] = trainer

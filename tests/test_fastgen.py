@@ -198,3 +198,40 @@ def test_adapters_it_cannot_merge_are_refused(tiny):  # noqa: F811
     dora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
     with pytest.raises(ConfigError, match="DoRA"):
         merged_copy(dora)
+
+
+def test_adapter_states_and_routing_round_trip(tiny, pairs):  # noqa: F811
+    """Disabled adapters are left out, a merged adapter is not added twice, and unrouting restores a
+    generate the model carried itself (Unsloth sets one)."""
+    from mtlib.fastgen import merged_copy, route_generate, unroute_generate
+    model, tok = tiny
+    peft_model = _lora(model)
+    enc = tok([p[0] for p in pairs[:2]], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        with peft_model.disable_adapter():
+            want_base = peft_model(**enc).logits
+            got_base = merged_copy(peft_model)(**enc).logits
+        want = peft_model(**enc).logits
+        peft_model.merge_adapter()
+        got_merged = merged_copy(peft_model)(**enc).logits
+        peft_model.unmerge_adapter()
+    assert torch.allclose(got_base, want_base, atol=1e-4)
+    assert torch.allclose(got_merged, want, atol=1e-4)
+
+    def own_generate(*a, **k):
+        return "own"
+    peft_model.generate = own_generate
+    route_generate(peft_model)
+    assert peft_model.generate is not own_generate
+    unroute_generate(peft_model)
+    assert peft_model.generate is own_generate and peft_model.generate() == "own"
+
+
+def test_tied_weights_stay_tied_in_a_new_dtype(tiny):  # noqa: F811
+    from mtlib.fastgen import merged_copy
+    model, _ = tiny
+    assert model.config.tie_word_embeddings
+    copy = merged_copy(model, dtype=torch.bfloat16)
+    assert copy.lm_head.weight.data_ptr() == copy.model.embed_tokens.weight.data_ptr()
+    assert copy.lm_head.weight.dtype == torch.bfloat16
+    assert not any(t.is_meta for t in list(copy.parameters()) + list(copy.buffers()))
