@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .data import pair_columns
 from .errors import ConfigError, DataError
-from .fastgen import original_generation_masks
+from .fastgen import merged_copy, original_generation_masks
 from .modeling import TrainedModel, as_trained, backend_of
 from .prompts import inference_messages
 
@@ -154,7 +154,6 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
     runner = model
     try:
         if fast_decode:
-            from .fastgen import merged_copy
             t = time.time()
             runner = merged_copy(model)
             stats.setup_seconds = time.time() - t

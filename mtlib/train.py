@@ -71,6 +71,7 @@ class GRPOParams:
     top_k: int = 50
     top_p: float = 0.95
     repetition_penalty: float = 1.2
+    fast_generation: bool = False       # completions from a merged bf16 copy (mtlib.fastgen.route_generate)
     lr: float = 5e-6
     max_steps: int = 500
     # TRL 1.14: generation_batch_size = per_device_train_batch_size x gradient_accumulation_steps (one GPU)
@@ -78,7 +79,6 @@ class GRPOParams:
     per_device_train_batch_size: int = 2
     gradient_accumulation_steps: int = 2
     rewards: list = field(default_factory=lambda: ["bleu", "length"])   # BLEU + length penalty, as the original
-    fast_generation: bool = False       # completions from a merged bf16 copy (mtlib.fastgen.route_generate)
     reward_weights: list = field(default_factory=lambda: [1.0, 1.0])
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -288,7 +288,10 @@ def build_grpo_trainer(model, tokenizer, train_split, params: GRPOParams | None 
     funcs = build_rewards(params.rewards, tokenizer)
     tokenizer.padding_side = "left"
     from .fastgen import route_generate, unroute_generate
-    route_generate(model) if params.fast_generation else unroute_generate(model)
+    if params.fast_generation:
+        route_generate(model)
+    else:
+        unroute_generate(model)
     return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=grpo_dataset(train_split, src_lang,
                                                                                               tgt_lang),
                        processing_class=tokenizer, callbacks=callbacks)
