@@ -114,12 +114,6 @@ def profiled(label, model, tok, n=None, tokens=8, **kw):
            gpu_seconds=round(sum(e.self_device_time_total for e in ev) / 1e6, 2))
 
 
-def lm_head_contiguous(model):
-    """Feed lm_head a contiguous input (a strided 3-D input makes matmul expand the weight into a bmm)."""
-    head = model.get_output_embeddings()
-    return head.register_forward_pre_hook(lambda m, a: (a[0].contiguous(),) + tuple(a[1:]))
-
-
 N, HALF = args.n, args.n // 2
 want = set(filter(None, args.variants.split(",")))
 
@@ -157,13 +151,14 @@ if args.family == "unsloth":
     if on("fast"):  # the fast path inside an Unsloth process: merged copy of pristine transformers classes
         timed(f"unsloth-proc-fast-bs{N}", model, tok, N, N, fast_decode=True)
         profiled("unsloth-proc-fast", model, tok, fast_decode=True)
-    if on("head"):
-        h = lm_head_contiguous(model)
+    if on("head"):  # load_model gives lm_head a contiguous input (modeling.contiguous_head_input)
         timed(f"unsloth-4bit-bs{HALF}-headfix", model, tok, HALF, HALF)
         profiled("unsloth-4bit-headfix", model, tok)
-        h.remove()
-    if on("profile"):
+    if on("profile"):  # Unsloth's decode as it comes, without that fix
+        from mtlib.modeling import contiguous_head_input
+        contiguous_head_input(model, on=False)
         profiled("unsloth-4bit", model, tok)
+        contiguous_head_input(model)
 else:
     from peft import PeftModel
     from mtlib.fastgen import merged_copy

@@ -235,3 +235,13 @@ def test_tied_weights_stay_tied_in_a_new_dtype(tiny):  # noqa: F811
     assert copy.lm_head.weight.data_ptr() == copy.model.embed_tokens.weight.data_ptr()
     assert copy.lm_head.weight.dtype == torch.bfloat16
     assert not any(t.is_meta for t in list(copy.parameters()) + list(copy.buffers()))
+
+
+def test_contiguous_head_input_can_be_removed(tiny):  # noqa: F811
+    from mtlib.modeling import contiguous_head_input
+    model, _ = tiny
+    head = model.get_output_embeddings()
+    contiguous_head_input(model)
+    assert len(head._forward_pre_hooks) == 1
+    contiguous_head_input(model, on=False)
+    assert len(head._forward_pre_hooks) == 0
