@@ -1,0 +1,117 @@
+"""Where a fast GRPO step spends its time, on a CUDA host (the 3B shape twin in 4-bit + LoRA r16).
+
+For a few batch shapes of the fast recipe it runs GRPO steps and splits each step's wall time into
+the trainer's phases: sampling the completions (``generate``, through the merged copy), scoring them
+(rewards and the old-policy log-probabilities, the rest of ``_generate_and_score_completions``), the
+loss forward (``compute_loss``) and the backward pass plus optimizer (the rest of the step).
+
+    python scripts/gpu_grpo_breakdown.py --data DATA_DIR --out OUT_DIR [--shapes 32x4,64x2,128x1]
+    python scripts/gpu_grpo_breakdown.py --data DATA_DIR --out OUT_DIR --tiny     (CPU check)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--twin", default=None, help="reuse a shape twin built earlier")
+    ap.add_argument("--shapes", default="32x4,64x2,128x1", help="per-device batch x accumulation")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--tiny", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from mtlib import modeling  # noqa: F401  (Unsloth first)
+    import torch
+
+    from mtlib import data, tiny
+    from mtlib.modeling import add_lora, load_model
+    from mtlib.train import GRPOParams, build_grpo_trainer
+    from transformers import TrainerCallback
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    train = data.load_pairs(args.data)["train"]
+    twin = Path(args.twin or out / "twin")
+    if not (twin / "config.json").exists():
+        build = tiny.build_tiny_model if args.tiny else tiny.build_shape_twin
+        build(twin, texts=list(train["en"][:4000]) + list(train["de"][:4000]))
+    rows = []
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    clock = defaultdict(float)
+
+    def timed(obj, name, phase):
+        inner = getattr(obj, name, None)
+        if inner is None:
+            return
+
+        def wrapper(*a, **k):
+            sync()
+            t = time.time()
+            result = inner(*a, **k)
+            sync()
+            clock[phase] += time.time() - t
+            return result
+        setattr(obj, name, wrapper)
+
+    class Steps(TrainerCallback):
+        def __init__(self):
+            self.marks = []
+
+        def on_step_end(self, a, state, c, **kw):
+            sync()
+            self.marks.append((time.time(), dict(clock)))
+
+    for shape in args.shapes.split(","):
+        bs, acc = (int(x) for x in shape.split("x"))
+        model, tok = load_model(str(twin), max_seq_length=512, load_in_4bit=True, backend="hf" if args.tiny else "auto")
+        model = add_lora(model, r=16, alpha=16, gradient_checkpointing=False)
+        params = GRPOParams(max_steps=args.steps, save_steps=10_000, per_device_train_batch_size=bs,
+                            gradient_accumulation_steps=acc, fast_generation=True,
+                            max_completion_length=8 if args.tiny else 76)
+        steps = Steps()
+        trainer = build_grpo_trainer(model, tok, train.select(range(4000)), params, output_dir=out / f"grpo-{shape}",
+                                     callbacks=[steps])
+        clock.clear()
+        timed(trainer.model, "generate", "generate")
+        timed(trainer, "_generate_and_score_completions", "generate_and_score")
+        timed(trainer, "compute_loss", "loss_forward")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+        (t0, c0), (t1, c1) = steps.marks[0], steps.marks[-1]  # the first step (warm-up) is left out
+        n = len(steps.marks) - 1
+        per = {k: (c1.get(k, 0.0) - c0.get(k, 0.0)) / n for k in ("generate", "generate_and_score", "loss_forward")}
+        step_s = (t1 - t0) / n
+        row = dict(shape=shape, steps_timed=n, seconds_per_step=round(step_s, 2),
+                   completions_per_s=round(bs * acc / step_s, 2),
+                   generate_s=round(per["generate"], 2),
+                   score_s=round(per["generate_and_score"] - per["generate"], 2),
+                   loss_forward_s=round(per["loss_forward"], 2),
+                   backward_and_optimizer_s=round(step_s - per["generate_and_score"] - per["loss_forward"], 2),
+                   peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        (out / "grpo_breakdown.json").write_text(json.dumps(
+            {"rows": rows, "card": torch.cuda.get_device_name(0) if cuda else "cpu"}, indent=1))
+        del trainer, model
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
