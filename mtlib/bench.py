@@ -67,3 +67,22 @@ def markdown(table, env: dict | None = None) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in table.iterrows()]
     return head + "\n".join(lines) + "\n"
+
+
+GRPO_PHASES = {"generate_s": "sampling completions", "score_s": "rewards + old log-probs",
+               "loss_forward_s": "loss forward", "backward_and_optimizer_s": "backward + optimizer"}
+
+
+def grpo_phases(path) -> "pd.DataFrame":
+    """Seconds per GRPO step in each phase, one row per batch shape (scripts/gpu_grpo_breakdown.py).
+
+    The phases add up to ``seconds_per_step``; ``completions_per_s`` is the step's throughput.
+    """
+    import pandas as pd
+    from .errors import DataError
+    rows = load_rows(path)
+    missing = [k for k in ["shape", "seconds_per_step", *GRPO_PHASES] if rows and k not in rows[0]]
+    if not rows or missing:
+        raise DataError(f"{path}: not a GRPO breakdown (scripts/gpu_grpo_breakdown.py); missing {missing or 'rows'}")
+    df = pd.DataFrame(rows).set_index("shape")
+    return df[["seconds_per_step", "completions_per_s", *GRPO_PHASES]].rename(columns=GRPO_PHASES)

@@ -134,3 +134,24 @@ def path_times(table: pd.DataFrame, target: float | None = None) -> Figure:
     ax.invert_yaxis()
     fig.tight_layout()
     return fig
+
+
+def step_phases(phases: pd.DataFrame) -> Figure:
+    """Stacked bars of seconds per training step by phase, one bar per row (``bench.grpo_phases``)."""
+    parts = [c for c in phases.columns if c not in ("seconds_per_step", "completions_per_s")]
+    if phases.empty or not parts:
+        raise DataError("no step phases to plot")
+    fig = Figure(figsize=(8, 0.5 * len(phases) + 1.5))
+    ax = fig.add_subplot()
+    left = np.zeros(len(phases))
+    for i, col in enumerate(parts):
+        values = phases[col].to_numpy(dtype=float)
+        bars = ax.barh(range(len(phases)), values, left=left, color=f"C{i}", label=col)
+        ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], label_type="center", fontsize=8)
+        left += values
+    ax.set_yticks(range(len(phases)), [f"batch {s}" for s in phases.index], fontsize=8)
+    ax.set_xlabel("seconds per GRPO step")
+    ax.legend(fontsize=8, ncols=len(parts), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig

@@ -227,11 +227,8 @@ def main():
             traceback.print_exc()
             record(stage="pipeline", recipe="-", error=repr(exc)[:500])
 
-    for other in [r for r in samples if r != "seed" and "seed" in samples]:
-        a, b = samples["seed"], samples[other]
-        same = sum(x == y for x, y in zip(a, b))
-        record(stage="translate", recipe=f"{other} vs seed", what="identical greedy outputs",
-               throughput=f"{same}/{min(len(a), len(b))}")
+    # Each recipe trains its own copy of the model first, so their translations are not compared with
+    # each other; the fast path's fidelity is the teacher-forced agreement above.
     if samples:
         (out / "translations_sample.json").write_text(json.dumps(samples, ensure_ascii=False, indent=1))
     write_table(rows, env, out)

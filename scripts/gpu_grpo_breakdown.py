@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--twin", default=None, help="reuse a shape twin built earlier")
     ap.add_argument("--shapes", default="32x4,64x2,128x1", help="per-device batch x accumulation")
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--skip", type=int, default=1, help="warm-up steps left out (Unsloth compiles per new shape)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -70,7 +71,10 @@ def main():
 
     class Steps(TrainerCallback):
         def __init__(self):
-            self.marks = []
+            self.marks, self.start = [], None
+
+        def on_train_begin(self, a, state, c, **kw):
+            self.start = time.time()
 
         def on_step_end(self, a, state, c, **kw):
             sync()
@@ -93,11 +97,12 @@ def main():
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         trainer.train()
-        (t0, c0), (t1, c1) = steps.marks[0], steps.marks[-1]  # the first step (warm-up) is left out
-        n = len(steps.marks) - 1
+        (t0, c0), (t1, c1) = steps.marks[args.skip - 1], steps.marks[-1]  # warm-up steps left out
+        n = len(steps.marks) - args.skip
         per = {k: (c1.get(k, 0.0) - c0.get(k, 0.0)) / n for k in ("generate", "generate_and_score", "loss_forward")}
         step_s = (t1 - t0) / n
-        row = dict(shape=shape, steps_timed=n, seconds_per_step=round(step_s, 2),
+        row = dict(shape=shape, steps_timed=n, step_seconds=[round(b - a, 2) for a, b in zip(
+                       [steps.start] + [m[0] for m in steps.marks[:-1]], [m[0] for m in steps.marks])], seconds_per_step=round(step_s, 2),
                    completions_per_s=round(bs * acc / step_s, 2),
                    generate_s=round(per["generate"], 2),
                    score_s=round(per["generate_and_score"] - per["generate"], 2),

@@ -49,3 +49,23 @@ def test_translation_paths_ship_with_mtlib_and_plot():
     assert len({bar.get_facecolor() for bar in ax.patches}) == 2           # coloured by process
     with pytest.raises(DataError):
         path_times(paths.iloc[:0])
+
+
+def test_grpo_breakdown_ships_adds_up_and_plots(tmp_path):
+    import pytest
+    from mtlib.bench import grpo_phases
+    from mtlib.errors import DataError
+    from mtlib.plots import step_phases
+
+    phases = grpo_phases("h100_grpo_breakdown.json")
+    parts = phases.drop(columns=["seconds_per_step", "completions_per_s"])
+    assert list(parts.columns) == ["sampling completions", "rewards + old log-probs", "loss forward",
+                                   "backward + optimizer"]
+    assert (parts.sum(axis=1) - phases.seconds_per_step).abs().max() < 0.05   # the phases add up to the step
+    fig = step_phases(phases)
+    assert len(fig.axes[0].patches) == parts.size                              # one segment per phase and shape
+    bad = _write(tmp_path / "bad.json", [{"stage": "sft", "recipe": "fast", "throughput": 1}])
+    with pytest.raises(DataError, match="not a GRPO breakdown"):
+        grpo_phases(bad)
+    with pytest.raises(DataError):
+        step_phases(phases.iloc[:0])
