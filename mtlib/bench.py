@@ -69,7 +69,7 @@ def markdown(table, env: dict | None = None) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-GRPO_PHASES = {"generate_s": "sampling completions", "score_s": "rewards + old log-probs",
+GRPO_PHASES = {"generate_s": "sampling completions", "score_s": "rewards + advantages",
                "loss_forward_s": "loss forward", "backward_and_optimizer_s": "backward + optimizer"}
 
 

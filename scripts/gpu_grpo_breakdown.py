@@ -2,8 +2,9 @@
 
 For a few batch shapes of the fast recipe it runs GRPO steps and splits each step's wall time into
 the trainer's phases: sampling the completions (``generate``, through the merged copy), scoring them
-(rewards and the old-policy log-probabilities, the rest of ``_generate_and_score_completions``), the
-loss forward (``compute_loss``) and the backward pass plus optimizer (the rest of the step).
+(rewards, advantages and, where TRL needs them, old-policy log-probabilities: the rest of
+``_generate_and_score_completions``), the loss forward (``compute_loss``) and the backward pass plus
+optimizer (the rest of the step).
 
     python scripts/gpu_grpo_breakdown.py --data DATA_DIR --out OUT_DIR [--shapes 32x4,64x2,128x1]
     python scripts/gpu_grpo_breakdown.py --data DATA_DIR --out OUT_DIR --tiny     (CPU check)

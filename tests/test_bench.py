@@ -59,7 +59,7 @@ def test_grpo_breakdown_ships_adds_up_and_plots(tmp_path):
 
     phases = grpo_phases("h100_grpo_breakdown.json")
     parts = phases.drop(columns=["seconds_per_step", "completions_per_s"])
-    assert list(parts.columns) == ["sampling completions", "rewards + old log-probs", "loss forward",
+    assert list(parts.columns) == ["sampling completions", "rewards + advantages", "loss forward",
                                    "backward + optimizer"]
     assert (parts.sum(axis=1) - phases.seconds_per_step).abs().max() < 0.05   # the phases add up to the step
     fig = step_phases(phases)
