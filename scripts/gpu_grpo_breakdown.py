@@ -102,8 +102,9 @@ def main():
         n = len(steps.marks) - args.skip
         per = {k: (c1.get(k, 0.0) - c0.get(k, 0.0)) / n for k in ("generate", "generate_and_score", "loss_forward")}
         step_s = (t1 - t0) / n
-        row = dict(shape=shape, steps_timed=n, step_seconds=[round(b - a, 2) for a, b in zip(
-                       [steps.start] + [m[0] for m in steps.marks[:-1]], [m[0] for m in steps.marks])], seconds_per_step=round(step_s, 2),
+        times = [steps.start] + [m[0] for m in steps.marks]
+        row = dict(shape=shape, steps_timed=n, step_seconds=[round(b - a, 2) for a, b in zip(times, times[1:])],
+                   seconds_per_step=round(step_s, 2),
                    completions_per_s=round(bs * acc / step_s, 2),
                    generate_s=round(per["generate"], 2),
                    score_s=round(per["generate_and_score"] - per["generate"], 2),
