@@ -51,9 +51,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import book, data
+from mtlib import chapter, data
 
-params = book.header("01_data", globals())
+params = chapter.header("01_data", globals())
 
 # %% [markdown]
 # ## Loading the corpus
@@ -65,7 +65,7 @@ params = book.header("01_data", globals())
 # 2017 MS COCO and 2018 Flickr), which the loader keeps under their own names when it finds them.
 
 # %%
-pairs = data.load_pairs(book.resolve_dataset(dataset), src_lang=src_lang, tgt_lang=tgt_lang)
+pairs = data.load_pairs(chapter.resolve_dataset(dataset), src_lang=src_lang, tgt_lang=tgt_lang)
 pd.DataFrame({"pairs": {name: len(split) for name, split in pairs.items()}})
 
 # %% [markdown]

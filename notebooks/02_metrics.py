@@ -45,9 +45,9 @@ n_examples = 5                     # example rows to show
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import book, data, metrics, plots
+from mtlib import chapter, data, metrics, plots
 
-params = book.header("02_metrics", globals())
+params = chapter.header("02_metrics", globals())
 
 # %% [markdown]
 # ## BLEU
@@ -212,7 +212,7 @@ examples.drop(columns="ref").set_index("case").round(1)
 # source already scores above zero, from names, numbers and shared words.
 
 # %%
-pairs = data.load_pairs(book.resolve_dataset(dataset), src_lang=src_lang, tgt_lang=tgt_lang)
+pairs = data.load_pairs(chapter.resolve_dataset(dataset), src_lang=src_lang, tgt_lang=tgt_lang)
 test = pairs["test"]
 copy_scores = metrics.corpus_scores(test[src_lang], test[tgt_lang])
 pd.DataFrame({"copy the source": {k: copy_scores[k] for k in ("bleu", "chrf", "ter", "rouge1", "rougeL", "bp")}}).round(2)

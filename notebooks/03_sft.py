@@ -70,9 +70,9 @@ import mtlib.modeling as modeling  # first: on a GPU it imports Unsloth before t
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import book, plots, prompts, train
+from mtlib import chapter, plots, prompts, train
 
-params = book.header("03_sft", globals())
+params = chapter.header("03_sft", globals())
 
 # %% [markdown]
 # ## Two ideas that make a 3B model trainable on one GPU
@@ -102,7 +102,7 @@ params = book.header("03_sft", globals())
 # one, the raw release four), each optionally cut to its first `test_size` sentences.
 
 # %%
-pairs, splits = book.chapter_pairs(params)
+pairs, splits = chapter.chapter_pairs(params)
 pd.DataFrame({"pairs": {name: len(pairs[name]) for name in ["train", *splits]}})
 
 # %% [markdown]
@@ -113,7 +113,7 @@ pd.DataFrame({"pairs": {name: len(pairs[name]) for name in ["train", *splits]}})
 # from the environment or Colab's secrets, never from a parameter.
 
 # %%
-model_path = book.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
+model_path = chapter.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
 base, tokenizer = modeling.load_model(model_path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit)
 pd.DataFrame({"value": {
     "model": model, "backend": modeling.backend_of(base), "parameters": f"{modeling.trainable_summary(base)['total']:,}",
@@ -127,9 +127,9 @@ pd.DataFrame({"value": {
 # evaluation is stored as a run so that chapter 5 can compare all systems.
 
 # %%
-baseline = book.evaluate_splits(modeling.TrainedModel(base, tokenizer, stage="base", base_name=model),
+baseline = chapter.evaluate_splits(modeling.TrainedModel(base, tokenizer, stage="base", base_name=model),
                                 pairs, params, name="base")
-book.scores_frame({"base": baseline}).round(2)
+chapter.scores_frame({"base": baseline}).round(2)
 
 # %% [markdown]
 # ## Adding the adapters
@@ -164,10 +164,10 @@ print(tokenizer.apply_chat_template(example, tokenize=False))
 # optimizer step. The run folder keeps the configuration, the loss log, checkpoints and the adapter.
 
 # %%
-sft_params = book.sft_params(params)
+sft_params = chapter.sft_params(params)
 sft = train.run_sft(peft_model, tokenizer, pairs["train"], sft_params, runs_root=runs_root,
                     src_lang=src_lang, tgt_lang=tgt_lang, config={"profile": profile})
-plots.training_curves(book.log_history(sft), ["loss", "learning_rate", "grad_norm"], title="SFT", ncols=3)
+plots.training_curves(chapter.log_history(sft), ["loss", "learning_rate", "grad_norm"], title="SFT", ncols=3)
 
 # %% [markdown]
 # ## Evaluating the fine-tuned model
@@ -175,8 +175,8 @@ plots.training_curves(book.log_history(sft), ["loss", "learning_rate", "grad_nor
 # The same test sets, the same greedy decoding, now with the adapters.
 
 # %%
-finetuned = book.evaluate_splits(sft, pairs, params, name="sft")
-scores = book.scores_frame({"base": baseline, "sft": finetuned})
+finetuned = chapter.evaluate_splits(sft, pairs, params, name="sft")
+scores = chapter.scores_frame({"base": baseline, "sft": finetuned})
 scores.round(2)
 
 # %%
@@ -202,4 +202,4 @@ scores[["rouge1", "rouge2", "rougeL"]].unstack("system").round(2)
 # the fine-tuned one answers in Multi30k's terse caption style.
 
 # %%
-book.side_by_side({"base": baseline["test"], "sft": finetuned["test"]}, n=n_examples)
+chapter.side_by_side({"base": baseline["test"], "sft": finetuned["test"]}, n=n_examples)

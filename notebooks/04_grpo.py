@@ -79,9 +79,9 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import book, plots, prompts, rewards as reward_fns, train
+from mtlib import chapter, plots, prompts, rewards as reward_fns, train
 
-params = book.header("04_grpo", globals())
+params = chapter.header("04_grpo", globals())
 
 # %% [markdown]
 # ## From PPO to GRPO
@@ -126,10 +126,10 @@ params = book.header("04_grpo", globals())
 # finished SFT run of this build in `runs_root` and continues its adapter.
 
 # %%
-pairs, splits = book.chapter_pairs(params)
-model_path = book.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
+pairs, splits = chapter.chapter_pairs(params)
+model_path = chapter.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
 
-sft_run = book.latest_run(runs_root, "sft") if from_sft else None
+sft_run = chapter.latest_run(runs_root, "sft") if from_sft else None
 if sft_run is not None:
     start = modeling.load_trained(sft_run["path"], max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
                                   trainable=True, gradient_checkpointing=gradient_checkpointing)
@@ -202,8 +202,8 @@ pd.DataFrame({f.__name__: f(prompts=[None] * len(completions), completions=compl
 # `batch_size × grad_accum / num_generations` prompts with `num_generations` completions each.
 
 # %%
-grpo_params = book.grpo_params(params)
-book.params_table(grpo_params)
+grpo_params = chapter.grpo_params(params)
+chapter.params_table(grpo_params)
 
 # %% [markdown]
 # ## Training
@@ -214,7 +214,7 @@ book.params_table(grpo_params)
 # %%
 grpo = train.run_grpo(start, tokenizer, pairs["train"], grpo_params, runs_root=runs_root, src_lang=src_lang,
                       tgt_lang=tgt_lang, config={"profile": profile, "from_sft_run": None if sft_run is None else sft_run["run_id"]})
-history = book.log_history(grpo)
+history = chapter.log_history(grpo)
 plots.training_curves(history, ["reward", *[f"rewards/{name}/mean" for name in rewards], "frac_reward_zero_std",
                                 "completions/mean_length", "loss"], title="GRPO", ncols=3)
 
@@ -225,12 +225,12 @@ plots.training_curves(history, ["reward", *[f"rewards/{name}/mean" for name in r
 # the other systems did. The table repeats this build's base and SFT scores next to it.
 
 # %%
-after = book.evaluate_splits(grpo, pairs, params, name="grpo")
-scores = book.scores_frame({"grpo": after})
+after = chapter.evaluate_splits(grpo, pairs, params, name="grpo")
+scores = chapter.scores_frame({"grpo": after})
 scores.round(2)
 
 # %%
-earlier = book.latest_scores(runs_root, stages=("base", "sft"))
+earlier = chapter.latest_scores(runs_root, stages=("base", "sft"))
 pd.concat([earlier, scores]).round(2) if earlier is not None else scores.round(2)
 
 # %% [markdown]
@@ -240,4 +240,4 @@ pd.concat([earlier, scores]).round(2) if earlier is not None else scores.round(2
 # reference.
 
 # %%
-book.side_by_side({"grpo": after["test"]}, n=n_examples)
+chapter.side_by_side({"grpo": after["test"]}, n=n_examples)

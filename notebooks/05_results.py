@@ -44,14 +44,14 @@ n_examples = 5                     # translations to show side by side
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import book, plots, results
+from mtlib import chapter, plots, results
 
-params = book.header("05_results", globals())
+params = chapter.header("05_results", globals())
 runs = results.load_runs(runs_root)
 if runs.empty:
     raise RuntimeError(f"no finished runs under {runs_root!r}: run chapters 3 and 4 first")
-if book.runs_are_smoke(runs):
-    display(book.notice({"model": book.TINY_MODEL}))
+if chapter.runs_are_smoke(runs):
+    display(chapter.notice({"model": chapter.TINY_MODEL}))
 
 # %% [markdown]
 # ## Scores per system and test set
@@ -60,7 +60,7 @@ if book.runs_are_smoke(runs):
 # TER: lower is better.
 
 # %%
-scores = book.latest_scores(runs_root)
+scores = chapter.latest_scores(runs_root)
 scores.round(2)
 
 # %%
@@ -77,7 +77,7 @@ plots.score_bars(scores.reset_index(), metrics=("bleu", "chrf", "ter"), system="
 # base model, and GRPO with SFT, on every test set, using the translations stored in the runs.
 
 # %%
-significance = book.significance(runs, n_bootstrap)
+significance = chapter.significance(runs, n_bootstrap)
 significance.set_index(["comparison", "split", "metric"]).round(3) if len(significance) else "no paired runs found"
 
 # %%
@@ -94,7 +94,7 @@ if len(significance):
 # The first sentences of the main test set as each system translated them.
 
 # %%
-book.stored_side_by_side(runs, split="test", n=n_examples)
+chapter.stored_side_by_side(runs, split="test", n=n_examples)
 
 # %% [markdown]
 # ## What each stage cost

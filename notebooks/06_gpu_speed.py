@@ -63,9 +63,9 @@ grpo_file = "h100_grpo_breakdown.json"
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import bench, book, plots
+from mtlib import bench, chapter, plots
 
-params = book.header("06_gpu_speed", globals())
+params = chapter.header("06_gpu_speed", globals())
 rows = bench.load_rows(benchmark_files)
 env = bench.environment(benchmark_files[0])
 pd.DataFrame({"value": env}).rename_axis("measured with")

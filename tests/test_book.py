@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mtlib import book
+from mtlib import book, chapter
 
 FAKE_TOKEN = "hf_fake_smoke_token_123"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -69,7 +69,7 @@ def test_launch_links_point_at_source_notebooks():
     context = {"header_buttons": [{"type": "group", "buttons": [
         {"url": "https://colab.research.google.com/github/mt-finetuning-book/mt-finetuning-book/blob/main/executed/03_sft.ipynb"}]}]}
     book._fix_launch_urls(None, "executed/03_sft", "page.html", context, None)
-    assert context["header_buttons"][0]["buttons"][0]["url"] == book.colab_link("03_sft")
+    assert context["header_buttons"][0]["buttons"][0]["url"] == chapter.colab_link("03_sft")
 
 
 def chromium() -> str:
@@ -85,7 +85,7 @@ def smoke_book(tmp_path_factory):
     env = {**os.environ, "HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "mtlib.book", "--profile", "smoke", "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=1500, cwd=book.REPO_ROOT)
+                          env=env, capture_output=True, text=True, timeout=1500, cwd=chapter.REPO_ROOT)
     assert proc.returncode == 0, f"smoke build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return out
 
@@ -106,23 +106,23 @@ def test_smoke_book_has_every_chapter_executed_and_runs(smoke_book):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chapter", list(book.profiles.CHAPTERS))
-def test_smoke_chapter_renders_in_chromium(smoke_book, chapter, tmp_path):
-    page = smoke_book / "book" / "_build" / "html" / "executed" / f"{chapter}.html"
+@pytest.mark.parametrize("name", list(book.profiles.CHAPTERS))
+def test_smoke_chapter_renders_in_chromium(smoke_book, name, tmp_path):
+    page = smoke_book / "book" / "_build" / "html" / "executed" / f"{name}.html"
     assert page.exists()
     flags = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert "<table" in dom, f"{chapter}: no table rendered"
-    assert "<img" in dom, f"{chapter}: no figure rendered"
+    assert "<table" in dom, f"{name}: no table rendered"
+    assert "<img" in dom, f"{name}: no figure rendered"
     assert "Traceback" not in dom and "output traceback" not in dom and "output_error" not in dom
     stderr_cells = re.findall(r'class="[^"]*output stderr[^"]*"[^>]*>(.*?)</div>', dom, flags=re.S)
-    assert not [s for s in stderr_cells if re.search(r"error|exception", s, re.I)], f"{chapter}: errors on stderr"
-    assert book.colab_link(chapter) in dom
-    if chapter in ("03_sft", "04_grpo"):
+    assert not [s for s in stderr_cells if re.search(r"error|exception", s, re.I)], f"{name}: errors on stderr"
+    assert chapter.colab_link(name) in dom
+    if name in ("03_sft", "04_grpo"):
         assert "Smoke build: the numbers in this chapter mean nothing" in dom
     shots = smoke_book / "screenshots"
     shots.mkdir(exist_ok=True)
-    shot = shots / f"{chapter[:2]}.png"
+    shot = shots / f"{name[:2]}.png"
     subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000

@@ -5,7 +5,7 @@ import jupytext
 import nbformat
 import pytest
 
-from mtlib import book, profiles
+from mtlib import book, chapter, profiles
 from mtlib.errors import ConfigError
 
 NOTEBOOKS = book.NOTEBOOK_DIR
@@ -76,27 +76,27 @@ def test_parameters_cell_matches_schema(source):
 def test_chapter_opens_in_colab_and_installs_only_there(source):
     nb = jupytext.read(source)
     first_md = next(c for c in nb.cells if c.cell_type == "markdown")
-    assert book.colab_link(source.stem) in first_md.source
+    assert chapter.colab_link(source.stem) in first_md.source
     install = next(c for c in nb.cells if c.cell_type == "code")
     assert "google.colab" in install.source and "pip" in install.source
     assert "git+https://github.com/mt-finetuning-book/mt-finetuning-book" in install.source
     assert "torch" not in install.source and "numpy" not in install.source  # no reinstall, no restart
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "HF_TOKEN" not in code and "hf_token" not in defaults(parameters_cell(nb))
-    assert f'book.header("{source.stem}", globals())' in code  # shows its parameters (and the smoke notice)
+    assert f'chapter.header("{source.stem}", globals())' in code  # shows its parameters (and the smoke notice)
 
 
 def test_toc_lists_the_executed_chapters():
-    toc = (book.REPO_ROOT / "_toc.yml").read_text()
-    for chapter in profiles.CHAPTERS:
-        assert f"file: executed/{chapter}" in toc
+    toc = (chapter.REPO_ROOT / "_toc.yml").read_text()
+    for name in profiles.CHAPTERS:
+        assert f"file: executed/{name}" in toc
 
 
 @pytest.mark.parametrize("name, value", [("batch_size", 0), ("lr", -1e-4), ("num_steps", 0), ("lr", "fast")])
 def test_edited_parameters_fail_in_the_chapter_header_before_any_model_loads(name, value):
     """A Colab user who edits the parameters cell gets the error from the header cell, the first one to run."""
     namespace = defaults(parameters_cell(jupytext.read(NOTEBOOKS / "03_sft.py")))
-    book.chapter_params("03_sft", namespace)  # the defaults pass
+    chapter.chapter_params("03_sft", namespace)  # the defaults pass
     namespace[name] = value
     with pytest.raises(ConfigError, match=name):
-        book.chapter_params("03_sft", namespace)
+        chapter.chapter_params("03_sft", namespace)

@@ -105,11 +105,11 @@ def test_check_value_accepts_ints_for_floats_and_none_when_optional():
 @pytest.mark.parametrize("name", ["smoke", "seed", "fast"])
 def test_shipped_profile_builds_valid_trainer_parameters(name, monkeypatch):
     """Every shipped profile passes the trainers' own checks too, not only the schema."""
-    from mtlib import book, train
+    from mtlib import chapter, train
     monkeypatch.setattr(train, "_cuda", lambda: True)  # the GPU profiles' 8-bit AdamW is checked as on CUDA
     prof = profiles.load_profile(name, check_device=False)
-    sft = book.sft_params(profiles.chapter_parameters(prof, "03_sft"))
-    grpo = book.grpo_params(profiles.chapter_parameters(prof, "04_grpo"))
+    sft = chapter.sft_params(profiles.chapter_parameters(prof, "03_sft"))
+    grpo = chapter.grpo_params(profiles.chapter_parameters(prof, "04_grpo"))
     sft.validate(), grpo.validate()
     sections = prof["chapters"]
     if sections.get("03_sft", {}).get("group_by_length"):

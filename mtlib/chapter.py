@@ -1,0 +1,327 @@
+"""What the chapters call: parameter checks and the header, data and model resolution, run lookups, score tables.
+
+A chapter cell reads like prose: ``params = chapter.header("03_sft", globals())``, then a call or two into
+``mtlib`` and a table or a plot. The runner that executes the chapters is :mod:`mtlib.book`.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from . import profiles
+from .errors import ConfigError, MtlibError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_URL = "https://github.com/mt-finetuning-book/mt-finetuning-book"
+COLAB_URL = "https://colab.research.google.com"
+TINY_MODEL = "tiny"
+LOCAL_DATASET = "local"
+
+# Without ipywidgets tqdm.auto falls back to text bars and says so on stderr in every chapter.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+
+def colab_link(chapter: str, branch: str = "main") -> str:
+    """The Colab URL that opens ``notebooks/<chapter>.ipynb`` of the book's repository."""
+    owner_repo = REPO_URL.removeprefix("https://github.com/")
+    return f"{COLAB_URL}/github/{owner_repo}/blob/{branch}/notebooks/{chapter}.ipynb"
+
+
+MODEL_FREE_CHAPTERS = ("01_data", "02_metrics", "06_gpu_speed")  # their numbers are real even in a smoke build
+
+
+def is_smoke(params: dict) -> bool:
+    """Whether the chapter runs on the tiny random model (its numbers then mean nothing)."""
+    return params.get("model") == TINY_MODEL
+
+
+def chapter_params(chapter: str, namespace: dict) -> dict:
+    """Collect and check a chapter's parameters from its namespace (``globals()``) against the schema."""
+    names = profiles.chapter_names(chapter)
+    missing = [n for n in names if n not in namespace]
+    if missing:
+        raise ConfigError(f"chapter {chapter}: parameters cell lacks {', '.join(missing)}")
+    return profiles.check_parameters({n: namespace[n] for n in names}, chapter, f"chapter {chapter}")
+
+
+_BOX = ('<div class="admonition {kind}" style="border-left:6px solid {color};background:{bg};'
+        'padding:0.6em 1em;margin:0.5em 0"><p class="admonition-title" style="font-weight:bold;margin:0">'
+        '{title}</p><p style="margin:0.3em 0 0">{text}</p></div>')
+
+
+def notice(params: dict, chapter: str | None = None):
+    """A warning box when the chapter runs on the tiny random model (smoke profile); None otherwise.
+
+    A chapter without a model (data, metrics) built with the smoke profile gets a note that its numbers
+    are real, so that the reader knows which pages to trust.
+    """
+    from IPython.display import HTML
+    if is_smoke(params):
+        return HTML(_BOX.format(
+            kind="warning", color="#e0a800", bg="#fff8e1",
+            title="Smoke build: the numbers in this chapter mean nothing",
+            text="This chapter ran with the <code>smoke</code> profile: a tiny, randomly initialised model, "
+                 "a few hundred sentence pairs and a handful of training steps, so that the whole book builds "
+                 "on a CPU in minutes. Every score, curve and translation below is noise. Run the "
+                 "<code>seed</code> or <code>fast</code> profile on a GPU, or open the chapter in Colab, for "
+                 "real results."))
+    if params.get("profile") == "smoke" and chapter in MODEL_FREE_CHAPTERS:
+        return HTML(_BOX.format(
+            kind="note", color="#2f6fb0", bg="#eef4fb", title="Smoke build",
+            text="The book was built with the <code>smoke</code> profile, whose models are tiny and random. "
+                 "This chapter uses no model of this build: its numbers are real."))
+    return None
+
+
+def show_figures(dpi: int = 110) -> None:
+    """Make a bare matplotlib ``Figure`` (as mtlib's plotting functions return) render as PNG in the notebook."""
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("png", dpi=dpi, bbox_inches="tight")
+
+
+def show_params(params: dict):
+    """The parameters a chapter ran with, as a small table (with the schema's explanation of each)."""
+    import pandas as pd
+    rows = [{"parameter": k, "value": repr(v), "meaning": profiles.SCHEMA[k].help} for k, v in params.items()]
+    return pd.DataFrame(rows).set_index("parameter")
+
+
+def header(chapter: str, namespace: dict) -> dict:
+    """Check the parameters, then display the smoke notice (if any) and the parameter table; returns them."""
+    import pandas as pd
+    from IPython.display import display
+    params = chapter_params(chapter, namespace)
+    show_figures()
+    pd.set_option("display.max_colwidth", 200)  # translations and explanations in full, not cut at 50
+    box = notice(params, chapter)
+    if box is not None:
+        display(box)
+    display(show_params(params))
+    return params
+
+
+def resolve_dataset(dataset: str) -> str:
+    """``"local"`` means the raw Multi30k files (``mtlib.data.default_raw_dir()``); anything else is kept."""
+    if dataset != LOCAL_DATASET:
+        return dataset
+    from . import data
+    raw = data.default_raw_dir()
+    if raw is None:
+        raise ConfigError('dataset "local" needs the raw Multi30k files: set $MULTI30K_DIR to their folder, '
+                          'or use dataset "bentrevett/multi30k" (the Hub)')
+    return str(raw)
+
+
+def chapter_pairs(params: dict):
+    """The training split and every test set of the chapter's dataset, cut to ``train_size``/``test_size``.
+
+    Returns ``(pairs, test_split_names)``; the sample is seeded with the chapter's ``seed``.
+    """
+    from . import data
+    pairs = data.load_pairs(resolve_dataset(params["dataset"]), src_lang=params["src_lang"],
+                            tgt_lang=params["tgt_lang"])
+    splits = test_splits(pairs)
+    sizes = {"train": params.get("train_size"), **{s: params.get("test_size") for s in splits}}
+    sizes = {s: n for s, n in sizes.items() if n is not None}
+    return data.subset(pairs, sizes or None, seed=params.get("seed")), splits
+
+
+def tiny_model_dir(runs_root: str | os.PathLike) -> Path:
+    """Where the smoke build keeps its tiny model: next to the runs folder, shared by the chapters."""
+    return Path(runs_root).resolve().parent / "tiny-model"
+
+
+def resolve_model(model: str, runs_root: str | os.PathLike, texts=None) -> str:
+    """``"tiny"`` builds (once) a tiny random model next to ``runs_root`` from ``texts``; anything else is kept."""
+    if model != TINY_MODEL:
+        return model
+    out = tiny_model_dir(runs_root)
+    if not (out / "config.json").exists():
+        from . import tiny
+        tiny.build_tiny_model(out, texts=texts)
+    return str(out)
+
+
+def latest_run(runs_root: str | os.PathLike, stage: str):
+    """The newest finished *training* run of ``stage`` (one that saved an adapter) under ``runs_root``, or None.
+
+    Returns the run's row of :func:`mtlib.results.load_runs` (``path``, ``run_id``, ``started`` ...).
+    """
+    from . import results
+    runs = results.load_runs(runs_root, include_unscored=True)
+    runs = runs[(runs["stage"] == stage)
+                & runs["path"].map(lambda p: (Path(p) / "adapter" / "adapter_config.json").exists())]
+    if len(runs) == 0:
+        return None
+    return runs.sort_values(["started", "run_id"]).iloc[-1]
+
+
+# Notebook parameter -> mtlib.train dataclass field (the rest keep their name).
+_TRAIN_FIELDS = {"num_steps": "max_steps", "batch_size": "per_device_train_batch_size",
+                 "grad_accum": "gradient_accumulation_steps", "lr_scheduler": "lr_scheduler_type",
+                 "fast_decode": "fast_generation"}
+_COMMON_KEYS = ("num_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "lr_scheduler",
+                "logging_steps", "seed")
+_SFT_KEYS = _COMMON_KEYS + ("max_seq_length", "padding_free", "group_by_length")
+_GRPO_KEYS = _COMMON_KEYS + ("loss_type", "beta", "epsilon", "epsilon_high", "num_generations",
+                          "max_completion_length", "temperature", "rewards", "reward_weights", "fast_decode")
+
+
+def _train_params(cls, params: dict, keys):
+    from . import train
+    values = {_TRAIN_FIELDS.get(k, k): (list(params[k]) if isinstance(params[k], (list, tuple)) else params[k])
+              for k in keys if k in params and params[k] is not None}
+    if "group_by_length" in values:
+        values["train_sampling_strategy"] = "group_by_length" if values.pop("group_by_length") else "random"
+    if "rewards" in values and "reward_weights" not in values:
+        values["reward_weights"] = [1.0] * len(values["rewards"])
+    return train.params_from_dict(getattr(train, cls), values)
+
+
+def sft_params(params: dict):
+    """The chapter's parameters as :class:`mtlib.train.SFTParams` (short names mapped to the trainer's)."""
+    return _train_params("SFTParams", params, _SFT_KEYS)
+
+
+def grpo_params(params: dict):
+    """The chapter's parameters as :class:`mtlib.train.GRPOParams`."""
+    return _train_params("GRPOParams", params, _GRPO_KEYS)
+
+
+def params_table(dataclass_obj):
+    """A training-parameter dataclass as a one-column table."""
+    import dataclasses
+    import pandas as pd
+    return pd.DataFrame({"value": {k: repr(v) for k, v in dataclasses.asdict(dataclass_obj).items()}})
+
+
+def log_history(trained) -> list:
+    """The training log (list of dicts per logged step) of a TrainedModel returned by run_sft/run_grpo."""
+    from .results import read_json
+    history = read_json(Path(trained.run_dir) / "log_history.json") if trained.run_dir else None
+    if not history and "trainer" in trained.extra:
+        history = trained.extra["trainer"].state.log_history
+    if not history:
+        raise MtlibError(f"no training log for the {trained.stage} run {trained.run_dir}")
+    return history
+
+
+SCORE_COLUMNS = ["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL"]
+
+
+def test_splits(pairs) -> list[str]:
+    """The test sets a DatasetDict holds: ``test`` first, then the later ones (``test_2017_flickr`` ...)."""
+    return sorted((s for s in pairs if s.startswith("test")), key=lambda s: (s != "test", s))
+
+
+def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
+    """Translate and score every test set of ``pairs`` with ``trained`` (one run record each); {split: Evaluation}."""
+    from . import generate
+    out = {}
+    for split in test_splits(pairs):
+        out[split] = generate.evaluate(
+            trained, pairs[split], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"], name=name,
+            runs_root=params["runs_root"], batch_size=params["eval_batch_size"],
+            max_new_tokens=params["max_new_tokens"], split_name=split, config={"profile": params.get("profile")},
+            fast_decode=params.get("fast_decode", False))
+    return out
+
+
+def runs_are_smoke(runs) -> bool:
+    """Whether any run in ``load_runs``' table used the tiny random model (its scores then mean nothing)."""
+    models = runs["model"].astype(str)
+    return bool((models.eq(TINY_MODEL) | models.str.contains("tiny-model", regex=False)).any())
+
+
+def newest_evaluations(runs):
+    """The newest finished evaluation run of each stage and test set (``load_runs``' table, indexed by both)."""
+    return runs.sort_values(["started", "run_id"]).groupby(["stage", "split"]).tail(1).set_index(["stage", "split"])
+
+
+def stored_side_by_side(runs, split: str = "test", n: int = 5, stages=("base", "sft", "grpo")):
+    """Like :func:`side_by_side`, from the translations stored in the runs folder; None if none."""
+    from . import results
+    newest = newest_evaluations(runs)
+    table = None
+    for stage in stages:
+        if (stage, split) in newest.index:
+            t = results.read_translations(newest.loc[(stage, split), "path"]).head(n)
+            if table is None:
+                table = t[["source"]].copy()
+                reference = t["reference"].values
+            elif list(t["source"]) != list(table["source"]):
+                raise MtlibError(f"stored_side_by_side: the {stage} run translated different {split} sentences")
+            table[stage] = t["hypothesis"].values
+    if table is not None:
+        table["reference"] = reference
+    return table
+
+
+def significance(runs, n_bootstrap: int = 1000, pairs=(("base", "sft"), ("base", "grpo"), ("sft", "grpo")),
+                 metrics_=("bleu", "chrf")):
+    """Paired bootstrap between the newest evaluations of two stages on each test set (same sentences only).
+
+    ``runs`` is :func:`mtlib.results.load_runs`'s table. One row per comparison, split and metric: both
+    scores, the delta, its 95% confidence interval, the one-sided p-value and whether p < 0.05.
+    """
+    import pandas as pd
+    from . import metrics, results
+    newest = newest_evaluations(runs)
+    rows = []
+    for a, b in pairs:
+        for split in sorted({s for (_, s) in newest.index}):
+            if (a, split) not in newest.index or (b, split) not in newest.index:
+                continue
+            ta = results.read_translations(newest.loc[(a, split), "path"])
+            tb = results.read_translations(newest.loc[(b, split), "path"])
+            if list(ta["source"]) != list(tb["source"]):
+                continue  # different sentences: not a paired comparison
+            for metric in metrics_:
+                test = metrics.paired_bootstrap(list(ta["reference"]), list(ta["hypothesis"]),
+                                                list(tb["hypothesis"]), metric=metric, n_samples=n_bootstrap,
+                                                progress=False)
+                rows.append({"comparison": f"{b} vs {a}", "split": split, "metric": metric,
+                             "score before": test["score_a"], "score after": test["score_b"], "delta": test["delta"],
+                             "95% CI": f"[{test['ci_low']:.2f}, {test['ci_high']:.2f}]", "p": test["p_value"],
+                             "significant (p < 0.05)": test["p_value"] < 0.05})
+    return pd.DataFrame(rows)
+
+
+def scores_frame(systems: dict, columns=SCORE_COLUMNS):
+    """Scores as a table, one row per system and test set: ``systems`` is {system: {split: Evaluation}}."""
+    import pandas as pd
+    rows = [{"system": system, "split": split, **{c: ev.metrics.get(c) for c in columns}}
+            for system, evals in systems.items() for split, ev in evals.items()]
+    return pd.DataFrame(rows).set_index(["system", "split"])
+
+
+def latest_scores(runs_root, stages=("base", "sft", "grpo"), columns=SCORE_COLUMNS):
+    """The newest finished evaluation of each stage and test set under ``runs_root``, as a scores table."""
+    from . import results
+    runs = results.load_runs(runs_root)
+    runs = runs[runs["stage"].isin(stages) & runs["split"].notna()]
+    if len(runs) == 0:
+        return None
+    newest = runs.sort_values(["started", "run_id"]).groupby(["stage", "split"], sort=False).tail(1)
+    newest = newest.assign(system=newest["stage"], order=newest["stage"].map({s: i for i, s in enumerate(stages)}))
+    newest = newest.sort_values(["order", "split"]).set_index(["system", "split"])
+    return newest[list(columns)]
+
+
+def side_by_side(evaluations: dict, n: int = 5):
+    """The first ``n`` test sentences: source, each system's translation ({system: Evaluation}), reference."""
+    import pandas as pd
+    first = next(iter(evaluations.values())).translations
+    table = pd.DataFrame({"source": first["source"].head(n)})
+    for system, ev in evaluations.items():
+        if list(ev.translations["source"].head(n)) != list(table["source"]):
+            raise MtlibError(f"side_by_side: {system} translated different sentences")
+        table[system] = ev.translations["hypothesis"].head(n).values
+    table["reference"] = first["reference"].head(n).values
+    return table
