@@ -140,6 +140,8 @@ def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, h
     executed, timings = [], {}
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)  # inherited by the kernels papermill starts
+    if os.environ.get("MULTI30K_DIR"):
+        os.environ["MULTI30K_DIR"] = str(Path(os.environ["MULTI30K_DIR"]).expanduser().resolve())
     for source in sources:
         params = profiles.chapter_parameters(prof, source.stem) if source.stem in profiles.CHAPTERS \
             else {"profile": prof["name"]}
@@ -147,7 +149,9 @@ def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, h
             params["runs_root"] = str(runs_root)
         print(f"[book] {source.stem}: executing with profile {prof['name']}", flush=True)
         start = time.perf_counter()
-        executed.append(execute_chapter(source, executed_dir / source.name, params, cwd=source.parent))
+        # The kernel starts where the user ran the command, so relative paths in the profile mean the same
+        # in every chapter as on the command line.
+        executed.append(execute_chapter(source, executed_dir / source.name, params, cwd=Path.cwd()))
         timings[source.stem] = time.perf_counter() - start
         print(f"[book] {source.stem}: done in {timings[source.stem]:.0f}s", flush=True)
     if html:

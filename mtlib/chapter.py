@@ -11,21 +11,12 @@ from pathlib import Path
 
 from . import profiles
 from .errors import ConfigError, MtlibError
+from .project import REPO_ROOT, colab_link  # noqa: F401  (chapters and tests use them from here)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REPO_URL = "https://github.com/mt-finetuning-book/mt-finetuning-book"
-COLAB_URL = "https://colab.research.google.com"
 TINY_MODEL = "tiny"
-LOCAL_DATASET = "local"
 
 # Without ipywidgets tqdm.auto falls back to text bars and says so on stderr in every chapter.
 warnings.filterwarnings("ignore", message="IProgress not found")
-
-
-def colab_link(chapter: str, branch: str = "main") -> str:
-    """The Colab URL that opens ``notebooks/<chapter>.ipynb`` of the book's repository."""
-    owner_repo = REPO_URL.removeprefix("https://github.com/")
-    return f"{COLAB_URL}/github/{owner_repo}/blob/{branch}/notebooks/{chapter}.ipynb"
 
 
 MODEL_FREE_CHAPTERS = ("01_data", "02_metrics", "06_gpu_speed")  # their numbers are real even in a smoke build
@@ -48,6 +39,13 @@ def chapter_params(chapter: str, namespace: dict) -> dict:
 _BOX = ('<div class="admonition {kind}" style="border-left:6px solid {color};background:{bg};'
         'padding:0.6em 1em;margin:0.5em 0"><p class="admonition-title" style="font-weight:bold;margin:0">'
         '{title}</p><p style="margin:0.3em 0 0">{text}</p></div>')
+
+
+def box(title: str, text: str, kind: str = "note"):
+    """A coloured admonition box (``kind`` "note" or "warning") for a notebook output."""
+    from IPython.display import HTML
+    color, bg = ("#e0a800", "#fff8e1") if kind == "warning" else ("#2f6fb0", "#eef4fb")
+    return HTML(_BOX.format(kind=kind, color=color, bg=bg, title=title, text=text))
 
 
 def notice(params: dict, chapter: str | None = None):
@@ -93,10 +91,14 @@ def show_params(params: dict):
 
 
 def header(chapter: str, namespace: dict) -> dict:
-    """Check the parameters, then display the smoke notice (if any) and the parameter table; returns them."""
+    """Check the parameters, then display the smoke notice (if any) and the parameter table; returns them.
+
+    A ``runs_root`` of None becomes the folder :func:`runs_folder` picks, in ``namespace`` too."""
     import pandas as pd
     from IPython.display import display
     params = chapter_params(chapter, namespace)
+    if "runs_root" in params:
+        params["runs_root"] = namespace["runs_root"] = runs_folder(params["runs_root"])
     show_figures()
     pd.set_option("display.max_colwidth", 200)  # translations and explanations in full, not cut at 50
     box = notice(params, chapter)
@@ -106,30 +108,32 @@ def header(chapter: str, namespace: dict) -> dict:
     return params
 
 
-def resolve_dataset(dataset: str) -> str:
-    """``"local"`` means the raw Multi30k files (``mtlib.data.default_raw_dir()``); anything else is kept."""
-    if dataset != LOCAL_DATASET:
-        return dataset
-    from . import data
-    raw = data.default_raw_dir()
-    if raw is None:
-        raise ConfigError('dataset "local" needs the raw Multi30k files: set $MULTI30K_DIR to their folder, '
-                          'or use dataset "bentrevett/multi30k" (the Hub)')
-    return str(raw)
-
-
 def chapter_pairs(params: dict):
     """The training split and every test set of the chapter's dataset, cut to ``train_size``/``test_size``.
 
     Returns ``(pairs, test_split_names)``; the sample is seeded with the chapter's ``seed``.
     """
     from . import data
-    pairs = data.load_pairs(resolve_dataset(params["dataset"]), src_lang=params["src_lang"],
-                            tgt_lang=params["tgt_lang"])
+    pairs = data.load_pairs(params["dataset"], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"],
+                            revision=params.get("dataset_revision"))
     splits = test_splits(pairs)
     sizes = {"train": params.get("train_size"), **{s: params.get("test_size") for s in splits}}
     sizes = {s: n for s, n in sizes.items() if n is not None}
     return data.subset(pairs, sizes or None, seed=params.get("seed")), splits
+
+
+DRIVE_DIR = Path("/content/drive/MyDrive")  # where Colab mounts Google Drive
+
+
+def runs_folder(runs_root: str | os.PathLike | None) -> str:
+    """The folder for run records: ``runs_root`` when given; else a folder on Google Drive when Drive is mounted
+    (Colab: runs then outlive the runtime, so chapter 4 finds chapter 3's adapter), else ``runs`` here."""
+    if runs_root is not None:
+        return str(Path(runs_root).expanduser().resolve())
+    if DRIVE_DIR.is_dir():
+        from .project import repository_name
+        return str(DRIVE_DIR / repository_name() / "runs")
+    return str(Path("runs").resolve())
 
 
 def tiny_model_dir(runs_root: str | os.PathLike) -> Path:
@@ -137,15 +141,43 @@ def tiny_model_dir(runs_root: str | os.PathLike) -> Path:
     return Path(runs_root).resolve().parent / "tiny-model"
 
 
+TWIN_PREFIX = "twin:"  # "twin:<hub id>": that model's exact shape with random weights, built on the spot
+
+
 def resolve_model(model: str, runs_root: str | os.PathLike, texts=None) -> str:
-    """``"tiny"`` builds (once) a tiny random model next to ``runs_root`` from ``texts``; anything else is kept."""
+    """The model to load: ``"tiny"`` builds (once) a tiny random model next to ``runs_root`` from ``texts``;
+    ``"twin:<hub id>"`` builds (once) that model's shape twin there (no download); an existing relative path
+    becomes absolute; a Hub id is kept."""
+    if model.startswith(TWIN_PREFIX):
+        from . import tiny
+        name = model[len(TWIN_PREFIX):]
+        out = Path(runs_root).resolve().parent / ("twin-" + name.replace("/", "--"))
+        if not (out / "config.json").exists():
+            tiny.build_shape_twin(out, model=name, texts=texts)
+        return str(out)
     if model != TINY_MODEL:
-        return model
+        return str(Path(model).resolve()) if Path(model).exists() else model
     out = tiny_model_dir(runs_root)
     if not (out / "config.json").exists():
         from . import tiny
         tiny.build_tiny_model(out, texts=texts)
     return str(out)
+
+
+def train_sft_first(params: dict, pairs, model_path: str):
+    """Chapter 4 opened alone: train the SFT stage here (the seed recipe for ``sft_steps`` steps, with the
+    chapter's LoRA settings) so GRPO starts from a policy that translates; returns the new run's row."""
+    from . import modeling, train
+    base, tokenizer = modeling.load_model(model_path, max_seq_length=params["max_seq_length"],
+                                          load_in_4bit=params["load_in_4bit"], revision=params.get("model_revision"))
+    lora = modeling.add_lora(base, r=params["lora_r"], alpha=params["lora_alpha"], dropout=params["lora_dropout"],
+                             seed=params["seed"], gradient_checkpointing=params["gradient_checkpointing"])
+    sft = train.SFTParams(max_steps=params["sft_steps"], seed=params["seed"], max_seq_length=params["max_seq_length"],
+                          logging_steps=params["logging_steps"]).validate()
+    train.run_sft(lora, tokenizer, pairs["train"], sft, runs_root=params["runs_root"], src_lang=params["src_lang"],
+                  tgt_lang=params["tgt_lang"], config=run_config(params, trained_by="04_grpo"))
+    del base, lora
+    return latest_run(params["runs_root"], "sft")
 
 
 def latest_run(runs_root: str | os.PathLike, stage: str):
@@ -220,6 +252,15 @@ def test_splits(pairs) -> list[str]:
     return sorted((s for s in pairs if s.startswith("test")), key=lambda s: (s != "test", s))
 
 
+RECORDED = ("profile", "dataset", "dataset_revision", "model", "model_revision")
+
+
+def run_config(params: dict, **extra) -> dict:
+    """What a run record keeps of the chapter's parameters: the profile, the data and model with their pinned
+    revisions (the resolved local path of a built model is recorded by the run itself)."""
+    return {**{f"chapter_{k}" if k == "model" else k: params.get(k) for k in RECORDED if k in params}, **extra}
+
+
 def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
     """Translate and score every test set of ``pairs`` with ``trained`` (one run record each); {split: Evaluation}."""
     from . import generate
@@ -228,7 +269,7 @@ def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
         out[split] = generate.evaluate(
             trained, pairs[split], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"], name=name,
             runs_root=params["runs_root"], batch_size=params["eval_batch_size"],
-            max_new_tokens=params["max_new_tokens"], split_name=split, config={"profile": params.get("profile")},
+            max_new_tokens=params["max_new_tokens"], split_name=split, config=run_config(params),
             fast_decode=params.get("fast_decode", False))
     return out
 

@@ -10,8 +10,11 @@ line is kept too: splitting on it would shift the alignment of the two languages
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
+import urllib.error
+import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,12 @@ from datasets import Dataset, DatasetDict, Features, Value
 from .errors import ConfigError, DataError
 
 HUB_ID = "bentrevett/multi30k"
-ENV_VAR = "MULTI30K_DIR"
+MULTI30K = "multi30k"        # the official release: shipped for en/de, downloaded on first use for fr/cs
+ENV_VAR = "MULTI30K_DIR"     # a local copy of the official raw files, used instead of the shipped ones
+CACHE_VAR = "MULTI30K_CACHE"  # where downloaded languages are kept (default ~/.cache/mtlib/multi30k)
+URL_VAR = "MULTI30K_URL"     # a mirror of the official raw folder (tests use a local server)
+SHIPPED_DIR = Path(__file__).resolve().parent / "corpora" / "multi30k"
+OFFICIAL_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
 # Official raw file stems -> split names (the first three are the Hub's splits).
 RAW_SPLITS = {
     "train": "train",
@@ -34,6 +42,9 @@ RAW_SPLITS = {
     "test_2017_mscoco": "test_2017_mscoco",
     "test_2018_flickr": "test_2018_flickr",
 }
+# Which raw files the official task-1 release has for each language (Czech has no 2017 test sets).
+OFFICIAL_STEMS = {"en": tuple(RAW_SPLITS), "de": tuple(RAW_SPLITS), "fr": tuple(RAW_SPLITS),
+                  "cs": ("train", "val", "test_2016_flickr", "test_2018_flickr")}
 # File stems accepted for table files (jsonl/parquet/tsv), on top of RAW_SPLITS.
 _STEM_ALIASES = {**RAW_SPLITS, "validation": "validation", "valid": "validation", "dev": "validation",
                  "test": "test"}
@@ -62,6 +73,7 @@ class LoadReport:
     src_lang: str
     tgt_lang: str
     splits: dict[str, SplitReport] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # split -> why it was not loaded
 
     @property
     def dropped(self) -> int:
@@ -77,6 +89,7 @@ class LoadReport:
         parts = [f"{s.split}: {s.kept}/{s.read} kept" + (f" ({s.dropped} dropped, lines {s.dropped_lines[:5]})"
                                                           if s.dropped else "")
                  for s in self.splits.values()]
+        parts += [f"{split} skipped ({why})" for split, why in self.skipped.items()]
         return f"{self.source} [{self.src_lang}-{self.tgt_lang}] " + "; ".join(parts)
 
 
@@ -84,14 +97,102 @@ class LoadReport:
 # Locating data
 # ---------------------------------------------------------------------------------------------
 
-def default_raw_dir() -> Path | None:
-    """The raw Multi30k folder: ``$MULTI30K_DIR`` if set, else ``<repo>/../shared/data/multi30k/raw``
-    if it exists, else ``None``."""
+def default_raw_dir() -> Path:
+    """The folder ``dataset: multi30k`` reads first: ``$MULTI30K_DIR`` (relative to the working directory)
+    if set, else the copy shipped with mtlib (English and German)."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser().resolve() if env else SHIPPED_DIR
+
+
+def cache_dir() -> Path:
+    """Where downloaded Multi30k languages are kept: ``$MULTI30K_CACHE``, else ``$XDG_CACHE_HOME/mtlib/multi30k``."""
+    env = os.environ.get(CACHE_VAR)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mtlib" / "multi30k"
+
+
+def _known_checksums(folder: Path) -> dict[str, str]:
+    """``{file name: sha256}`` from a folder's ``SHA256SUMS`` (empty when it has none)."""
+    sums = folder / "SHA256SUMS"
+    if not sums.is_file():
+        return {}
+    pairs = (line.split() for line in sums.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {name.lstrip("*"): digest for digest, name in pairs}
+
+
+def _sha256(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _fetch(url: str) -> bytes:
+    """The bytes at ``url``; offline, a DataError that says how to use a local copy instead."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise DataError(f"could not download {url} ({exc}). Without network access, download the Multi30k raw "
+                        f"files yourself (https://github.com/multi30k/dataset, data/task1/raw) into a folder "
+                        f"and set {ENV_VAR}=/that/folder, or pass the folder as the dataset") from exc
+
+
+def download_multi30k(lang: str, cache: Path | None = None) -> Path:
+    """Download the official raw files of ``lang`` that the cache lacks (from ``$MULTI30K_URL`` or GitHub).
+
+    A download must be a readable gzip file and match the shipped ``SHA256SUMS`` where that lists it; its
+    checksum is recorded in the cache's ``SHA256SUMS``, and a cached file that no longer matches is an
+    error. Returns the cache folder.
+    """
+    from .results import atomic_write_bytes, atomic_write_text  # lazy: results is not needed to read files
+
+    if lang not in OFFICIAL_STEMS:
+        raise DataError(f"Multi30k task 1 has no language {lang!r}; it has {', '.join(OFFICIAL_STEMS)}. "
+                        f"For another corpus pass a folder or file as the dataset")
+    cache = Path(cache) if cache else cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    base = os.environ.get(URL_VAR, OFFICIAL_URL).rstrip("/")
+    recorded = _known_checksums(cache)
+    known = {**recorded, **_known_checksums(SHIPPED_DIR)}
+    for stem in OFFICIAL_STEMS[lang]:
+        name = f"{stem}.{lang}.gz"
+        target = cache / name
+        if target.is_file():
+            if name in known and _sha256(target.read_bytes()) != known[name]:
+                raise DataError(f"{target} does not match its recorded checksum {known[name]}: delete it and "
+                                f"load again to download it afresh")
+            continue
+        url = f"{base}/{name}"
+        payload = _fetch(url)
+        try:
+            gzip.decompress(payload)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{url} is not a readable gzip file ({exc}); nothing was saved") from exc
+        digest = _sha256(payload)
+        if name in known and digest != known[name]:
+            raise DataError(f"{url} does not match its checksum {known[name]} (got {digest}); nothing was saved")
+        atomic_write_bytes(target, payload)
+        recorded[name] = digest
+        atomic_write_text(cache / "SHA256SUMS", "".join(f"{d}  {n}\n" for n, d in sorted(recorded.items())))
+    return cache
+
+
+def multi30k_folders(src_lang: str, tgt_lang: str) -> list[Path]:
+    """The folders ``dataset: multi30k`` reads for a language pair, downloading missing languages first.
+
+    ``$MULTI30K_DIR`` alone when it is set; else the shipped copy (en, de) and, for other languages, the cache.
+    """
     env = os.environ.get(ENV_VAR)
     if env:
-        return Path(env).expanduser()
-    candidate = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multi30k" / "raw"
-    return candidate if candidate.is_dir() else None
+        folder = default_raw_dir()
+        if not folder.is_dir():
+            raise DataError(f"{ENV_VAR}={env} is not a folder: point it at the folder holding the Multi30k raw "
+                            f"files (train.en.gz, ...)")
+        return [folder]
+    folders = [SHIPPED_DIR]
+    for lang in (src_lang, tgt_lang):
+        if lang not in OFFICIAL_STEMS or not all(_raw_file(SHIPPED_DIR, stem, lang) for stem in OFFICIAL_STEMS[lang]):
+            folders.append(download_multi30k(lang))
+    return list(dict.fromkeys(folders))
 
 
 def _looks_like_path(source: str) -> bool:
@@ -126,23 +227,30 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
-def _raw_file(folder: Path, stem: str, lang: str) -> Path | None:
-    for name in (f"{stem}.{lang}", f"{stem}.{lang}.gz"):
-        if (folder / name).is_file():
-            return folder / name
+def _raw_file(folders, stem: str, lang: str) -> Path | None:
+    """``<stem>.<lang>`` or ``<stem>.<lang>.gz`` in the first of ``folders`` (one folder or several) that has it."""
+    for folder in [folders] if isinstance(folders, Path) else folders:
+        for name in (f"{stem}.{lang}", f"{stem}.{lang}.gz"):
+            if (folder / name).is_file():
+                return folder / name
     return None
 
 
-def _read_raw_folder(folder: Path, src: str, tgt: str) -> dict[str, tuple[list[str], list[str], list[str]]]:
-    """``{split: (src_lines, tgt_lines, files)}`` from a folder in the official raw layout."""
+def _read_raw_folder(folders, src: str, tgt: str,
+                     report: LoadReport) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """``{split: (src_lines, tgt_lines, files)}`` from folders in the official raw layout.
+
+    A split with only one side (Czech has no 2017 test sets) is skipped and noted in ``report.skipped``."""
+    folders = [folders] if isinstance(folders, Path) else list(folders)
     out = {}
     for stem, split in RAW_SPLITS.items():
-        fs, ft = _raw_file(folder, stem, src), _raw_file(folder, stem, tgt)
+        fs, ft = _raw_file(folders, stem, src), _raw_file(folders, stem, tgt)
         if fs is None and ft is None:
             continue
         if fs is None or ft is None:
-            have, missing = (fs, tgt) if ft is None else (ft, src)
-            raise DataError(f"{have} has no {missing!r} counterpart: expected {folder / f'{stem}.{missing}'}[.gz]")
+            have, missing = (fs, src if fs is None else tgt)
+            report.skipped[split] = f"{have.name} has no {missing!r} counterpart {stem}.{missing}[.gz]"
+            continue
         a, b = _read_lines(fs), _read_lines(ft)
         if len(a) != len(b):
             raise DataError(f"line counts differ: {fs} has {len(a)} lines, {ft} has {len(b)}; "
@@ -271,15 +379,15 @@ def _build(parts: Mapping[str, tuple[list, list, list[str]]], src: str, tgt: str
     return DatasetDict(splits)
 
 
-def _load_hub(source: str, src: str, tgt: str, report: LoadReport) -> DatasetDict:
+def _load_hub(source: str, src: str, tgt: str, report: LoadReport, revision: str | None = None) -> DatasetDict:
     import datasets
 
     try:
-        dsd = datasets.load_dataset(source)
+        dsd = datasets.load_dataset(source, revision=revision)
     except Exception as exc:  # offline, unknown id, no access: one clear message for all
         raise DataError(f"could not load {source!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
-                        f"Without network access, pass the raw folder path or set {ENV_VAR} "
-                        f"(e.g. load_pairs('/path/to/multi30k/raw'))") from exc
+                        f"Without network access, use dataset {MULTI30K!r} (shipped with mtlib), a raw folder path, "
+                        f"or set {ENV_VAR} (e.g. load_pairs('/path/to/multi30k/raw'))") from exc
     if isinstance(dsd, Dataset):
         dsd = DatasetDict({"train": dsd})
     parts = {}
@@ -291,15 +399,21 @@ def _load_hub(source: str, src: str, tgt: str, report: LoadReport) -> DatasetDic
     return _build(parts, src, tgt, report)
 
 
-def load_pairs(source: str | os.PathLike | None = HUB_ID, src_lang: str = "en", tgt_lang: str = "de",
-               return_report: bool = False):
+def load_pairs(source: str | os.PathLike | None = MULTI30K, src_lang: str = "en", tgt_lang: str = "de",
+               return_report: bool = False, revision: str | None = None):
     """Load a parallel corpus as a ``DatasetDict`` with one string column per language.
 
-    ``source`` is a Hub id (default ``bentrevett/multi30k``, needs network), a folder in the official
-    Multi30k raw layout (``train.en[.gz]``, ``val.*``, ``test_2016_flickr.*`` -> ``train``, ``validation``,
-    ``test``; ``test_2017_flickr``, ``test_2017_mscoco``, ``test_2018_flickr`` kept under their own names),
-    a folder of ``jsonl``/``json``/``parquet``/``tsv`` files (one split per file, named by the file stem),
-    or one such file. ``None`` means :func:`default_raw_dir` if there is one, else the Hub.
+    ``source`` is
+
+    * ``"multi30k"`` (the default; ``None`` means the same): the official Multi30k task-1 release. English
+      and German ship with mtlib; French and Czech are downloaded on first use (:func:`download_multi30k`);
+      ``$MULTI30K_DIR`` points at a local copy instead. Splits ``train``, ``validation``, ``test`` (test
+      2016 Flickr) and the later test sets ``test_2017_flickr``, ``test_2017_mscoco``, ``test_2018_flickr``;
+      a split the language pair lacks is skipped and reported;
+    * a folder in the same raw layout (``train.en[.gz]``, ``val.*``, ``test_2016_flickr.*``, ...), a folder of
+      ``jsonl``/``json``/``parquet``/``tsv`` files (one split per file, named by the file stem), or one such
+      file; relative paths are relative to the working directory;
+    * a Hugging Face Hub id such as ``bentrevett/multi30k`` (needs network; ``revision`` pins a commit).
 
     Pairs where either side is empty (or blank) are dropped, counted and reported with a warning; with
     ``return_report=True`` the result is ``(dsd, LoadReport)``.
@@ -309,25 +423,36 @@ def load_pairs(source: str | os.PathLike | None = HUB_ID, src_lang: str = "en", 
             raise ConfigError(f"{name} must be a language code such as 'en', got {code!r}")
     if src_lang == tgt_lang:
         raise ConfigError(f"src_lang and tgt_lang are both {src_lang!r}; pick two languages")
-    if source is None:
-        source = default_raw_dir() or HUB_ID
-    report = LoadReport(str(source), src_lang, tgt_lang)
-    path = Path(source).expanduser()
-    if path.exists():
-        if path.is_dir() and any(_raw_file(path, stem, src_lang) or _raw_file(path, stem, tgt_lang)
-                                 for stem in RAW_SPLITS):
-            parts = _read_raw_folder(path, src_lang, tgt_lang)
-        else:
-            parts = _read_table_source(path, src_lang, tgt_lang)
+    if source is None or str(source) == MULTI30K:
+        folders = multi30k_folders(src_lang, tgt_lang)
+        report = LoadReport(MULTI30K if len(folders) > 1 or folders[0] == SHIPPED_DIR else str(folders[0]),
+                            src_lang, tgt_lang)
+        parts = _read_raw_folder(folders, src_lang, tgt_lang, report)
         if not parts:
-            raise DataError(f"{path} holds no data for {src_lang}-{tgt_lang}: expected raw files such as "
-                            f"train.{src_lang}[.gz] + train.{tgt_lang}[.gz], or {'/'.join(TABLE_SUFFIXES)} files")
+            raise DataError(f"{', '.join(map(str, folders))} hold no Multi30k files for {src_lang}-{tgt_lang}: "
+                            f"expected train.{src_lang}.gz and train.{tgt_lang}.gz")
         dsd = _build(parts, src_lang, tgt_lang, report)
-    elif isinstance(source, os.PathLike) or _looks_like_path(str(source)):
-        raise DataError(f"data path {path} does not exist; pass an existing raw folder or file, "
-                        f"or set {ENV_VAR}")
     else:
-        dsd = _load_hub(str(source), src_lang, tgt_lang, report)
+        report = LoadReport(str(source), src_lang, tgt_lang)
+        path = Path(source).expanduser()
+        if path.exists():
+            if path.is_dir() and any(_raw_file(path, stem, src_lang) or _raw_file(path, stem, tgt_lang)
+                                     for stem in RAW_SPLITS):
+                parts = _read_raw_folder(path, src_lang, tgt_lang, report)
+            else:
+                parts = _read_table_source(path, src_lang, tgt_lang)
+            if not parts:
+                raise DataError(f"{path} holds no data for {src_lang}-{tgt_lang}: expected raw files such as "
+                                f"train.{src_lang}[.gz] + train.{tgt_lang}[.gz], or {'/'.join(TABLE_SUFFIXES)} "
+                                f"files")
+            dsd = _build(parts, src_lang, tgt_lang, report)
+        elif isinstance(source, os.PathLike) or _looks_like_path(str(source)):
+            raise DataError(f"data path {path.resolve()} does not exist; pass an existing raw folder or file, "
+                            f"or dataset {MULTI30K!r} for the shipped Multi30k")
+        else:
+            dsd = _load_hub(str(source), src_lang, tgt_lang, report, revision)
+    if report.skipped:
+        warnings.warn(f"load_pairs skipped splits without both languages: {report.skipped}", stacklevel=2)
     if report.dropped:
         warnings.warn(f"load_pairs dropped {report.dropped} pairs with an empty side: {report}", stacklevel=2)
     return (dsd, report) if return_report else dsd

@@ -13,7 +13,7 @@ from .data import pair_columns
 from .errors import ConfigError, DataError
 from .fastgen import merged_copy, original_generation_masks
 from .modeling import TrainedModel, as_trained, backend_of
-from .prompts import inference_messages
+from .prompts import inference_messages, template_date
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,8 @@ def evaluate(model_or_trained, split, src_lang: str = "en", tgt_lang: str = "de"
     run_config = {"model": trained.base_name, "adapter_dir": trained.adapter_dir, "train_run": trained.run_dir,
                   "split": split_name, "n": len(sources), "src_lang": src_lang, "tgt_lang": tgt_lang,
                   "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-                  "backend": backend_of(trained.model), **translate_kwargs, **(config or {})}
+                  "backend": backend_of(trained.model), "prompt_date": template_date(trained.tokenizer),
+                  **translate_kwargs, **(config or {})}
     run = Run.create(trained.stage, run_config, root=runs_root, name=name or f"{trained.stage}")
     try:
         with run.timer("translate"):

@@ -87,7 +87,10 @@ def _set_backend(model, backend: str):
 
 
 def prepare_tokenizer(tokenizer):
-    """Left padding (for batched generation) and a pad token distinct from end-of-turn where possible."""
+    """Left padding (for batched generation), a pad token distinct from end-of-turn where possible, and a
+    chat template that renders a fixed date (:func:`mtlib.prompts.fix_template_date`)."""
+    from .prompts import fix_template_date
+    fix_template_date(tokenizer)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         vocab = tokenizer.get_vocab()
@@ -105,27 +108,29 @@ def _dtype(dtype):
 
 
 def load_model(name_or_path, max_seq_length: int = 512, load_in_4bit: bool = True, dtype=None,
-               backend: str = "auto"):
+               backend: str = "auto", revision: str | None = None):
     """Load ``(model, tokenizer)`` from the Hub or a local folder.
 
     ``backend``: "unsloth" (FastLanguageModel, 4-bit QLoRA kernels, CUDA only), "hf" (transformers;
     4-bit through bitsandbytes on CUDA, full precision on CPU) or "auto" (Unsloth when usable).
+    ``revision`` pins a Hub commit, tag or branch.
     """
     backend = resolve_backend(backend)  # imports unsloth first when it is used
     dtype = _dtype(dtype)
     token = hf_token()
+    pinned = {"revision": revision} if revision else {}
     if max_seq_length is None or int(max_seq_length) <= 0:
         raise ConfigError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
     if backend == "unsloth":
         from unsloth import FastLanguageModel
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=str(name_or_path), max_seq_length=max_seq_length, dtype=dtype,
-            load_in_4bit=load_in_4bit, token=token)
+            load_in_4bit=load_in_4bit, token=token, **pinned)
         contiguous_head_input(model)
     else:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        kwargs: dict[str, Any] = {"token": token} if token else {}
+        kwargs: dict[str, Any] = {**({"token": token} if token else {}), **pinned}
         if _cuda():
             dtype = dtype or (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
             kwargs["device_map"] = {"": 0}
@@ -139,7 +144,7 @@ def load_model(name_or_path, max_seq_length: int = 512, load_in_4bit: bool = Tru
                 log.info("4-bit loading needs CUDA (bitsandbytes): loading %s in full precision on CPU", name_or_path)
             dtype = dtype or torch.float32
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **({"token": token} if token else {}))
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **({"token": token} if token else {}), **pinned)
         tokenizer.model_max_length = max_seq_length
     _set_backend(model, backend)
     return model, prepare_tokenizer(tokenizer)

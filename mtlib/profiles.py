@@ -46,18 +46,25 @@ SCHEMA: dict[str, Param] = {
     # every chapter
     "profile": Param("str", CHAPTERS, "name of the profile the chapter ran with (display only)", optional=True),
     # data
-    "dataset": Param("str", _DATA, 'Hub dataset id, a local folder/file, or "local" for the raw Multi30k files'),
+    "dataset": Param("str", _DATA, '"multi30k" (the official release: en/de shipped, fr/cs downloaded), a local '
+                     'folder or file, or a Hub dataset id'),
+    "dataset_revision": Param("str", _DATA, "Hub dataset commit, tag or branch to pin (None: the newest)",
+                              optional=True),
     "src_lang": Param("str", _DATA, "source language code"),
     "tgt_lang": Param("str", _DATA, "target language code"),
     "n_examples": Param("int", CHAPTERS[:5], "how many example rows to show", min=1, max=100),
     # runs
-    "runs_root": Param("str", _RUNS, "folder of the run records (results.Run)"),
+    "runs_root": Param("str", _RUNS, "folder of the run records (None: Google Drive when mounted on Colab, "
+                       "else ./runs)", optional=True),
     "benchmark_files": Param("list[str]", ("06_gpu_speed",), "GPU benchmark results (mtlib/benchmarks/ or paths)"),
     "paths_file": Param("str", ("06_gpu_speed",), "measured translation paths (mtlib/benchmarks/ or a path)"),
     "grpo_file": Param("str", ("06_gpu_speed",), "measured GRPO step phases (mtlib/benchmarks/ or a path)"),
     "n_bootstrap": Param("int", ("05_results",), "paired-bootstrap resamples for significance", min=10),
     # model
-    "model": Param("str", _TRAIN, 'Hub model id or local path; "tiny" builds a tiny random model (smoke only)'),
+    "model": Param("str", _TRAIN, 'Hub model id or local path; "tiny" builds a tiny random model (smoke only); '
+                   '"twin:<hub id>" builds that model\'s shape with random weights (GPU checks, no download)'),
+    "model_revision": Param("str", _TRAIN, "Hub model commit, tag or branch to pin (None: the newest)",
+                            optional=True),
     "max_seq_length": Param("int", _TRAIN, "longest sequence the model sees, in tokens", min=16),
     "load_in_4bit": Param("bool", _TRAIN, "load the base model quantized to 4 bits (CUDA only)"),
     "lora_r": Param("int", _TRAIN, "LoRA rank", min=1),
@@ -87,7 +94,10 @@ SCHEMA: dict[str, Param] = {
     "fast_decode": Param("bool", _TRAIN, "translate (and sample GRPO completions) with a merged bf16 copy of "
                          "the model (mtlib.fastgen; about 6 GB more GPU memory for a 3B model)"),
     # GRPO / DAPO
-    "from_sft": Param("bool", ("04_grpo",), "start GRPO from this build's newest SFT adapter"),
+    "from_sft": Param("bool", ("04_grpo",), "start GRPO from this build's newest SFT adapter (trained here "
+                      "first when there is none)"),
+    "sft_steps": Param("int", ("04_grpo",), "SFT steps when chapter 4 runs alone and finds no SFT adapter",
+                       min=1),
     "num_generations": Param("int", ("04_grpo",), "completions sampled per prompt (the group)", min=2),
     "max_completion_length": Param("int", ("04_grpo",), "longest sampled completion, in tokens", min=1),
     "temperature": Param("float", ("04_grpo",), "sampling temperature during GRPO", above=0.0, max=5.0),

@@ -1,6 +1,12 @@
 """Chat prompts for translation: the system prompt and message builders for inference, SFT and GRPO."""
 from __future__ import annotations
 
+# Llama 3.x chat templates write "Today Date: <today>" into the system turn unless ``date_string`` is
+# given, so the same profile would build different prompts on different days. Every tokenizer mtlib
+# loads renders this date instead (the templates' own fallback); run records store it.
+PROMPT_DATE = "26 Jul 2024"
+_DATE_LINE = '{%- if date_string is not defined %}{%- set date_string = "' + "{date}" + '" %}{%- endif %}\n'
+
 LANGUAGE_NAMES = {
     "en": "English", "de": "German", "fr": "French", "cs": "Czech", "es": "Spanish",
     "it": "Italian", "nl": "Dutch", "pt": "Portuguese", "pl": "Polish", "ru": "Russian",
@@ -48,3 +54,24 @@ def to_grpo_dataset(split, src_lang: str = "en", tgt_lang: str = "de"):
     """Map a split with language columns to ``prompt`` + ``reference`` columns for TRL's GRPOTrainer."""
     return split.map(lambda row: grpo_example(row[src_lang], row[tgt_lang], tgt_lang, src_lang),
                      remove_columns=split.column_names, desc="GRPO prompts")
+
+
+def fix_template_date(tokenizer, date: str = PROMPT_DATE):
+    """Make ``tokenizer``'s chat template render ``date`` rather than today's date (idempotent); returns it.
+
+    A ``date_string`` passed to ``apply_chat_template`` still wins; templates without a date are unchanged
+    in what they render."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str):
+        return tokenizer
+    line = _DATE_LINE.replace("{date}", date)
+    if template.startswith("{%- if date_string is not defined %}{%- set date_string = "):
+        template = template.split("\n", 1)[1]
+    tokenizer.chat_template = line + template
+    tokenizer.mtlib_prompt_date = date
+    return tokenizer
+
+
+def template_date(tokenizer) -> str | None:
+    """The date :func:`fix_template_date` gave ``tokenizer`` (None if it was not fixed)."""
+    return getattr(tokenizer, "mtlib_prompt_date", None)

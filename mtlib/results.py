@@ -50,6 +50,25 @@ def atomic_write_text(path, text: str | Iterable[str]) -> Path:
     return path
 
 
+def atomic_write_bytes(path, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
 def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
@@ -140,15 +159,16 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     device = platform.processor() or platform.machine()
-    cuda = False
+    cuda, gpus = False, []
     try:
         import torch
         if torch.cuda.is_available():
-            cuda, device = True, torch.cuda.get_device_name(0)
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            cuda, device = True, gpus[0]
     except ImportError:
         pass
     return {"python": sys.version.split()[0], "platform": platform.platform(), "cuda": cuda, "device": device,
-            "packages": versions, "git_commit": git_commit()}
+            "gpus": gpus, "packages": versions, "git_commit": git_commit()}
 
 
 def peak_memory_gb() -> dict:

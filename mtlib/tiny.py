@@ -66,16 +66,10 @@ _FALLBACK_TEXTS = [
 
 
 def default_texts(n: int = 3000) -> list[str]:
-    """The first ``n`` English and German training sentences of the raw Multi30k folder (or a few built-in ones)."""
-    raw = None
-    try:
-        from .data import default_raw_dir
-        raw = default_raw_dir()
-    except ImportError:
-        pass
-    if raw is None:
-        guess = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multi30k" / "raw"
-        raw = guess if guess.is_dir() else None
+    """The first ``n`` English and German training sentences of Multi30k (:func:`mtlib.data.default_raw_dir`),
+    or a few built-in ones when that folder lacks them."""
+    from .data import default_raw_dir
+    raw = default_raw_dir()
     texts: list[str] = []
     if raw is not None:
         for lang in ("en", "de"):

@@ -13,6 +13,7 @@ from pathlib import Path
 from .data import pair_columns
 from .errors import ConfigError, TrainingError
 from .profiles import LOSS_TYPES, SCHEDULERS
+from .prompts import template_date
 from .modeling import TrainedModel, _cuda, add_lora, backend_of, base_name_of, save_adapter, trainable_summary
 from .rewards import build_rewards
 
@@ -311,6 +312,14 @@ def _find_resumable(runs_root, stage) -> Path | None:
     return None
 
 
+def trainer_record(trainer) -> dict:
+    """What ran: the trainer's class (TRL's, or Unsloth's patched copy of it) and its effective arguments."""
+    cls = type(trainer)
+    return {"trainer_class": f"{cls.__module__}.{cls.__qualname__}",
+            "args_class": f"{type(trainer.args).__module__}.{type(trainer.args).__qualname__}",
+            "args": trainer.args.to_dict()}
+
+
 def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config, callbacks):
     from transformers.trainer_utils import get_last_checkpoint
     from .results import Run
@@ -326,11 +335,12 @@ def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config
         run._status("running", resumed=True)
     else:
         run = Run.create(stage, {"model": base_name, "backend": backend_of(model), "params": asdict(params),
-                                 **(config or {})}, root=runs_root, name=name)
+                                 "prompt_date": template_date(tokenizer), **(config or {})}, root=runs_root, name=name)
     output_dir = run.path / "checkpoints"
     trainer = None
     try:
         trainer = build(output_dir, [NaNGuard(), *(callbacks or [])])
+        run.write_json("trainer.json", trainer_record(trainer))
         run.write_json("trainable.json", trainable_summary(trainer.model))
         checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
         with run.timer("train"):

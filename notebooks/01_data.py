@@ -29,19 +29,24 @@
 # This chapter loads the corpus, shows a few pairs and measures it: how many sentences, words and
 # distinct words each split holds, and how long English and German sentences are.
 
-# %%
-# On Colab, install the book's library first (elsewhere it is already installed); no restart needed.
+# %% tags=["remove-cell"]
+# On Colab: fetch the book's repository and install its library (elsewhere it is already
+# installed). Generated from pyproject.toml by `make sync`; no runtime restart needed.
 import os
 import subprocess
 import sys
 
 if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ):
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "mtlib @ git+https://github.com/mt-finetuning-book/mt-finetuning-book"], check=True)
+    repo, folder = "https://github.com/mt-finetuning-book/mt-finetuning-book", "/content/mt-finetuning-book"
+    if not os.path.isdir(folder):
+        subprocess.run(["git", "clone", "--depth", "1", repo, folder], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", folder + ""], check=True)
+    sys.path.insert(0, folder)
 
 # %% tags=["parameters"]
 profile = None                     # name of the profile the runner used (display only)
-dataset = "bentrevett/multi30k"    # Hub id, a local folder or file, or "local" for the raw Multi30k files
+dataset = "multi30k"                # "multi30k" (shipped: en/de; fr/cs downloaded), a local folder or file, or a Hub id
+dataset_revision = None            # Hub dataset commit/tag to pin (None: newest)
 src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
 n_examples = 5                     # example pairs to show
@@ -65,7 +70,7 @@ params = chapter.header("01_data", globals())
 # 2017 MS COCO and 2018 Flickr), which the loader keeps under their own names when it finds them.
 
 # %%
-pairs = data.load_pairs(chapter.resolve_dataset(dataset), src_lang=src_lang, tgt_lang=tgt_lang)
+pairs = data.load_pairs(dataset, src_lang=src_lang, tgt_lang=tgt_lang, revision=dataset_revision)
 pd.DataFrame({"pairs": {name: len(split) for name, split in pairs.items()}})
 
 # %% [markdown]

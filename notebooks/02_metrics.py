@@ -24,19 +24,24 @@
 # a human translation (the *reference*). This chapter takes the four metrics the book reports
 # apart, computes each on small examples with `mtlib.metrics`, and says what they cannot see.
 
-# %%
-# On Colab, install the book's library first (elsewhere it is already installed); no restart needed.
+# %% tags=["remove-cell"]
+# On Colab: fetch the book's repository and install its library (elsewhere it is already
+# installed). Generated from pyproject.toml by `make sync`; no runtime restart needed.
 import os
 import subprocess
 import sys
 
 if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ):
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "mtlib @ git+https://github.com/mt-finetuning-book/mt-finetuning-book"], check=True)
+    repo, folder = "https://github.com/mt-finetuning-book/mt-finetuning-book", "/content/mt-finetuning-book"
+    if not os.path.isdir(folder):
+        subprocess.run(["git", "clone", "--depth", "1", repo, folder], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", folder + ""], check=True)
+    sys.path.insert(0, folder)
 
 # %% tags=["parameters"]
 profile = None                     # name of the profile the runner used (display only)
-dataset = "bentrevett/multi30k"    # Hub id, a local folder or file, or "local" for the raw Multi30k files
+dataset = "multi30k"                # "multi30k" (shipped: en/de; fr/cs downloaded), a local folder or file, or a Hub id
+dataset_revision = None            # Hub dataset commit/tag to pin (None: newest)
 src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
 n_examples = 5                     # example rows to show
@@ -212,7 +217,7 @@ examples.drop(columns="ref").set_index("case").round(1)
 # source already scores above zero, from names, numbers and shared words.
 
 # %%
-pairs = data.load_pairs(chapter.resolve_dataset(dataset), src_lang=src_lang, tgt_lang=tgt_lang)
+pairs = data.load_pairs(dataset, src_lang=src_lang, tgt_lang=tgt_lang, revision=dataset_revision)
 test = pairs["test"]
 copy_scores = metrics.corpus_scores(test[src_lang], test[tgt_lang])
 pd.DataFrame({"copy the source": {k: copy_scores[k] for k in ("bleu", "chrf", "ter", "rouge1", "rougeL", "bp")}}).round(2)

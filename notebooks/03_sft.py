@@ -24,23 +24,29 @@
 # single free Colab GPU: the base model is stored in **4 bits**, and only small **LoRA** adapters are
 # trained. Together they are called **QLoRA**.
 
-# %%
-# On Colab, install the book's library first (elsewhere it is already installed); no restart needed.
+# %% tags=["remove-cell"]
+# On Colab: fetch the book's repository and install its library (elsewhere it is already
+# installed). Generated from pyproject.toml by `make sync`; no runtime restart needed.
 import os
 import subprocess
 import sys
 
 if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ):
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "mtlib[gpu] @ git+https://github.com/mt-finetuning-book/mt-finetuning-book"], check=True)
+    repo, folder = "https://github.com/mt-finetuning-book/mt-finetuning-book", "/content/mt-finetuning-book"
+    if not os.path.isdir(folder):
+        subprocess.run(["git", "clone", "--depth", "1", repo, folder], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", folder + "[gpu]"], check=True)
+    sys.path.insert(0, folder)
 
 # %% tags=["parameters"]
 profile = None                     # name of the profile the runner used (display only)
-model = "meta-llama/Llama-3.2-3B-Instruct"  # Hub id or local path ("tiny": a tiny random model)
-dataset = "bentrevett/multi30k"    # Hub id, a local folder or file, or "local" for the raw Multi30k files
+model = "meta-llama/Llama-3.2-3B-Instruct"  # Hub id or local path ("tiny": tiny random model; "twin:<id>": random weights, same shape)
+model_revision = None              # Hub model commit/tag to pin (None: newest)
+dataset = "multi30k"                # "multi30k" (shipped: en/de; fr/cs downloaded), a local folder or file, or a Hub id
+dataset_revision = None            # Hub dataset commit/tag to pin (None: newest)
 src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
-runs_root = "runs"                 # where run records (config, scores, translations, adapter) go
+runs_root = None                   # where run records (config, scores, translations, adapter) go (None: Google Drive if mounted, else ./runs)
 seed = 3407                        # seed for the data sample, LoRA initialisation and training
 max_seq_length = 512               # longest training example, in tokens
 load_in_4bit = True                # QLoRA: base weights in 4 bits (CUDA only)
@@ -114,7 +120,8 @@ pd.DataFrame({"pairs": {name: len(pairs[name]) for name in ["train", *splits]}})
 
 # %%
 model_path = chapter.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
-base, tokenizer = modeling.load_model(model_path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit)
+base, tokenizer = modeling.load_model(model_path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
+                                      revision=model_revision)
 pd.DataFrame({"value": {
     "model": model, "backend": modeling.backend_of(base), "parameters": f"{modeling.trainable_summary(base)['total']:,}",
     "memory footprint (GB)": round(base.get_memory_footprint() / 1e9, 3), "4-bit": load_in_4bit}})
@@ -166,7 +173,7 @@ print(tokenizer.apply_chat_template(example, tokenize=False))
 # %%
 sft_params = chapter.sft_params(params)
 sft = train.run_sft(peft_model, tokenizer, pairs["train"], sft_params, runs_root=runs_root,
-                    src_lang=src_lang, tgt_lang=tgt_lang, config={"profile": profile})
+                    src_lang=src_lang, tgt_lang=tgt_lang, config=chapter.run_config(params))
 plots.training_curves(chapter.log_history(sft), ["loss", "learning_rate", "grad_norm"], title="SFT", ncols=3)
 
 # %% [markdown]

@@ -24,24 +24,31 @@
 # length reward. This chapter continues training the SFT adapter of chapter 3 with **GRPO**, using the
 # changes proposed by **DAPO**, and evaluates the result.
 
-# %%
-# On Colab, install the book's library first (elsewhere it is already installed); no restart needed.
+# %% tags=["remove-cell"]
+# On Colab: fetch the book's repository and install its library (elsewhere it is already
+# installed). Generated from pyproject.toml by `make sync`; no runtime restart needed.
 import os
 import subprocess
 import sys
 
 if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ):
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "mtlib[gpu] @ git+https://github.com/mt-finetuning-book/mt-finetuning-book"], check=True)
+    repo, folder = "https://github.com/mt-finetuning-book/mt-finetuning-book", "/content/mt-finetuning-book"
+    if not os.path.isdir(folder):
+        subprocess.run(["git", "clone", "--depth", "1", repo, folder], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", folder + "[gpu]"], check=True)
+    sys.path.insert(0, folder)
 
 # %% tags=["parameters"]
 profile = None                     # name of the profile the runner used (display only)
-model = "meta-llama/Llama-3.2-3B-Instruct"  # Hub id or local path ("tiny": a tiny random model)
-dataset = "bentrevett/multi30k"    # Hub id, a local folder or file, or "local" for the raw Multi30k files
+model = "meta-llama/Llama-3.2-3B-Instruct"  # Hub id or local path ("tiny": tiny random model; "twin:<id>": random weights, same shape)
+model_revision = None              # Hub model commit/tag to pin (None: newest)
+dataset = "multi30k"                # "multi30k" (shipped: en/de; fr/cs downloaded), a local folder or file, or a Hub id
+dataset_revision = None            # Hub dataset commit/tag to pin (None: newest)
 src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
-runs_root = "runs"                 # where run records go; the SFT adapter is looked up here
-from_sft = True                    # continue this build's newest SFT adapter (else start from the base model)
+runs_root = None                   # where run records go; the SFT adapter is looked up here (None: Google Drive if mounted, else ./runs)
+from_sft = True                    # continue the newest SFT adapter in runs_root (trained here first if none)
+sft_steps = 200                    # SFT steps when no SFT adapter is found (the seed recipe's 200)
 seed = 3407                        # seed for the data sample, LoRA initialisation and training
 max_seq_length = 512               # longest prompt plus completion, in tokens
 load_in_4bit = True                # QLoRA: base weights in 4 bits (CUDA only)
@@ -123,24 +130,32 @@ params = chapter.header("04_grpo", globals())
 #
 # GRPO needs a policy that already produces translations most of the time: with a random start almost
 # every completion scores zero and the groups carry no signal. The chapter looks up the newest
-# finished SFT run of this build in `runs_root` and continues its adapter.
+# finished SFT run in `runs_root` and continues its adapter. Opened alone (say in a fresh Colab runtime
+# without chapter 3's runs on Google Drive), it finds none and trains the SFT stage itself first, saying so.
 
 # %%
 pairs, splits = chapter.chapter_pairs(params)
 model_path = chapter.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
 
 sft_run = chapter.latest_run(runs_root, "sft") if from_sft else None
+if from_sft and sft_run is None:
+    display(chapter.box("No SFT adapter found: training one first", f"No finished SFT run is in {runs_root!r} (chapter 3 "
+                        f"was not run here, or its runs folder is elsewhere). This chapter first trains the SFT "
+                        f"stage itself: the seed recipe for {sft_steps} steps. To reuse chapter 3's adapter "
+                        f"instead, point runs_root at its runs folder (on Colab, mount Google Drive in both).",
+                        kind="warning"))
+    sft_run = chapter.train_sft_first(params, pairs, model_path)
 if sft_run is not None:
     start = modeling.load_trained(sft_run["path"], max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
                                   trainable=True, gradient_checkpointing=gradient_checkpointing)
     display(Markdown(f"Starting from the SFT adapter of run `{sft_run['run_id']}`."))
 else:
-    base, tokenizer = modeling.load_model(model_path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit)
+    base, tokenizer = modeling.load_model(model_path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
+                                          revision=model_revision)
     start = modeling.TrainedModel(modeling.add_lora(base, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, seed=seed,
                                                    gradient_checkpointing=gradient_checkpointing),
                                   tokenizer, stage="base", base_name=model)
-    display(Markdown("**No finished SFT run was found in this build's runs folder (or `from_sft` is off): GRPO starts "
-                     "from the base model with fresh adapters.**"))
+    display(Markdown("`from_sft` is off: GRPO starts from the base model with fresh adapters."))
 tokenizer = start.tokenizer
 
 # %% [markdown]
@@ -213,7 +228,7 @@ chapter.params_table(grpo_params)
 
 # %%
 grpo = train.run_grpo(start, tokenizer, pairs["train"], grpo_params, runs_root=runs_root, src_lang=src_lang,
-                      tgt_lang=tgt_lang, config={"profile": profile, "from_sft_run": None if sft_run is None else sft_run["run_id"]})
+                      tgt_lang=tgt_lang, config=chapter.run_config(params, from_sft_run=None if sft_run is None else sft_run["run_id"]))
 history = chapter.log_history(grpo)
 plots.training_curves(history, ["reward", *[f"rewards/{name}/mean" for name in rewards], "frac_reward_zero_std",
                                 "completions/mean_length", "loss"], title="GRPO", ncols=3)

@@ -24,19 +24,23 @@
 # chapter 4, on every test set. It then asks whether the differences are larger than chance, and what
 # each stage cost.
 
-# %%
-# On Colab, install the book's library first (elsewhere it is already installed); no restart needed.
+# %% tags=["remove-cell"]
+# On Colab: fetch the book's repository and install its library (elsewhere it is already
+# installed). Generated from pyproject.toml by `make sync`; no runtime restart needed.
 import os
 import subprocess
 import sys
 
 if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ):
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "mtlib @ git+https://github.com/mt-finetuning-book/mt-finetuning-book"], check=True)
+    repo, folder = "https://github.com/mt-finetuning-book/mt-finetuning-book", "/content/mt-finetuning-book"
+    if not os.path.isdir(folder):
+        subprocess.run(["git", "clone", "--depth", "1", repo, folder], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", folder + ""], check=True)
+    sys.path.insert(0, folder)
 
 # %% tags=["parameters"]
 profile = None                     # name of the profile the runner used (display only)
-runs_root = "runs"                 # the runs folder of this build
+runs_root = None                   # the runs folder of this build (None: Google Drive if mounted, else ./runs)
 n_bootstrap = 1000                 # paired-bootstrap resamples per comparison
 n_examples = 5                     # translations to show side by side
 

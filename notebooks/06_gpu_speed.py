@@ -43,15 +43,19 @@
 # generates a fixed 64 new tokens per sentence. Unlike the other chapters, these figures do not come
 # from this build: they were measured once and ship with `mtlib` (`mtlib/benchmarks/`).
 
-# %%
-# On Colab, install the book's library first (elsewhere it is already installed); no restart needed.
+# %% tags=["remove-cell"]
+# On Colab: fetch the book's repository and install its library (elsewhere it is already
+# installed). Generated from pyproject.toml by `make sync`; no runtime restart needed.
 import os
 import subprocess
 import sys
 
 if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ):
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "mtlib @ git+https://github.com/mt-finetuning-book/mt-finetuning-book"], check=True)
+    repo, folder = "https://github.com/mt-finetuning-book/mt-finetuning-book", "/content/mt-finetuning-book"
+    if not os.path.isdir(folder):
+        subprocess.run(["git", "clone", "--depth", "1", repo, folder], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", folder + ""], check=True)
+    sys.path.insert(0, folder)
 
 # %% tags=["parameters"]
 profile = None                          # name of the profile the runner used (display only)

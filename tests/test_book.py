@@ -73,9 +73,15 @@ def test_launch_links_point_at_source_notebooks():
 
 
 def chromium() -> str:
+    """The Chromium binary. Without one the browser checks are skipped with the reason, except where
+    MTLIB_REQUIRE_BROWSER=1 (.ci/run sets it) makes a missing browser a failure."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe, "chromium is needed to check the rendered book (apt-get install -y chromium)"
-    return exe
+    if exe:
+        return exe
+    reason = "no Chromium on this machine to check the rendered book (apt-get install -y chromium)"
+    if os.environ.get("MTLIB_REQUIRE_BROWSER") == "1":
+        pytest.fail(reason + "; MTLIB_REQUIRE_BROWSER=1 makes this a failure", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_real_lines_are_kept_verbatim(multi30k, raw_dir):
 
 def test_hub_path_offline_names_the_fix():
     # conftest sets HF_HUB_OFFLINE=1: the Hub id is tried, fails, and the error names the offline fix
-    with pytest.raises(DataError, match="raw folder path or set MULTI30K_DIR"):
+    with pytest.raises(DataError, match="raw folder path, or set MULTI30K_DIR"):
         data.load_pairs("bentrevett/multi30k")
 
 
@@ -70,8 +70,10 @@ def test_default_raw_dir_env_and_fallback(monkeypatch, tmp_path, raw_dir):
     monkeypatch.setenv("MULTI30K_DIR", str(tmp_path))
     assert data.default_raw_dir() == tmp_path
     monkeypatch.delenv("MULTI30K_DIR")
-    fallback = data.default_raw_dir()
-    assert fallback is not None and fallback.parts[-4:] == ("shared", "data", "multi30k", "raw")
+    assert data.default_raw_dir() == data.SHIPPED_DIR
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MULTI30K_DIR", "rel/raw")
+    assert data.default_raw_dir() == tmp_path / "rel" / "raw"  # relative to where the user runs the command
 
 
 # ------------------------------------------------------------------------------------------------ raw layout

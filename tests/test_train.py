@@ -70,6 +70,13 @@ def test_run_sft_lowers_loss_and_records_the_run(tmp_path, tiny_dir, train_split
     assert (trained.adapter_dir / "adapter_model.safetensors").is_file()
     assert json.loads((trained.run_dir / "status.json").read_text())["status"] == "finished"
     assert len(load_runs(tmp_path, include_unscored=True)) == 1
+    record = json.loads((trained.run_dir / "trainer.json").read_text())  # what ran, with its effective arguments
+    assert record["trainer_class"].startswith("trl.") and record["trainer_class"].endswith("SFTTrainer")
+    assert record["args"]["learning_rate"] == 1e-2 and record["args"]["max_steps"] == 24
+    config = json.loads((trained.run_dir / "config.json").read_text())
+    assert config["prompt_date"] == "26 Jul 2024"  # the chat template's date, fixed and recorded
+    env = json.loads((trained.run_dir / "env.json").read_text())
+    assert env["packages"]["trl"] and env["packages"]["transformers"] and "gpus" in env
     for f in trained.run_dir.rglob("*"):
         if f.is_file():
             assert b"fake-secret" not in f.read_bytes(), f
