@@ -52,9 +52,9 @@ SCHEMA: dict[str, Param] = {
     "n_examples": Param("int", CHAPTERS[:5], "how many example rows to show", min=1, max=100),
     # runs
     "runs_root": Param("str", _RUNS, "folder of the run records (results.Run)"),
-    "benchmark_files": Param("list[str]", ("06_gpu_speed",), "GPU benchmark results (mtlib/benchmarks/ or paths)"),
-    "paths_file": Param("str", ("06_gpu_speed",), "measured translation paths (mtlib/benchmarks/ or a path)"),
-    "grpo_file": Param("str", ("06_gpu_speed",), "measured GRPO step phases (mtlib/benchmarks/ or a path)"),
+    "benchmark_files": Param("list[str]", ("06_gpu_speed",), "GPU benchmark results: names in benchmarks/results/ or paths"),
+    "paths_file": Param("str", ("06_gpu_speed",), "measured translation paths: a name in benchmarks/results/ or a path"),
+    "grpo_file": Param("str", ("06_gpu_speed",), "measured GRPO step phases: a name in benchmarks/results/ or a path"),
     "n_bootstrap": Param("int", ("05_results",), "paired-bootstrap resamples for significance", min=10),
     # model
     "model": Param("str", _TRAIN, 'Hub model id or local path; "tiny" builds a tiny random model (smoke only)'),
