@@ -1,4 +1,4 @@
-"""Loading on the plain backend, LoRA, adapters on disk, the HF token."""
+"""Loading on the plain backend, LoRA, adapters on disk."""
 import json
 
 import pytest
@@ -102,12 +102,3 @@ def test_trained_model_stage_is_checked(tiny):  # noqa: F811
     m, t = TrainedModel(*tiny)
     assert m is tiny[0] and t is tiny[1]
 
-
-def test_hf_token_from_environment(monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    assert modeling.hf_token() is None  # not on Colab either
-    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hub-secret")
-    assert modeling.hf_token() == "hub-secret"
-    monkeypatch.setenv("HF_TOKEN", "fake-secret")
-    assert modeling.hf_token() == "fake-secret"
