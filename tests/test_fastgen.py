@@ -245,3 +245,84 @@ def test_contiguous_head_input_can_be_removed(tiny):  # noqa: F811
     assert len(head._forward_pre_hooks) == 1
     contiguous_head_input(model, on=False)
     assert len(head._forward_pre_hooks) == 0
+
+
+def test_check_internals_passes_with_the_installed_stack(tiny):  # noqa: F811
+    from mtlib import fastgen
+    from mtlib.modeling import add_lora
+    model, _ = tiny
+    versions = fastgen.check_internals(add_lora(model, gradient_checkpointing=False))
+    assert versions["transformers"] == fastgen.WRITTEN_FOR["transformers"] and versions["torch"]
+
+
+def test_written_for_versions_are_the_pins():
+    """A pin bump must come with a look at fastgen's private internals (and WRITTEN_FOR's update)."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from mtlib.chapter import REPO_ROOT
+    from mtlib.fastgen import WRITTEN_FOR
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    pins = {Requirement(r).name.replace("-", "_"): str(Requirement(r).specifier).removeprefix("==")
+            for r in project["dependencies"] + project["optional-dependencies"]["gpu"]}
+    assert WRITTEN_FOR == {name: pins[name] for name in WRITTEN_FOR}
+
+
+def test_a_missing_internal_is_named_with_versions_and_fix(tiny, monkeypatch):  # noqa: F811
+    import transformers.integrations.sdpa_attention as sdpa
+    from mtlib import fastgen
+    from mtlib.errors import MtlibError
+    model, _ = tiny
+    monkeypatch.setattr(fastgen, "_CHECKED", set())
+    monkeypatch.delattr(sdpa, "sdpa_attention_forward")
+    with pytest.raises(MtlibError, match=r"sdpa_attention\.sdpa_attention_forward") as caught:
+        fastgen.merged_copy(model)                               # the first use of the fast path checks
+    message = str(caught.value)
+    assert "transformers 5.17.0" in message and "fast_decode: false" in message and "pyproject.toml" in message
+    with pytest.raises(MtlibError, match="sdpa_attention_forward"):
+        fastgen.route_generate(model)                            # GRPO's fast_generation, before training
+    assert "generate" not in vars(model)
+
+
+def test_a_renamed_unsloth_stash_is_caught(tiny, monkeypatch):  # noqa: F811
+    """If Unsloth wraps the mask builders but keeps the originals under another name, the fast path would
+    silently run its compiled wrappers (about 2x slower): the check names the stash instead."""
+    import sys
+    import types
+    import transformers.masking_utils as masking_utils
+    from mtlib import fastgen
+    from mtlib.errors import MtlibError
+
+    def wrapper(*a, **k):
+        raise AssertionError("never called")
+    wrapper.__module__ = "unsloth_zoo.temporary_patches.misc"
+    monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))
+    monkeypatch.setattr(fastgen, "_CHECKED", set())
+    monkeypatch.setattr(masking_utils, "_unsloth_renamed_create_causal_mask", masking_utils.create_causal_mask,
+                        raising=False)
+    monkeypatch.setattr(masking_utils, "create_causal_mask", wrapper)
+    with pytest.raises(MtlibError, match="_unsloth_original_create_causal_mask"):
+        fastgen.check_internals()
+    with pytest.raises(MtlibError, match="_unsloth_original_create_causal_mask"):
+        fastgen.merged_copy(tiny[0])
+    monkeypatch.setattr(masking_utils, "_unsloth_original_create_causal_mask",
+                        masking_utils._unsloth_renamed_create_causal_mask, raising=False)
+    fastgen.check_internals()                                    # the stash Unsloth 2026.10.9 keeps: fine
+
+
+def test_renamed_lora_and_attention_attributes_are_caught(tiny, monkeypatch):  # noqa: F811
+    from peft.tuners.lora import LoraLayer
+    from mtlib import fastgen
+    from mtlib.errors import MtlibError
+    from mtlib.modeling import add_lora
+    model, _ = tiny
+    peft_model = add_lora(model, gradient_checkpointing=False)
+    layer = next(m for m in peft_model.modules() if isinstance(m, LoraLayer))
+    owner = next(c for c in type(layer).__mro__ if "merged" in vars(c))    # a property of PEFT's base layer
+    monkeypatch.delattr(owner, "merged")
+    with pytest.raises(MtlibError, match=r"Linear\.merged \(merging the LoRA update\)"):
+        fastgen.merged_copy(peft_model)
+    monkeypatch.undo()
+    attention = peft_model.get_base_model().model.layers[0].self_attn
+    del attention.num_key_value_groups                           # the tiny model shares key/value heads
+    with pytest.raises(MtlibError, match="LlamaAttention.num_key_value_groups"):
+        fastgen.check_internals(peft_model)
