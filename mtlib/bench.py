@@ -1,28 +1,51 @@
-"""GPU benchmark results (scripts/gpu_benchmark.py): the seed-vs-fast table the speed appendix shows."""
+"""GPU benchmark results (``benchmarks/gpu_benchmark.py``): the seed-vs-fast table the speed appendix shows.
+
+The programs live in ``benchmarks/`` at the repository root and their raw results in ``benchmarks/results/``
+(:data:`RESULTS_DIR`); a bare file name is looked up there.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .chapter import REPO_ROOT
+from .errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STAGES = ("sft", "translate", "grpo")
-RESULTS_DIR = Path(__file__).resolve().parent / "benchmarks"   # measured results shipped with mtlib
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"   # measured results, next to the programs that wrote them
 COLUMNS = ["stage", "recipe", "batch", "throughput", "unit", "time_s", "time_for", "peak_gib", "vs_seed", "file"]
+
+
+def result_path(path) -> Path:
+    """``path`` itself when it exists, else that name in :data:`RESULTS_DIR`; ``DataError`` naming both if neither."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    found = RESULTS_DIR / given
+    if found.is_file():
+        return found
+    raise DataError(f"benchmark result {found} not found (nor {given} from {Path.cwd()}): pass the path of a "
+                    f"results file, or the name of one in {RESULTS_DIR} (benchmarks/results/ of a clone of "
+                    f"the repository; the results are not installed with mtlib)")
 
 
 def load_rows(paths) -> list[dict]:
     """Measurement rows of one or more benchmark.json files, each tagged with its file name."""
     rows = []
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
-        path = Path(path) if Path(path).exists() else RESULTS_DIR / path
-        for row in json.loads(Path(path).read_text())["rows"]:
-            rows.append({**row, "file": Path(path).name})
+        path = result_path(path)
+        for row in json.loads(path.read_text())["rows"]:
+            rows.append({**row, "file": path.name})
     return rows
 
 
 def environment(path) -> dict:
     """Card and library versions a benchmark file was measured with."""
-    path = Path(path) if Path(path).exists() else RESULTS_DIR / path
-    return json.loads(path.read_text()).get("env", {})
+    return json.loads(result_path(path).read_text()).get("env", {})
 
 
 def speedup_table(rows):
@@ -73,16 +96,15 @@ GRPO_PHASES = {"generate_s": "sampling completions", "score_s": "rewards + advan
                "loss_forward_s": "loss forward", "backward_and_optimizer_s": "backward + optimizer"}
 
 
-def grpo_phases(path) -> "pd.DataFrame":
-    """Seconds per GRPO step in each phase, one row per batch shape (scripts/gpu_grpo_breakdown.py).
+def grpo_phases(path) -> pd.DataFrame:
+    """Seconds per GRPO step in each phase, one row per batch shape (benchmarks/gpu_grpo_breakdown.py).
 
     The phases add up to ``seconds_per_step``; ``completions_per_s`` is the step's throughput.
     """
     import pandas as pd
-    from .errors import DataError
     rows = load_rows(path)
     missing = [k for k in ["shape", "seconds_per_step", *GRPO_PHASES] if rows and k not in rows[0]]
     if not rows or missing:
-        raise DataError(f"{path}: not a GRPO breakdown (scripts/gpu_grpo_breakdown.py); missing {missing or 'rows'}")
+        raise DataError(f"{path}: not a GRPO breakdown (benchmarks/gpu_grpo_breakdown.py); missing {missing or 'rows'}")
     df = pd.DataFrame(rows).set_index("shape")
     return df[["seconds_per_step", "completions_per_s", *GRPO_PHASES]].rename(columns=GRPO_PHASES)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import profiles
 from .chapter import REPO_ROOT
+from .credentials import find_secret
 from .errors import ConfigError, MtlibError
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -113,12 +114,6 @@ def build_html(book: Path, log_path: Path) -> Path:
     return book / "_build" / "html"
 
 
-def find_secret(root: Path, secret: str) -> list[Path]:
-    """Files under ``root`` that contain ``secret`` (the HF token must never be published)."""
-    needle = secret.encode()
-    return [p for p in Path(root).rglob("*") if p.is_file() and needle in p.read_bytes()]
-
-
 # Progress bars are for people watching; in an executed (published) chapter they are stderr noise.
 QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
              "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
@@ -159,12 +154,10 @@ def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, h
         print("[book] rendering HTML with jupyter-book", flush=True)
         html_dir = build_html(book, out / "jupyter-book.log")
         print(f"[book] HTML book at {html_dir / 'index.html'}", flush=True)
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if token:
-        leaks = find_secret(out, token)
-        if leaks:
-            raise MtlibError(f"the Hugging Face token appears in {len(leaks)} output file(s), e.g. {leaks[0]}; "
-                             f"do not print it or pass it as a parameter")
+    leaks = find_secret(out)  # the token, when it looks like one (a placeholder such as "none" is not searched)
+    if leaks:
+        raise MtlibError(f"the Hugging Face token appears in {len(leaks)} output file(s), e.g. {leaks[0]}; "
+                         f"do not print it or pass it as a parameter")
     return out
 
 

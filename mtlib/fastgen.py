@@ -7,6 +7,10 @@ weights are the dequantized base plus the folded-in LoRA update: the same functi
 with large batches by ``model.generate``. :func:`grouped_decode_attention` is registered as the
 ``"mtlib_sdpa"`` attention: for one-token decode steps it reads each key/value head in place instead of
 copying it once per query head (what transformers' sdpa does whenever a padding mask is present).
+
+The path leans on private internals of transformers, PEFT, bitsandbytes and Unsloth; a rename there would
+make it silently slower or wrong rather than fail. :func:`check_internals` (run on first use) verifies
+them, and warns when the installed versions differ from :data:`WRITTEN_FOR`.
 """
 from __future__ import annotations
 
@@ -17,12 +21,174 @@ import inspect
 import logging
 import sys
 import traceback
+import warnings
+from importlib import metadata
 
-from .errors import ConfigError
+from .errors import ConfigError, MtlibError
 
 log = logging.getLogger(__name__)
 
 ATTENTION = "mtlib_sdpa"
+
+
+# -- the internals this module relies on ----------------------------------------------------------------
+
+# The versions this module was written for and measured with: the pins of pyproject.toml
+# (tests/test_fastgen.py keeps them in step, so a pin bump means re-checking this module).
+WRITTEN_FOR = {"transformers": "5.17.0", "peft": "0.21.2", "bitsandbytes": "0.50.2",
+               "unsloth": "2026.10.9", "unsloth_zoo": "2026.10.9"}
+UNSLOTH_STASH = "_unsloth_original_"    # where Unsloth keeps transformers' mask builders it wrapped
+MASK_BUILDERS = ("create_causal_mask", "create_sliding_window_causal_mask")  # those Unsloth compiles
+# What merged_state reads on each PEFT LoRA layer (where it reads with getattr defaults, a rename would go unseen).
+LORA_ATTRIBUTES = ("base_layer", "lora_A", "lora_B", "scaling", "active_adapters", "merged", "disable_adapters",
+                   "lora_magnitude_vector", "lora_embedding_A", "lora_bias", "fan_in_fan_out")
+_OPTIONAL = ("bitsandbytes", "unsloth", "unsloth_zoo")  # checked only once imported (4-bit models, Unsloth)
+_CHECKED: set = set()
+
+
+def installed_versions() -> dict:
+    """Installed versions of torch and of the libraries in :data:`WRITTEN_FOR` (None: not installed)."""
+    out = {}
+    for name in ("torch", *WRITTEN_FOR):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _internals_error(missing: list[str]) -> MtlibError:
+    versions = ", ".join(f"{k} {v or 'not installed'}" for k, v in installed_versions().items())
+    written = ", ".join(f"{k} {v}" for k, v in WRITTEN_FOR.items())
+    return MtlibError(
+        "mtlib.fastgen (fast_decode) relies on private internals that the installed libraries lack: "
+        + "; ".join(missing) + f". Installed: {versions}. It was written for {written}. Fix: install the "
+        "versions pinned in pyproject.toml (pip install -r requirements.txt), or set fast_decode: false "
+        "(GRPOParams.fast_generation=False) to use the model's own, slower decoding.")
+
+
+def _module_internals() -> list[str]:
+    """The module-level internals that are missing, each as ``"name (what needs it)"``."""
+    missing = []
+
+    def need(name, what, test):
+        try:
+            ok = bool(test())
+        except Exception:  # an import or attribute error means the internal is gone
+            ok = False
+        if not ok:
+            missing.append(f"{name} ({what})")
+
+    import importlib
+    import torch
+    need("transformers.integrations.sdpa_attention.sdpa_attention_forward", "grouped_decode_attention's fallback",
+         lambda: callable(importlib.import_module("transformers.integrations.sdpa_attention").sdpa_attention_forward))
+    need("transformers.AttentionInterface.register", "registering the mtlib_sdpa attention",
+         lambda: callable(importlib.import_module("transformers").AttentionInterface.register))
+    need("transformers.masking_utils.ALL_MASK_ATTENTION_FUNCTIONS['sdpa']", "the mask of the mtlib_sdpa attention",
+         lambda: callable(importlib.import_module("transformers.masking_utils").ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]))
+    need("transformers.masking_utils.create_causal_mask", "the mask builder the merged copy calls",
+         lambda: callable(importlib.import_module("transformers.masking_utils").create_causal_mask))
+    need("transformers.generation.utils.create_masks_for_generate", "original_generation_masks",
+         lambda: callable(importlib.import_module("transformers.generation.utils").create_masks_for_generate))
+    need("transformers.PreTrainedModel._from_config", "building the merged copy without random init",
+         lambda: callable(importlib.import_module("transformers").PreTrainedModel._from_config))
+    need("transformers.PretrainedConfig._attn_implementation", "choosing the merged copy's attention",
+         lambda: hasattr(importlib.import_module("transformers").PretrainedConfig, "_attn_implementation"))
+    need("torch.nn.Module.load_state_dict(assign=True)", "loading the merged weights without a copy",
+         lambda: "assign" in inspect.signature(torch.nn.Module.load_state_dict).parameters)
+    need("torch.nn.Module.set_submodule", "rebuilding the rotary embeddings",
+         lambda: callable(torch.nn.Module.set_submodule))
+    need("peft.PeftModel.get_base_model", "reading the base model under the adapter",
+         lambda: callable(importlib.import_module("peft").PeftModel.get_base_model))
+    if "bitsandbytes" in sys.modules:  # a 4-bit model was loaded
+        need("bitsandbytes.functional.dequantize_4bit", "dequantizing 4-bit weights",
+             lambda: callable(importlib.import_module("bitsandbytes.functional").dequantize_4bit))
+        need("bitsandbytes.nn.Params4bit.quant_state", "recognising 4-bit weights",
+             lambda: "quant_state" in inspect.signature(importlib.import_module("bitsandbytes.nn").Params4bit.__new__)
+             .parameters)
+    if "unsloth" in sys.modules or "unsloth_zoo" in sys.modules:
+        import transformers.masking_utils as masking_utils
+        for name in MASK_BUILDERS:
+            fn = getattr(masking_utils, name, None)
+            wrapped = fn is not None and (getattr(fn, "__module__", None) != masking_utils.__name__
+                                          or hasattr(fn, "__wrapped__"))
+            if wrapped and not hasattr(masking_utils, UNSLOTH_STASH + name):
+                missing.append(f"transformers.masking_utils.{UNSLOTH_STASH}{name} (Unsloth's stash of the "
+                               f"original {name}, which it replaced: without it the merged copy calls Unsloth's "
+                               f"compiled wrapper at every decode step, about 2x slower)")
+    return missing
+
+
+def _is_lora_layer(module) -> bool:
+    return hasattr(module, "base_layer") and (hasattr(module, "lora_A")
+                                             or any(c.__name__ == "LoraLayer" for c in type(module).__mro__))
+
+
+def _lora_internals(model) -> list[str]:
+    """The attributes :func:`merged_state` reads, missing from ``model``'s PEFT LoRA layers (one per class)."""
+    missing, seen = [], set()
+    for module in model.modules():
+        kind = type(module)
+        if kind not in seen and _is_lora_layer(module):
+            seen.add(kind)
+            missing += [f"{kind.__module__}.{kind.__name__}.{a} (merging the LoRA update)"
+                        for a in LORA_ATTRIBUTES if not hasattr(module, a)]
+    return missing
+
+
+def _attention_internals(model) -> list[str]:
+    """Where ``model`` shares key/value heads, the attribute :func:`grouped_decode_attention` needs."""
+    config = getattr(model, "config", None)
+    kv_heads, heads = getattr(config, "num_key_value_heads", None), getattr(config, "num_attention_heads", None)
+    if not (kv_heads and heads and kv_heads < heads):
+        return []
+    missing, seen = [], set()
+    for module in model.modules():
+        kind = type(module)
+        if kind not in seen and kind.__name__.endswith("Attention") and hasattr(module, "head_dim"):
+            seen.add(kind)
+            if not hasattr(module, "num_key_value_groups"):
+                missing.append(f"{kind.__module__}.{kind.__name__}.num_key_value_groups (grouped_decode_attention;"
+                               f" without it every decode step copies the key/value cache)")
+    return missing
+
+
+def _warn_versions():
+    installed = installed_versions()
+    differ = {k: v for k, v in installed.items() if k in WRITTEN_FOR and v and v != WRITTEN_FOR[k]}
+    if differ:
+        warnings.warn("mtlib.fastgen was written for " + ", ".join(f"{k} {WRITTEN_FOR[k]}" for k in differ)
+                      + "; installed: " + ", ".join(f"{k} {v}" for k, v in differ.items())
+                      + ". The internals it uses are present, but check its speed and outputs, or install the "
+                        "versions pinned in pyproject.toml.", stacklevel=3)
+
+
+def check_internals(model=None) -> dict:
+    """Verify the private internals the fast path relies on; returns :func:`installed_versions`.
+
+    Checks transformers, torch and PEFT always, bitsandbytes and Unsloth where they are imported, and with
+    ``model`` the attributes the merge reads on its LoRA layers and attention modules. Raises
+    :class:`~mtlib.errors.MtlibError` naming each missing internal, the installed versions and the fix;
+    warns when a version differs from :data:`WRITTEN_FOR`.
+    """
+    missing = _module_internals() + (_lora_internals(model) + _attention_internals(model)
+                                     if model is not None else [])
+    if missing:
+        raise _internals_error(missing)
+    _warn_versions()
+    return installed_versions()
+
+
+def _check_once(model):
+    """:func:`check_internals` for the fast path: module internals once per set of imported libraries."""
+    key = tuple(name in sys.modules for name in _OPTIONAL)
+    if key not in _CHECKED:
+        check_internals()
+        _CHECKED.add(key)
+    missing = _lora_internals(model)
+    if missing:
+        raise _internals_error(missing)
 
 
 def grouped_decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -204,6 +370,7 @@ def merged_copy(model, dtype=None, attention: str | None = ATTENTION):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not hasattr(base, "config"):
         raise ConfigError("merged_copy needs a transformers model (or a PEFT model around one)")
+    _check_once(model)
     device = next(base.parameters()).device
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -228,6 +395,8 @@ def merged_copy(model, dtype=None, attention: str | None = ATTENTION):
                           f"unexpected {sorted(unexpected)[:5]})")
     if tied:
         fresh.tie_weights()
+    if attention == ATTENTION and (missing := _attention_internals(fresh)):
+        raise _internals_error(missing)
     _materialize_buffers(fresh, config, device)
     fresh.generation_config = copy.deepcopy(getattr(base, "generation_config", fresh.generation_config))
     return fresh.eval()
@@ -260,6 +429,7 @@ def route_generate(model):
     """
     if getattr(model, "_mtlib_routed_generate", None) is not None:
         return model
+    _check_once(model)  # before training starts, not at its first generation
     had_own = "generate" in vars(model)
     own = model.generate
 

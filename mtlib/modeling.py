@@ -1,4 +1,4 @@
-"""Loading models (Unsloth 4-bit on CUDA, plain transformers elsewhere), LoRA adapters, and the HF token.
+"""Loading models (Unsloth 4-bit on CUDA, plain transformers elsewhere) and LoRA adapters.
 
 On a GPU, import this module (``import mtlib.modeling``) before ``trl``: :func:`load_model` imports
 Unsloth first thing, and Unsloth must be imported before transformers/trl to patch them.
@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .credentials import hf_token
 from .errors import ConfigError
+from .results import write_json
 
 log = logging.getLogger(__name__)
 
@@ -21,21 +22,6 @@ BACKENDS = ("auto", "unsloth", "hf")
 STAGES = ("base", "sft", "grpo")
 PAD_FALLBACK = "<|finetune_right_pad_id|>"
 ADAPTER_INFO = "mtlib_adapter.json"
-
-
-def hf_token() -> str | None:
-    """The Hugging Face token from $HF_TOKEN / $HUGGING_FACE_HUB_TOKEN or Colab's secrets; None if absent.
-
-    Never pass it as a notebook parameter (papermill would publish it) and never print it.
-    """
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        if os.environ.get(var):
-            return os.environ[var]
-    try:
-        from google.colab import userdata  # type: ignore
-        return userdata.get("HF_TOKEN") or None
-    except Exception:  # not on Colab, or the secret is missing / not shared with this notebook
-        return None
 
 
 def _cuda() -> bool:
@@ -248,7 +234,6 @@ def save_adapter(model, tokenizer, path, stage: str | None = None, base_name: st
             cfg.base_model_name_or_path = str(base_name)
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
-    from .results import write_json
     write_json(path / ADAPTER_INFO, {"stage": stage, "base_name": base_name, "backend": backend_of(model)})
     return path
 

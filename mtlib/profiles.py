@@ -56,9 +56,9 @@ SCHEMA: dict[str, Param] = {
     # runs
     "runs_root": Param("str", _RUNS, "folder of the run records (None: Google Drive when mounted on Colab, "
                        "else ./runs)", optional=True),
-    "benchmark_files": Param("list[str]", ("06_gpu_speed",), "GPU benchmark results (mtlib/benchmarks/ or paths)"),
-    "paths_file": Param("str", ("06_gpu_speed",), "measured translation paths (mtlib/benchmarks/ or a path)"),
-    "grpo_file": Param("str", ("06_gpu_speed",), "measured GRPO step phases (mtlib/benchmarks/ or a path)"),
+    "benchmark_files": Param("list[str]", ("06_gpu_speed",), "GPU benchmark results: names in benchmarks/results/ or paths"),
+    "paths_file": Param("str", ("06_gpu_speed",), "measured translation paths: a name in benchmarks/results/ or a path"),
+    "grpo_file": Param("str", ("06_gpu_speed",), "measured GRPO step phases: a name in benchmarks/results/ or a path"),
     "n_bootstrap": Param("int", ("05_results",), "paired-bootstrap resamples for significance", min=10),
     # model
     "model": Param("str", _TRAIN, 'Hub model id or local path; "tiny" builds a tiny random model (smoke only); '

@@ -21,12 +21,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
+from .credentials import scrub
 from .errors import ConfigError
 
 METRIC_COLUMNS = ["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "rougeLsum", "bp", "sys_len", "ref_len", "n"]
 ENV_PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "sacrebleu", "rouge_score",
                 "bitsandbytes", "unsloth", "unsloth_zoo"]
-REDACTED = "<redacted>"
 _STAGE_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
@@ -96,44 +96,6 @@ def write_json(path, obj) -> Path:
     """Atomically write ``obj`` as indented JSON."""
     return atomic_write_text(path, json.dumps(_clean_floats(obj), indent=2, ensure_ascii=False,
                                               default=_json_default) + "\n")
-
-
-def _secret_values() -> list[str]:
-    from .modeling import hf_token  # lazy: modeling is heavier than results
-    values = [os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
-    try:
-        values.append(hf_token())
-    except Exception:  # a Colab secret lookup may fail outside a notebook
-        pass
-    return [v for v in dict.fromkeys(values) if v]
-
-
-def scrub(obj, _secrets=None):
-    """Copy of ``obj`` with token-like values replaced by ``"<redacted>"``.
-
-    Redacted: a string under a key that contains ``token``/``secret``/``password`` (except tokenizer
-    special-token names such as ``pad_token``), any string starting with ``hf_``, and any string
-    containing the current Hugging Face token.
-    """
-    secrets_ = _secret_values() if _secrets is None else _secrets
-
-    def bad_key(key) -> bool:
-        k = str(key).lower()
-        if re.fullmatch(r"(pad|eos|bos|unk|sep|cls|mask)_token", k):
-            return False
-        return any(w in k for w in ("token", "secret", "password", "api_key"))
-
-    def bad_value(v: str) -> bool:
-        return v.startswith("hf_") or any(s in v for s in secrets_)
-
-    if isinstance(obj, dict):
-        return {k: (REDACTED if isinstance(v, str) and (bad_key(k) or bad_value(v)) else scrub(v, secrets_))
-                for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [scrub(v, secrets_) for v in obj]
-    if isinstance(obj, str) and bad_value(obj):
-        return REDACTED
-    return obj
 
 
 def _utc_now() -> str:
@@ -233,7 +195,7 @@ class Run:
 
     # -- files ---------------------------------------------------------------------------------------
     def write_json(self, filename: str, obj) -> Path:
-        """Atomically write ``obj`` (token-like values scrubbed) to ``<run>/<filename>``."""
+        """Atomically write ``obj`` (secrets scrubbed by :func:`mtlib.credentials.scrub`) to ``<run>/<filename>``."""
         return write_json(self.path / filename, scrub(obj))
 
     def read_json(self, filename: str):

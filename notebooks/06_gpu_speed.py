@@ -23,15 +23,15 @@
 # size on an NVIDIA H100, with the original study's recipe (the `seed` profile) and with this book's
 # `fast` profile, and where the remaining time goes.
 #
-# The numbers come from `scripts/gpu_benchmark.py`, run on an offline H100 host:
+# The numbers come from `benchmarks/gpu_benchmark.py`, run from the repository root on an offline H100 host:
 #
 # ```bash
 # scripts/gpu_wheels.sh .whl            # Unsloth, bitsandbytes, TRL, PEFT, datasets as wheels
 # pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-# python scripts/gpu_benchmark.py --data <multi30k raw folder> --out <out dir>
-# python scripts/gpu_translate_paths.py --data <raw> --out <dir> --twin /tmp/twin --adapter /tmp/adapter --family unsloth
-# python scripts/gpu_translate_paths.py --data <raw> --out <dir> --twin /tmp/twin --adapter /tmp/adapter --family hf
-# python scripts/gpu_grpo_breakdown.py --data <raw> --out <dir> --shapes 32x4 --steps 10 --skip 5
+# python -m benchmarks.gpu_benchmark --data <multi30k raw folder> --out <out dir>
+# python -m benchmarks.gpu_translate_paths --data <raw> --out <dir> --twin /tmp/twin --adapter /tmp/adapter --family unsloth
+# python -m benchmarks.gpu_translate_paths --data <raw> --out <dir> --twin /tmp/twin --adapter /tmp/adapter --family hf
+# python -m benchmarks.gpu_grpo_breakdown --data <raw> --out <dir> --shapes 32x4 --steps 10 --skip 5
 # ```
 #
 # It builds a **shape twin** of Llama-3.2-3B-Instruct (hidden size 3072, 28 layers, 24 heads, 8 KV heads,
@@ -41,7 +41,7 @@
 # `translate`) on real Multi30k sentences; the second script compares translation paths, each family in its
 # own process, and the third splits a GRPO step into its phases. Random weights never stop a sentence early, so translation
 # generates a fixed 64 new tokens per sentence. Unlike the other chapters, these figures do not come
-# from this build: they were measured once and ship with `mtlib` (`mtlib/benchmarks/`).
+# from this build: they were measured once and are kept next to the programs, in `benchmarks/results/`.
 
 # %% tags=["remove-cell"]
 # On Colab: fetch the book's repository and install its library (elsewhere it is already
@@ -59,7 +59,7 @@ if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.envir
 
 # %% tags=["parameters"]
 profile = None                          # name of the profile the runner used (display only)
-benchmark_files = ["h100_run6.json"]    # measured results, in mtlib/benchmarks/
+benchmark_files = ["h100_run6.json"]    # measured results, in benchmarks/results/ (names there, or paths)
 paths_file = "h100_translate_paths.json"
 grpo_file = "h100_grpo_breakdown.json"
 
@@ -134,7 +134,7 @@ targets
 #
 # | stage | seed recipe | fast recipe | why it is faster |
 # |---|---|---|---|
-# | SFT | batch 4 x accumulation 4, Unsloth's offloaded gradient checkpointing, padding-free batches | batch 128, no checkpointing, padded batches grouped by length (`group_by_length`, `pad_to_multiple_of=16`), one epoch of all 29,000 pairs, lr 4e-4 | A micro-batch of 4 short sentences (about 70 tokens each) leaves the GPU idle between kernel launches; 128 sentences fill it. Unsloth's padding-free batches (its default; no flash-attention on this host) stayed near 2,500 tokens/s even at batch 256 in the exploration run (`scripts/results/explore_h100_2026-11-25.json`), while padded batches of similar lengths reach 23,000. 80 GB hold the activations, so checkpointing (recomputing the forward pass) only costs time. |
+# | SFT | batch 4 x accumulation 4, Unsloth's offloaded gradient checkpointing, padding-free batches | batch 128, no checkpointing, padded batches grouped by length (`group_by_length`, `pad_to_multiple_of=16`), one epoch of all 29,000 pairs, lr 4e-4 | A micro-batch of 4 short sentences (about 70 tokens each) leaves the GPU idle between kernel launches; 128 sentences fill it. Unsloth's padding-free batches (its default; no flash-attention on this host) stayed near 2,500 tokens/s even at batch 256 in an exploration run that preceded the benchmark, while padded batches of similar lengths reach 23,000. 80 GB hold the activations, so checkpointing (recomputing the forward pass) only costs time. |
 # | translation | the trained 4-bit model, batches of 8 | a merged bf16 copy of it, batches of 1,024 (halved on out-of-memory) | 64 decode steps serve every sentence at once, and the copy decodes with plain dense matrix products (below). |
 # | GRPO | 1 prompt x 4 completions a step | 32 prompts x 4 completions a step, no checkpointing, completions sampled from a merged copy rebuilt each step (`fast_generation`) | Generation is a batch of 128 sequences instead of 4, on the faster decoder. |
 #
@@ -165,7 +165,7 @@ plots.path_times(paths, target=5)
 
 # %% [markdown]
 # Profiles with tensor shapes (`torch.profiler`, 500 sentences x 8 tokens; the tables are in
-# `scripts/results/profile_translate_h100_shapes_*.txt`) explain the steps:
+# `benchmarks/results/profile_translate_h100_shapes_*.txt`) explain the steps:
 #
 # - **Unsloth's decode, output layer.** The ~70 ms kernel of the first profile is the 128,256-word output
 #   layer run as a batched product, `bmm([500, 1, 3072] x [500, 3072, 128256])`: its input reaches
@@ -201,7 +201,7 @@ plots.path_times(paths, target=5)
 # in GiB.
 #
 # An **H200** (a different machine with the same libraries, one benchmark run kept in
-# `scripts/results/benchmark_h200_2026-11-25.json`) gave nearly the same figures: 24,177 tokens/s for
+# `benchmarks/results/benchmark_h200_2026-11-25.json`) gave nearly the same figures: 24,177 tokens/s for
 # SFT, 4.7 s compiled and 8.1 s eager for translation, 23.0 completions/s for GRPO. The work is bound by
 # kernel launches and compute, not by the H200's larger, faster memory.
 #
@@ -209,7 +209,7 @@ plots.path_times(paths, target=5)
 #
 # A fast GRPO step samples 4 completions for each of 32 prompts (76 tokens each, since random weights
 # never stop), scores them, and takes the policy-gradient update over the 128 sequences in 4
-# micro-batches. `scripts/gpu_grpo_breakdown.py` times each phase with the GPU synchronised at its
+# micro-batches. `benchmarks/gpu_grpo_breakdown.py` times each phase with the GPU synchronised at its
 # boundaries, over steps 6 to 10 of one run: Unsloth compiles its training step for each new sequence
 # length it meets, so the first step took 54 s and steps 2 to 5 took 9 to 11 s; one later step (a new
 # length) took 10.5 s again, the others 5.0 to 5.7 s.

@@ -1,5 +1,11 @@
-"""Shared pytest fixtures. Offline by design: no test may reach the Hugging Face Hub."""
+"""Shared pytest fixtures. Offline by design: no test may reach the Hugging Face Hub.
+
+The model fixtures (a tiny random Llama, real Multi30k lines) are session-scoped: the tiny model is built
+once for the whole run, however many modules use it.
+"""
+import gzip
 import os
+from pathlib import Path
 
 # Before anything imports huggingface_hub/datasets (they read these once, at import).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,3 +22,40 @@ def raw_dir():
     from mtlib.data import SHIPPED_DIR
 
     return SHIPPED_DIR
+
+
+def read_pairs(n=300, split="train"):
+    """The first ``n`` (en, de) pairs of the Multi30k files the project ships."""
+    from mtlib.data import SHIPPED_DIR as raw
+    out = {}
+    for lang in ("en", "de"):
+        with gzip.open(Path(raw) / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
+            out[lang] = [next(f).strip() for _ in range(n)]
+    return list(zip(out["en"], out["de"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama + chat tokenizer saved to disk (built once per session)."""
+    from mtlib.tiny import build_tiny_model
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def pairs():
+    """300 real Multi30k training pairs."""
+    return read_pairs(300)
+
+
+@pytest.fixture(scope="session")
+def train_split(pairs):
+    """A datasets.Dataset with ``en``/``de`` columns (64 real pairs)."""
+    from datasets import Dataset
+    return Dataset.from_dict({"en": [p[0] for p in pairs[:64]], "de": [p[1] for p in pairs[:64]]})
+
+
+@pytest.fixture
+def tiny(tiny_dir):
+    """A fresh (model, tokenizer) of the tiny model on the plain backend."""
+    from mtlib.modeling import load_model
+    return load_model(tiny_dir, backend="hf", load_in_4bit=False)

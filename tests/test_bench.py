@@ -33,7 +33,7 @@ def test_speedup_table_ratios_and_selection(tmp_path):
     assert text.startswith("card: H100") and "| sft | fast | 128x1 | 24000 |" in text
 
 
-def test_translation_paths_ship_with_mtlib_and_plot():
+def test_translation_paths_are_in_benchmarks_results_and_plot():
     import pandas as pd
     import pytest
     from mtlib.errors import DataError
@@ -51,7 +51,7 @@ def test_translation_paths_ship_with_mtlib_and_plot():
         path_times(paths.iloc[:0])
 
 
-def test_grpo_breakdown_ships_adds_up_and_plots(tmp_path):
+def test_grpo_breakdown_is_in_benchmarks_results_adds_up_and_plots(tmp_path):
     import pytest
     from mtlib.bench import grpo_phases
     from mtlib.errors import DataError
@@ -69,3 +69,40 @@ def test_grpo_breakdown_ships_adds_up_and_plots(tmp_path):
         grpo_phases(bad)
     with pytest.raises(DataError):
         step_phases(phases.iloc[:0])
+
+
+def test_results_live_next_to_the_programs_and_a_missing_one_is_named(tmp_path):
+    import pytest
+    from mtlib import bench, chapter
+    from mtlib.errors import DataError
+
+    assert bench.RESULTS_DIR == chapter.REPO_ROOT / "benchmarks" / "results"
+    for name in ("h100_run6.json", "h100_translate_paths.json", "h100_grpo_breakdown.json"):  # the appendix reads
+        assert (bench.RESULTS_DIR / name).is_file() and load_rows(name)
+    assert bench.environment("h100_run6.json")["card"]
+    assert not list((chapter.REPO_ROOT / "mtlib").rglob("*.json")), "results are not package data"
+    explicit = _write(tmp_path / "elsewhere.json", [{"stage": "sft", "recipe": "seed", "throughput": 1}])
+    assert load_rows(str(explicit))[0]["file"] == "elsewhere.json"                 # a path is taken as given
+    with pytest.raises(DataError, match=r"benchmarks/results/h100_run0\.json"):
+        load_rows(["h100_run6.json", "h100_run0.json"])
+    with pytest.raises(DataError, match="h100_run0.json"):
+        bench.environment("h100_run0.json")
+
+
+def test_benchmark_programs_run_as_modules_without_editing_sys_path():
+    import ast
+    import subprocess
+    import sys
+    from mtlib import chapter
+
+    programs = sorted((chapter.REPO_ROOT / "benchmarks").glob("gpu_*.py"))
+    assert [p.stem for p in programs] == ["gpu_benchmark", "gpu_grpo_breakdown", "gpu_translate_paths"]
+    for program in programs:
+        tree = ast.parse(program.read_text())
+        touched = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "path"
+                   and isinstance(n.value, ast.Name) and n.value.id == "sys"]
+        assert not touched, f"{program.name} edits sys.path (lines {touched}); it imports the installed mtlib"
+        assert f"python -m benchmarks.{program.stem}" in program.read_text()   # the documented command
+        proc = subprocess.run([sys.executable, "-m", f"benchmarks.{program.stem}", "--help"],
+                              cwd=chapter.REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "--data" in proc.stdout, proc.stderr

@@ -4,8 +4,6 @@ import dataclasses
 import pytest
 import torch
 
-from model_fixtures import pairs, tiny, tiny_dir, train_split  # noqa: F401
-
 
 def _lora(model, seed=1):
     """LoRA on the tiny model with non-zero B matrices, so the adapter changes the outputs."""
@@ -18,7 +16,7 @@ def _lora(model, seed=1):
     return peft_model.eval()
 
 
-def test_merged_copy_computes_the_adapted_model(tiny, pairs):  # noqa: F811
+def test_merged_copy_computes_the_adapted_model(tiny, pairs):
     from mtlib.fastgen import ATTENTION, merged_copy
     model, tok = tiny
     peft_model = _lora(model)
@@ -41,7 +39,7 @@ def test_merged_copy_computes_the_adapted_model(tiny, pairs):  # noqa: F811
     assert base.model.embed_tokens.weight.data_ptr() == copy.model.embed_tokens.weight.data_ptr()  # shared
 
 
-def test_fast_decode_gives_the_same_greedy_translations(tiny, pairs):  # noqa: F811
+def test_fast_decode_gives_the_same_greedy_translations(tiny, pairs):
     from mtlib.generate import translate
     model, tok = tiny
     peft_model = _lora(model)
@@ -96,7 +94,7 @@ def test_pristine_class_undoes_a_patched_forward(monkeypatch):
     assert fresh.forward.__module__ == llama.__name__
 
 
-def test_merged_copy_runs_pristine_classes_when_patched(tiny, monkeypatch):  # noqa: F811
+def test_merged_copy_runs_pristine_classes_when_patched(tiny, monkeypatch):
     import transformers.models.llama.modeling_llama as llama
     from mtlib.fastgen import merged_copy
     model, tok = tiny
@@ -114,7 +112,7 @@ def test_merged_copy_runs_pristine_classes_when_patched(tiny, monkeypatch):  # n
             model(**enc)
 
 
-def test_grpo_fast_generation_samples_from_the_current_adapter(tmp_path, tiny_dir, train_split, monkeypatch):  # noqa: F811
+def test_grpo_fast_generation_samples_from_the_current_adapter(tmp_path, tiny_dir, train_split, monkeypatch):
     """fast_generation routes every GRPO generate() through a merged copy built from the adapter of that step."""
     from mtlib import fastgen
     from mtlib.modeling import add_lora, load_model
@@ -146,7 +144,7 @@ def test_grpo_fast_generation_samples_from_the_current_adapter(tmp_path, tiny_di
     assert "generate" not in vars(model)
 
 
-def test_contiguous_head_input_keeps_outputs(tiny):  # noqa: F811
+def test_contiguous_head_input_keeps_outputs(tiny):
     from mtlib.modeling import contiguous_head_input
     model, tok = tiny
     x = torch.randn(3, 5, model.config.hidden_size)[:, -1:, :]  # a strided (batch, 1, hidden) view
@@ -160,7 +158,7 @@ def test_contiguous_head_input_keeps_outputs(tiny):  # noqa: F811
     assert len(head._forward_pre_hooks) == 2
 
 
-def test_merged_copy_and_generate_avoid_unsloths_compiled_mask_builders(tiny, pairs, monkeypatch):  # noqa: F811
+def test_merged_copy_and_generate_avoid_unsloths_compiled_mask_builders(tiny, pairs, monkeypatch):
     """Unsloth swaps transformers' mask builders for torch.compile-d wrappers (stashing the originals as
     _unsloth_original_*); the fast path must build its masks with the originals."""
     import transformers.generation.utils as generation_utils
@@ -190,7 +188,7 @@ def test_merged_copy_and_generate_avoid_unsloths_compiled_mask_builders(tiny, pa
     assert generation_utils.create_masks_for_generate.__name__ == "wrapper"  # restored after generate
 
 
-def test_adapters_it_cannot_merge_are_refused(tiny):  # noqa: F811
+def test_adapters_it_cannot_merge_are_refused(tiny):
     from peft import LoraConfig, get_peft_model
     from mtlib.errors import ConfigError
     from mtlib.fastgen import merged_copy
@@ -200,7 +198,7 @@ def test_adapters_it_cannot_merge_are_refused(tiny):  # noqa: F811
         merged_copy(dora)
 
 
-def test_adapter_states_and_routing_round_trip(tiny, pairs):  # noqa: F811
+def test_adapter_states_and_routing_round_trip(tiny, pairs):
     """Disabled adapters are left out, a merged adapter is not added twice, and unrouting restores a
     generate the model carried itself (Unsloth sets one)."""
     from mtlib.fastgen import merged_copy, route_generate, unroute_generate
@@ -227,7 +225,7 @@ def test_adapter_states_and_routing_round_trip(tiny, pairs):  # noqa: F811
     assert peft_model.generate is own_generate and peft_model.generate() == "own"
 
 
-def test_tied_weights_stay_tied_in_a_new_dtype(tiny):  # noqa: F811
+def test_tied_weights_stay_tied_in_a_new_dtype(tiny):
     from mtlib.fastgen import merged_copy
     model, _ = tiny
     assert model.config.tie_word_embeddings
@@ -237,7 +235,7 @@ def test_tied_weights_stay_tied_in_a_new_dtype(tiny):  # noqa: F811
     assert not any(t.is_meta for t in list(copy.parameters()) + list(copy.buffers()))
 
 
-def test_contiguous_head_input_can_be_removed(tiny):  # noqa: F811
+def test_contiguous_head_input_can_be_removed(tiny):
     from mtlib.modeling import contiguous_head_input
     model, _ = tiny
     head = model.get_output_embeddings()
@@ -245,3 +243,84 @@ def test_contiguous_head_input_can_be_removed(tiny):  # noqa: F811
     assert len(head._forward_pre_hooks) == 1
     contiguous_head_input(model, on=False)
     assert len(head._forward_pre_hooks) == 0
+
+
+def test_check_internals_passes_with_the_installed_stack(tiny):
+    from mtlib import fastgen
+    from mtlib.modeling import add_lora
+    model, _ = tiny
+    versions = fastgen.check_internals(add_lora(model, gradient_checkpointing=False))
+    assert versions["transformers"] == fastgen.WRITTEN_FOR["transformers"] and versions["torch"]
+
+
+def test_written_for_versions_are_the_pins():
+    """A pin bump must come with a look at fastgen's private internals (and WRITTEN_FOR's update)."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from mtlib.chapter import REPO_ROOT
+    from mtlib.fastgen import WRITTEN_FOR
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    pins = {Requirement(r).name.replace("-", "_"): str(Requirement(r).specifier).removeprefix("==")
+            for r in project["dependencies"] + project["optional-dependencies"]["gpu"]}
+    assert WRITTEN_FOR == {name: pins[name] for name in WRITTEN_FOR}
+
+
+def test_a_missing_internal_is_named_with_versions_and_fix(tiny, monkeypatch):
+    import transformers.integrations.sdpa_attention as sdpa
+    from mtlib import fastgen
+    from mtlib.errors import MtlibError
+    model, _ = tiny
+    monkeypatch.setattr(fastgen, "_CHECKED", set())
+    monkeypatch.delattr(sdpa, "sdpa_attention_forward")
+    with pytest.raises(MtlibError, match=r"sdpa_attention\.sdpa_attention_forward") as caught:
+        fastgen.merged_copy(model)                               # the first use of the fast path checks
+    message = str(caught.value)
+    assert "transformers 5.17.0" in message and "fast_decode: false" in message and "pyproject.toml" in message
+    with pytest.raises(MtlibError, match="sdpa_attention_forward"):
+        fastgen.route_generate(model)                            # GRPO's fast_generation, before training
+    assert "generate" not in vars(model)
+
+
+def test_a_renamed_unsloth_stash_is_caught(tiny, monkeypatch):
+    """If Unsloth wraps the mask builders but keeps the originals under another name, the fast path would
+    silently run its compiled wrappers (about 2x slower): the check names the stash instead."""
+    import sys
+    import types
+    import transformers.masking_utils as masking_utils
+    from mtlib import fastgen
+    from mtlib.errors import MtlibError
+
+    def wrapper(*a, **k):
+        raise AssertionError("never called")
+    wrapper.__module__ = "unsloth_zoo.temporary_patches.misc"
+    monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))
+    monkeypatch.setattr(fastgen, "_CHECKED", set())
+    monkeypatch.setattr(masking_utils, "_unsloth_renamed_create_causal_mask", masking_utils.create_causal_mask,
+                        raising=False)
+    monkeypatch.setattr(masking_utils, "create_causal_mask", wrapper)
+    with pytest.raises(MtlibError, match="_unsloth_original_create_causal_mask"):
+        fastgen.check_internals()
+    with pytest.raises(MtlibError, match="_unsloth_original_create_causal_mask"):
+        fastgen.merged_copy(tiny[0])
+    monkeypatch.setattr(masking_utils, "_unsloth_original_create_causal_mask",
+                        masking_utils._unsloth_renamed_create_causal_mask, raising=False)
+    fastgen.check_internals()                                    # the stash Unsloth 2026.10.9 keeps: fine
+
+
+def test_renamed_lora_and_attention_attributes_are_caught(tiny, monkeypatch):
+    from peft.tuners.lora import LoraLayer
+    from mtlib import fastgen
+    from mtlib.errors import MtlibError
+    from mtlib.modeling import add_lora
+    model, _ = tiny
+    peft_model = add_lora(model, gradient_checkpointing=False)
+    layer = next(m for m in peft_model.modules() if isinstance(m, LoraLayer))
+    owner = next(c for c in type(layer).__mro__ if "merged" in vars(c))    # a property of PEFT's base layer
+    monkeypatch.delattr(owner, "merged")
+    with pytest.raises(MtlibError, match=r"Linear\.merged \(merging the LoRA update\)"):
+        fastgen.merged_copy(peft_model)
+    monkeypatch.undo()
+    attention = peft_model.get_base_model().model.layers[0].self_attn
+    del attention.num_key_value_groups                           # the tiny model shares key/value heads
+    with pytest.raises(MtlibError, match="LlamaAttention.num_key_value_groups"):
+        fastgen.check_internals(peft_model)

@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from model_fixtures import pairs, tiny, tiny_dir  # noqa: F401
 
 from mtlib.errors import ConfigError, DataError
 from mtlib.generate import build_prompts, evaluate, translate
@@ -11,7 +10,7 @@ from mtlib.modeling import TrainedModel
 from mtlib.results import load_runs
 
 
-def test_greedy_output_independent_of_batch_size(tiny, pairs):  # noqa: F811
+def test_greedy_output_independent_of_batch_size(tiny, pairs):
     model, tok = tiny
     sources = [en for en, _ in pairs[:8]]
     outs = {bs: translate(model, tok, sources, batch_size=bs, max_new_tokens=12, progress=False) for bs in (1, 3, 8)}
@@ -19,7 +18,7 @@ def test_greedy_output_independent_of_batch_size(tiny, pairs):  # noqa: F811
     assert len(set(outs[1])) > 1  # the outputs differ by input: order is kept, not shuffled
 
 
-def test_outputs_are_only_new_tokens_in_input_order(tiny, pairs):  # noqa: F811
+def test_outputs_are_only_new_tokens_in_input_order(tiny, pairs):
     model, tok = tiny
     sources = [en for en, _ in pairs[:5]]
     one_by_one = [translate(model, tok, [s], max_new_tokens=8, progress=False)[0] for s in sources]
@@ -28,7 +27,7 @@ def test_outputs_are_only_new_tokens_in_input_order(tiny, pairs):  # noqa: F811
     assert not any("assistant" in o or "You are" in o for o in together)
 
 
-def test_stops_at_end_of_turn(tiny, monkeypatch):  # noqa: F811
+def test_stops_at_end_of_turn(tiny, monkeypatch):
     model, tok = tiny
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
     real = model.generate
@@ -41,7 +40,7 @@ def test_stops_at_end_of_turn(tiny, monkeypatch):  # noqa: F811
     translate(model, tok, ["A dog."], max_new_tokens=4, progress=False)
 
 
-def test_long_inputs_are_truncated_and_counted(tiny):  # noqa: F811
+def test_long_inputs_are_truncated_and_counted(tiny):
     model, tok = tiny
     long = " ".join(["A man in a red shirt walks his dog along the beach."] * 40)
     prompts, n = build_prompts(tok, [long, "A dog."], max_input_tokens=120)
@@ -56,7 +55,7 @@ def test_long_inputs_are_truncated_and_counted(tiny):  # noqa: F811
         build_prompts(tok, ["A dog."], max_input_tokens=5)
 
 
-def test_out_of_memory_halves_the_batch(tiny, pairs, monkeypatch):  # noqa: F811
+def test_out_of_memory_halves_the_batch(tiny, pairs, monkeypatch):
     model, tok = tiny
     sources = [en for en, _ in pairs[:7]]
     want = translate(model, tok, sources, batch_size=1, max_new_tokens=6, progress=False)
@@ -81,7 +80,7 @@ def test_out_of_memory_halves_the_batch(tiny, pairs, monkeypatch):  # noqa: F811
         translate(model, tok, sources[:2], batch_size=2, progress=False)
 
 
-def test_other_errors_are_not_swallowed(tiny, monkeypatch):  # noqa: F811
+def test_other_errors_are_not_swallowed(tiny, monkeypatch):
     model, tok = tiny
     calls = []
 
@@ -95,14 +94,14 @@ def test_other_errors_are_not_swallowed(tiny, monkeypatch):  # noqa: F811
     assert len(calls) == 1
 
 
-def test_bad_inputs(tiny):  # noqa: F811
+def test_bad_inputs(tiny):
     with pytest.raises(DataError, match="list"):
         translate(*tiny, "A dog.")
     with pytest.raises(ConfigError, match="batch_size"):
         translate(*tiny, ["A dog."], batch_size=0)
 
 
-def test_evaluate_writes_a_labelled_run(tmp_path, tiny, pairs):  # noqa: F811
+def test_evaluate_writes_a_labelled_run(tmp_path, tiny, pairs):
     from datasets import Dataset
     split = Dataset.from_dict({"en": [p[0] for p in pairs[:6]], "de": [p[1] for p in pairs[:6]]})
     ev = evaluate(tiny, split, name="baseline", runs_root=tmp_path, batch_size=4, max_new_tokens=8,
@@ -121,7 +120,7 @@ def test_evaluate_writes_a_labelled_run(tmp_path, tiny, pairs):  # noqa: F811
     assert "-sft-" in ev2.run_dir.name
 
 
-def test_evaluate_failure_marks_run_failed(tmp_path, tiny, monkeypatch):  # noqa: F811
+def test_evaluate_failure_marks_run_failed(tmp_path, tiny, monkeypatch):
     from datasets import Dataset
     model, tok = tiny
     monkeypatch.setattr(model, "generate", lambda **kw: (_ for _ in ()).throw(ValueError("bad")))

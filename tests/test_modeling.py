@@ -1,17 +1,15 @@
-"""Loading on the plain backend, LoRA, adapters on disk, the HF token."""
+"""Loading on the plain backend, LoRA, adapters on disk."""
 import json
 
 import pytest
 import torch
-from model_fixtures import tiny, tiny_dir  # noqa: F401
 
 from mtlib import modeling
 from mtlib.errors import ConfigError
-from mtlib.modeling import (LORA_TARGETS, TrainedModel, add_lora, load_model, load_trained, save_adapter,
-                            trainable_summary)
+from mtlib.modeling import LORA_TARGETS, TrainedModel, add_lora, load_trained, save_adapter, trainable_summary
 
 
-def test_load_model_cpu_plain_backend(tiny):  # noqa: F811
+def test_load_model_cpu_plain_backend(tiny):
     model, tok = tiny
     assert modeling.backend_of(model) == "hf"
     assert next(model.parameters()).dtype == torch.float32  # 4-bit asked, but no CUDA: full precision
@@ -19,7 +17,7 @@ def test_load_model_cpu_plain_backend(tiny):  # noqa: F811
     assert tok.pad_token == "<|finetune_right_pad_id|>" and tok.pad_token_id != tok.eos_token_id
 
 
-def test_missing_pad_token_gets_llama_pad(tiny_dir):  # noqa: F811
+def test_missing_pad_token_gets_llama_pad(tiny_dir):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     tok.pad_token = None
@@ -35,7 +33,7 @@ def test_backend_choice():
         modeling.resolve_backend("vllm")
 
 
-def test_add_lora_wraps_all_projections(tiny):  # noqa: F811
+def test_add_lora_wraps_all_projections(tiny):
     model, _ = tiny
     total_before = sum(p.numel() for p in model.parameters())
     peft_model = add_lora(model, r=4, alpha=8, gradient_checkpointing=False)
@@ -54,12 +52,12 @@ def test_add_lora_wraps_all_projections(tiny):  # noqa: F811
     assert 0 < summary["share"] < 1
 
 
-def test_lora_validation(tiny):  # noqa: F811
+def test_lora_validation(tiny):
     with pytest.raises(ConfigError, match="rank"):
         add_lora(tiny[0], r=0)
 
 
-def test_adapter_round_trip(tmp_path, tiny, tiny_dir):  # noqa: F811
+def test_adapter_round_trip(tmp_path, tiny, tiny_dir):
     model, tok = tiny
     peft_model = add_lora(model, r=4, gradient_checkpointing=False)
     torch.manual_seed(1)
@@ -96,18 +94,9 @@ def test_load_trained_without_adapter_is_clear(tmp_path):
         load_trained(tmp_path)
 
 
-def test_trained_model_stage_is_checked(tiny):  # noqa: F811
+def test_trained_model_stage_is_checked(tiny):
     with pytest.raises(ConfigError, match="stage"):
         TrainedModel(*tiny, stage="dpo")
     m, t = TrainedModel(*tiny)
     assert m is tiny[0] and t is tiny[1]
 
-
-def test_hf_token_from_environment(monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    assert modeling.hf_token() is None  # not on Colab either
-    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hub-secret")
-    assert modeling.hf_token() == "hub-secret"
-    monkeypatch.setenv("HF_TOKEN", "fake-secret")
-    assert modeling.hf_token() == "fake-secret"

@@ -1,8 +1,6 @@
 """mtlib.prompts: the chat template renders a fixed date, so the same profile builds the same prompts every day."""
 import datetime
 
-from model_fixtures import tiny_dir  # noqa: F401  (moves to conftest.py)
-
 from mtlib import modeling, prompts
 
 # The date logic of Llama 3.2's chat template, in front of the tiny model's template.

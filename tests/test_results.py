@@ -110,14 +110,16 @@ def test_write_json_crash_mid_dump_leaves_old_file(tmp_path, monkeypatch):
 
 
 def test_config_is_scrubbed_of_tokens(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "fake-secret")
-    run = Run.create("sft", {"hf_token": "abc", "nested": {"auth": "hf_abcdef", "note": "uses fake-secret"},
+    from mtlib.credentials import REDACTED
+    other = "hf_" + "AbCdEf0123456789" * 2          # shaped like a Hugging Face token, not the current one
+    monkeypatch.setenv("HF_TOKEN", "fake-secret-0123456789")
+    run = Run.create("sft", {"hf_token": "abc", "nested": {"auth": other, "note": "uses fake-secret-0123456789"},
                              "max_new_tokens": 64, "pad_token": "<|finetune_right_pad_id|>"}, root=tmp_path)
     text = (run.path / "config.json").read_text()
     cfg = json.loads(text)
-    assert "fake-secret" not in text and "hf_abcdef" not in text and "abc" not in text
+    assert "fake-secret" not in text and other not in text and "abc" not in text
     assert cfg["max_new_tokens"] == 64 and cfg["pad_token"] == "<|finetune_right_pad_id|>"
-    assert cfg["hf_token"] == results.REDACTED
+    assert cfg["hf_token"] == REDACTED
 
 
 def test_bad_stage_is_a_config_error(tmp_path):

@@ -2,7 +2,6 @@
 import hashlib
 
 import pytest
-from model_fixtures import pairs, tiny_dir  # noqa: F401
 
 from mtlib.errors import ConfigError
 from mtlib.prompts import inference_messages, sft_messages
@@ -13,7 +12,7 @@ def _digest(path):
     return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
 
 
-def test_same_seed_same_files(tmp_path, tiny_dir, pairs):  # noqa: F811
+def test_same_seed_same_files(tmp_path, tiny_dir, pairs):
     again = build_tiny_model(tmp_path / "again", seed=0)
     assert _digest(again) == _digest(tiny_dir)
     assert (again / "tokenizer.json").read_bytes() == (tiny_dir / "tokenizer.json").read_bytes()
@@ -21,7 +20,7 @@ def test_same_seed_same_files(tmp_path, tiny_dir, pairs):  # noqa: F811
     assert _digest(other) != _digest(tiny_dir)
 
 
-def test_loads_with_auto_classes_and_llama3_chat_format(tiny_dir):  # noqa: F811
+def test_loads_with_auto_classes_and_llama3_chat_format(tiny_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)

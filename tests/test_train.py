@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from model_fixtures import pairs, tiny, tiny_dir, train_split  # noqa: F401
 
 from mtlib.errors import ConfigError, TrainingError
 from mtlib.modeling import TrainedModel, add_lora, load_model, load_trained
@@ -14,7 +13,7 @@ from mtlib.train import (GRPOParams, SFTParams, build_grpo_trainer, build_sft_tr
 FAST_SFT = dict(per_device_train_batch_size=4, gradient_accumulation_steps=1, warmup_steps=0, save_steps=100)
 
 
-def _lora(tiny_dir):  # noqa: F811
+def _lora(tiny_dir):
     model, tok = load_model(tiny_dir, backend="hf")
     return add_lora(model, r=8, alpha=16, gradient_checkpointing=False), tok
 
@@ -45,7 +44,7 @@ def test_bad_params_name_the_field(cls, values, field):
         params_from_dict(cls, values)
 
 
-def test_sft_labels_only_the_translation(tmp_path, tiny_dir, train_split):  # noqa: F811
+def test_sft_labels_only_the_translation(tmp_path, tiny_dir, train_split):
     model, tok = _lora(tiny_dir)
     trainer = build_sft_trainer(model, tok, train_split.select(range(4)), SFTParams(**FAST_SFT, max_steps=1),
                                 output_dir=tmp_path)
@@ -57,7 +56,7 @@ def test_sft_labels_only_the_translation(tmp_path, tiny_dir, train_split):  # no
         assert full.startswith("<|begin_of_text|><|start_header_id|>system") and train_split[i]["en"] in full
 
 
-def test_run_sft_lowers_loss_and_records_the_run(tmp_path, tiny_dir, train_split, monkeypatch):  # noqa: F811
+def test_run_sft_lowers_loss_and_records_the_run(tmp_path, tiny_dir, train_split, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "fake-secret")
     model, tok = _lora(tiny_dir)
     trained = run_sft(model, tok, train_split.select(range(16)), SFTParams(**FAST_SFT, lr=1e-2, max_steps=24),
@@ -82,7 +81,7 @@ def test_run_sft_lowers_loss_and_records_the_run(tmp_path, tiny_dir, train_split
             assert b"fake-secret" not in f.read_bytes(), f
 
 
-def test_non_finite_loss_stops_and_marks_run_failed(tmp_path, tiny_dir, train_split):  # noqa: F811
+def test_non_finite_loss_stops_and_marks_run_failed(tmp_path, tiny_dir, train_split):
     model, tok = _lora(tiny_dir)
     with torch.no_grad():
         model.base_model.model.model.norm.weight.fill_(float("nan"))
@@ -94,7 +93,7 @@ def test_non_finite_loss_stops_and_marks_run_failed(tmp_path, tiny_dir, train_sp
     assert load_runs(tmp_path, include_unscored=True).empty
 
 
-def test_resume_after_interruption_reaches_the_same_step(tmp_path, tiny_dir, train_split):  # noqa: F811
+def test_resume_after_interruption_reaches_the_same_step(tmp_path, tiny_dir, train_split):
     from transformers import TrainerCallback
 
     class Interrupt(TrainerCallback):
@@ -126,7 +125,7 @@ def test_resume_after_interruption_reaches_the_same_step(tmp_path, tiny_dir, tra
         run_sft(model, tok, data, params, runs_root=tmp_path, resume=no_checkpoints)
 
 
-def test_grpo_logs_every_reward_and_continues_the_sft_adapter(tmp_path, tiny_dir, train_split):  # noqa: F811
+def test_grpo_logs_every_reward_and_continues_the_sft_adapter(tmp_path, tiny_dir, train_split):
     model, tok = _lora(tiny_dir)
     sft = run_sft(model, tok, train_split.select(range(8)), SFTParams(**FAST_SFT, max_steps=2), runs_root=tmp_path)
     start = load_trained(sft.run_dir, backend="hf", trainable=True)
@@ -150,7 +149,7 @@ def test_grpo_logs_every_reward_and_continues_the_sft_adapter(tmp_path, tiny_dir
     assert cfg["from_stage"] == "sft" and cfg["params"]["loss_type"] == "bnpo"
 
 
-def test_grpo_rejects_frozen_model_and_unknown_reward(tmp_path, tiny_dir, train_split):  # noqa: F811
+def test_grpo_rejects_frozen_model_and_unknown_reward(tmp_path, tiny_dir, train_split):
     model, tok = _lora(tiny_dir)
     with pytest.raises(ConfigError, match="unknown reward"):
         build_grpo_trainer(model, tok, train_split, GRPOParams(max_steps=1), tmp_path, rewards=["meteor"])

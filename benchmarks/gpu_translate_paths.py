@@ -3,13 +3,13 @@
 Run once per path family, each in its own process (Unsloth patches the Llama classes for the whole
 process, so the plain transformers path needs a process that never imports it):
 
-    python scripts/gpu_translate_paths.py --data DIR --out OUT --twin /tmp/twin --adapter /tmp/adapter --family unsloth
-    python scripts/gpu_translate_paths.py --data DIR --out OUT --twin /tmp/twin --adapter /tmp/adapter --family hf
+    python -m benchmarks.gpu_translate_paths --data DIR --out OUT --twin /tmp/twin --adapter /tmp/adapter --family unsloth
+    python -m benchmarks.gpu_translate_paths --data DIR --out OUT --twin /tmp/twin --adapter /tmp/adapter --family hf
 
 The unsloth family builds the 3B shape twin and trains a LoRA adapter for a few steps (so greedy
 decoding is not a coin toss between near-tied logits), saves it, and times Unsloth's decode; the hf
 family loads the same twin and adapter with plain transformers + bitsandbytes. Each variant writes its
-greedy outputs, so outputs can be compared across paths. Kept for the record (scripts/results/).
+greedy outputs, so outputs can be compared across paths. Kept for the record (benchmarks/results/).
 """
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True)

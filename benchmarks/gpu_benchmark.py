@@ -5,8 +5,8 @@ LoRA r16 on the seven projections and measures, through the same mtlib functions
 SFT throughput (non-padding tokens/s), translating the 1,000 test-2016 sentences (64 new tokens each)
 and GRPO completions/s. Writes one table (markdown, CSV, JSON) under --out.
 
-    python scripts/gpu_benchmark.py --data DATA_DIR --out OUT_DIR            (CUDA host, offline)
-    python scripts/gpu_benchmark.py --data DATA_DIR --out OUT_DIR --tiny     (CPU check, tiny model)
+    python -m benchmarks.gpu_benchmark --data DATA_DIR --out OUT_DIR            (CUDA host, offline)
+    python -m benchmarks.gpu_benchmark --data DATA_DIR --out OUT_DIR --tiny     (CPU check, tiny model)
 """
 from __future__ import annotations
 
@@ -14,11 +14,8 @@ import argparse
 import gc
 import json
 import platform
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RECIPES = {
     # The original notebook: batch 4 x accumulation 4 with Unsloth's offloaded gradient checkpointing,

@@ -6,19 +6,16 @@ the trainer's phases: sampling the completions (``generate``, through the merged
 ``_generate_and_score_completions``), the loss forward (``compute_loss``) and the backward pass plus
 optimizer (the rest of the step).
 
-    python scripts/gpu_grpo_breakdown.py --data DATA_DIR --out OUT_DIR [--shapes 32x4,64x2,128x1]
-    python scripts/gpu_grpo_breakdown.py --data DATA_DIR --out OUT_DIR --tiny     (CPU check)
+    python -m benchmarks.gpu_grpo_breakdown --data DATA_DIR --out OUT_DIR [--shapes 32x4,64x2,128x1]
+    python -m benchmarks.gpu_grpo_breakdown --data DATA_DIR --out OUT_DIR --tiny     (CPU check)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main():
