@@ -251,6 +251,10 @@ def build_sft_trainer(model, tokenizer, train_split, params: SFTParams | None = 
         evals = sft_dataset(eval_split, src_lang, tgt_lang) if eval_split is not None else None
         trainer = SFTTrainer(model=model, processing_class=tokenizer, args=args, train_dataset=train,
                              eval_dataset=evals, callbacks=callbacks)
+    if trainer.train_dataset is not None and len(trainer.train_dataset) == 0:
+        raise ConfigError(f"max_seq_length={params.max_seq_length} tokens cuts every one of the {len(train_split)} "
+                          f"training examples before its translation, so none is left to learn from; raise "
+                          f"max_seq_length (the chat prompt alone takes about 100 tokens)")
     return trainer
 
 
