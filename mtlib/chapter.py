@@ -126,6 +126,7 @@ def chapter_pairs(params: dict):
     from . import data
     pairs = data.load_pairs(resolve_dataset(params["dataset"]), src_lang=params["src_lang"],
                             tgt_lang=params["tgt_lang"])
+    data.require_splits(pairs, ("train", "test"))  # DataError naming the source, not KeyError: 'test' later
     splits = test_splits(pairs)
     sizes = {"train": params.get("train_size"), **{s: params.get("test_size") for s in splits}}
     sizes = {s: n for s, n in sizes.items() if n is not None}
