@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .data import pair_columns
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, MtlibError, TrainingError
 from .profiles import LOSS_TYPES, SCHEDULERS
 from .modeling import TrainedModel, _cuda, add_lora, backend_of, base_name_of, save_adapter, trainable_summary
 from .rewards import build_rewards
@@ -309,7 +309,10 @@ def _find_resumable(runs_root, stage) -> Path | None:
     if not root.is_dir():
         return None
     for path in sorted((p for p in root.iterdir() if p.is_dir() and f"-{stage}-" in p.name), reverse=True):
-        status = (read_json(path / "status.json") or {}).get("status")
+        try:
+            status = (read_json(path / "status.json") or {}).get("status")
+        except MtlibError:  # a damaged record: not a run to continue
+            continue
         if status != "finished" and list((path / "checkpoints").glob("checkpoint-*")):
             return path
     return None
