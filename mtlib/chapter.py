@@ -139,12 +139,19 @@ def tiny_model_dir(runs_root: str | os.PathLike) -> Path:
 
 
 def resolve_model(model: str, runs_root: str | os.PathLike, texts=None) -> str:
-    """``"tiny"`` builds (once) a tiny random model next to ``runs_root`` from ``texts``; anything else is kept."""
+    """``"tiny"`` builds (once) a tiny random model next to ``runs_root`` from ``texts``; anything else is kept.
+
+    The model is written aside and renamed into place when whole; a folder left half-written (by an older
+    version, or damaged since) fails :func:`mtlib.tiny.is_complete` and is built again.
+    """
     if model != TINY_MODEL:
         return model
+    from . import tiny
     out = tiny_model_dir(runs_root)
-    if not (out / "config.json").exists():
-        from . import tiny
+    if not tiny.is_complete(out):
+        if out.exists():
+            warnings.warn(f"the tiny model in {out} is incomplete (an interrupted save?): building it again",
+                          stacklevel=2)
         tiny.build_tiny_model(out, texts=texts)
     return str(out)
 
