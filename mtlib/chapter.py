@@ -156,18 +156,25 @@ def resolve_model(model: str, runs_root: str | os.PathLike, texts=None) -> str:
     return str(out)
 
 
-def latest_run(runs_root: str | os.PathLike, stage: str):
+def latest_run(runs_root: str | os.PathLike, stage: str, build_id: str | None = None):
     """The newest finished *training* run of ``stage`` (one that saved an adapter) under ``runs_root``, or None.
 
-    Returns the run's row of :func:`mtlib.results.load_runs` (``path``, ``run_id``, ``started`` ...).
+    ``build_id``: only a run of that build (the runner passes its own, so that a chapter never continues
+    another build's adapter). Returns the run's row of :func:`mtlib.results.load_runs` (``path``, ``run_id``,
+    ``started`` ...).
     """
     from . import results
-    runs = results.load_runs(runs_root, include_unscored=True)
+    runs = results.load_runs(runs_root, include_unscored=True, build_id=build_id)
     runs = runs[(runs["stage"] == stage)
                 & runs["path"].map(lambda p: (Path(p) / "adapter" / "adapter_config.json").exists())]
     if len(runs) == 0:
         return None
     return runs.sort_values(["started", "run_id"]).iloc[-1]
+
+
+def run_config(params: dict) -> dict:
+    """What every run record of a chapter notes about where it came from: the profile and the build."""
+    return {"profile": params.get("profile"), "build_id": params.get("build_id")}
 
 
 # Notebook parameter -> mtlib.train dataclass field (the rest keep their name).
@@ -236,7 +243,7 @@ def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
         out[split] = generate.evaluate(
             trained, pairs[split], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"], name=name,
             runs_root=params["runs_root"], batch_size=params["eval_batch_size"],
-            max_new_tokens=params["max_new_tokens"], split_name=split, config={"profile": params.get("profile")},
+            max_new_tokens=params["max_new_tokens"], split_name=split, config=run_config(params),
             fast_decode=params.get("fast_decode", False))
     return out
 
@@ -309,10 +316,11 @@ def scores_frame(systems: dict, columns=SCORE_COLUMNS):
     return pd.DataFrame(rows).set_index(["system", "split"])
 
 
-def latest_scores(runs_root, stages=("base", "sft", "grpo"), columns=SCORE_COLUMNS):
-    """The newest finished evaluation of each stage and test set under ``runs_root``, as a scores table."""
+def latest_scores(runs_root, stages=("base", "sft", "grpo"), columns=SCORE_COLUMNS, build_id: str | None = None):
+    """The newest finished evaluation of each stage and test set under ``runs_root`` (of build ``build_id``
+    when given), as a scores table."""
     from . import results
-    runs = results.load_runs(runs_root)
+    runs = results.load_runs(runs_root, build_id=build_id)
     runs = runs[runs["stage"].isin(stages) & runs["split"].notna()]
     if len(runs) == 0:
         return None
@@ -320,6 +328,25 @@ def latest_scores(runs_root, stages=("base", "sft", "grpo"), columns=SCORE_COLUM
     newest = newest.assign(system=newest["stage"], order=newest["stage"].map({s: i for i, s in enumerate(stages)}))
     newest = newest.sort_values(["order", "split"]).set_index(["system", "split"])
     return newest[list(columns)]
+
+
+def run_costs(runs_root, build_id: str | None = None):
+    """Seconds and peak memory of the runs behind the book's tables: the newest training run of each stage and
+    the newest evaluation of each stage and test set (a chapter executed again within a build replaces its
+    earlier runs, which are not counted). Returns ``(per_run, per_stage, superseded)``."""
+    import pandas as pd
+    from . import results
+    runs = results.load_runs(runs_root, include_unscored=True, build_id=build_id)
+    runs = runs.assign(kind=runs["split"].map(lambda s: "training" if s is None or pd.isna(s) else f"evaluation: {s}"))
+    newest = runs.sort_values(["started", "run_id"]).groupby(["stage", "kind"], sort=False).tail(1)
+    superseded = runs["run_id"].nunique() - newest["run_id"].nunique()
+    order = {stage: i for i, stage in enumerate(("base", "sft", "grpo"))}
+    newest = newest.assign(order=newest["stage"].map(lambda s: order.get(s, len(order))))
+    per_run = (newest.sort_values(["order", "kind"])[["stage", "kind", "run_id", "seconds", "peak_mem_gb"]]
+               .rename(columns={"peak_mem_gb": "peak memory (GB)"}))
+    per_stage = per_run.groupby("stage", sort=False).agg(runs=("run_id", "size"), seconds=("seconds", "sum"),
+                                                         peak_gb=("peak memory (GB)", "max"))
+    return per_run.set_index(["stage", "kind"]), per_stage, superseded
 
 
 def side_by_side(evaluations: dict, n: int = 5):

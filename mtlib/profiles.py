@@ -57,6 +57,8 @@ SCHEMA: dict[str, Param] = {
     "n_examples": Param("int", CHAPTERS[:5], "how many example rows to show", min=1, max=100),
     # runs
     "runs_root": Param("str", _RUNS, "folder of the run records (results.Run)"),
+    "build_id": Param("str", _RUNS, "the build whose runs the chapter writes and reads (set by the book runner; "
+                      "None: every run in runs_root)", optional=True),
     "benchmark_files": Param("list[str]", ("06_gpu_speed",), "GPU benchmark results (mtlib/benchmarks/ or paths)"),
     "paths_file": Param("str", ("06_gpu_speed",), "measured translation paths (mtlib/benchmarks/ or a path)"),
     "grpo_file": Param("str", ("06_gpu_speed",), "measured GRPO step phases (mtlib/benchmarks/ or a path)"),

@@ -41,6 +41,7 @@ dataset = "bentrevett/multi30k"    # Hub id, a local folder or file, or "local" 
 src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
 runs_root = "runs"                 # where run records (config, scores, translations, adapter) go
+build_id = None                    # the build these runs belong to (set by the book runner; None: no build)
 seed = 3407                        # seed for the data sample, LoRA initialisation and training
 max_seq_length = 512               # longest training example, in tokens
 load_in_4bit = True                # QLoRA: base weights in 4 bits (CUDA only)
@@ -166,7 +167,7 @@ print(tokenizer.apply_chat_template(example, tokenize=False))
 # %%
 sft_params = chapter.sft_params(params)
 sft = train.run_sft(peft_model, tokenizer, pairs["train"], sft_params, runs_root=runs_root,
-                    src_lang=src_lang, tgt_lang=tgt_lang, config={"profile": profile})
+                    src_lang=src_lang, tgt_lang=tgt_lang, config=chapter.run_config(params))
 plots.training_curves(chapter.log_history(sft), ["loss", "learning_rate", "grad_norm"], title="SFT", ncols=3)
 
 # %% [markdown]

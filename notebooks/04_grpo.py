@@ -41,6 +41,7 @@ dataset = "bentrevett/multi30k"    # Hub id, a local folder or file, or "local" 
 src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
 runs_root = "runs"                 # where run records go; the SFT adapter is looked up here
+build_id = None                    # this build: only its SFT adapter is continued (None: any run in runs_root)
 from_sft = True                    # continue this build's newest SFT adapter (else start from the base model)
 seed = 3407                        # seed for the data sample, LoRA initialisation and training
 max_seq_length = 512               # longest prompt plus completion, in tokens
@@ -129,7 +130,7 @@ params = chapter.header("04_grpo", globals())
 pairs, splits = chapter.chapter_pairs(params)
 model_path = chapter.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
 
-sft_run = chapter.latest_run(runs_root, "sft") if from_sft else None
+sft_run = chapter.latest_run(runs_root, "sft", build_id=build_id) if from_sft else None
 if sft_run is not None:
     start = modeling.load_trained(sft_run["path"], max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
                                   trainable=True, gradient_checkpointing=gradient_checkpointing)
@@ -213,7 +214,8 @@ chapter.params_table(grpo_params)
 
 # %%
 grpo = train.run_grpo(start, tokenizer, pairs["train"], grpo_params, runs_root=runs_root, src_lang=src_lang,
-                      tgt_lang=tgt_lang, config={"profile": profile, "from_sft_run": None if sft_run is None else sft_run["run_id"]})
+                      tgt_lang=tgt_lang, config={**chapter.run_config(params),
+                                                 "from_sft_run": None if sft_run is None else sft_run["run_id"]})
 history = chapter.log_history(grpo)
 plots.training_curves(history, ["reward", *[f"rewards/{name}/mean" for name in rewards], "frac_reward_zero_std",
                                 "completions/mean_length", "loss"], title="GRPO", ncols=3)
@@ -230,7 +232,7 @@ scores = chapter.scores_frame({"grpo": after})
 scores.round(2)
 
 # %%
-earlier = chapter.latest_scores(runs_root, stages=("base", "sft"))
+earlier = chapter.latest_scores(runs_root, stages=("base", "sft"), build_id=build_id)
 pd.concat([earlier, scores]).round(2) if earlier is not None else scores.round(2)
 
 # %% [markdown]
