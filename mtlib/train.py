@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -301,6 +302,25 @@ def build_grpo_trainer(model, tokenizer, train_split, params: GRPOParams | None 
                        processing_class=tokenizer, callbacks=callbacks)
 
 
+def _terminal_progress(trainer) -> None:
+    """In a book build (``MTLIB_TERMINAL_PROGRESS``, set by :mod:`mtlib.book`): a text progress bar on stderr,
+    with the latest loss/reward, which the runner shows on the terminal and strips from the notebook, instead
+    of the HTML progress table that transformers puts into a notebook (and so into the published chapter)."""
+    from transformers.trainer_callback import ProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            shown = {k: f"{v:.4g}" for k, v in (logs or {}).items()
+                     if k in ("loss", "reward", "grad_norm") and isinstance(v, (int, float))}
+            if self.training_bar is not None and shown:
+                self.training_bar.set_postfix(shown, refresh=False)
+
+    trainer.remove_callback(NotebookProgressCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(BarOnly)
+
+
 # -- runs -----------------------------------------------------------------------------------------------
 
 def _find_resumable(runs_root, stage) -> Path | None:
@@ -338,6 +358,8 @@ def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config
     trainer = None
     try:
         trainer = build(output_dir, [NaNGuard(), *(callbacks or [])])
+        if os.environ.get("MTLIB_TERMINAL_PROGRESS"):
+            _terminal_progress(trainer)
         run.write_json("trainable.json", trainable_summary(trainer.model))
         checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
         with run.timer("train"):
