@@ -573,7 +573,8 @@ def new_build(prof: dict) -> dict:
     sft = profiles.chapter_parameters(prof, "03_sft")
     return {"build_id": f"{stamp}-{prof['name']}-{_secrets.token_hex(3)}", "profile": prof["name"],
             "profile_path": prof["path"], "profile_digest": _profile_digest(prof),
-            "model": sft.get("model", "(the chapters' default)"), "dataset": sft.get("dataset", "(the chapters' default)"),
+            "model": sft.get("model", "(the chapters' default)"),
+            "dataset": sft.get("dataset", "(the chapters' default)"),
             "started": _now(), "updated": _now(), "status": "new", "git_commit": git_commit(), "chapters": {}}
 
 
