@@ -626,6 +626,8 @@ def open_build(out: Path, prof: dict | None, *, only=None, resume=False, clean=F
         if leftovers:
             raise BuildRefused(f"--out {out} holds the output of an earlier build without {BUILD_FILE} "
                                f"({', '.join(leftovers)}); pass --clean to move it aside and start a new build")
+        if resume:
+            raise BuildRefused(f"--resume: {out} holds no build to continue; leave out --resume to start one there")
         return new_build(prof), False
     if not (resume or only):
         raise BuildRefused(f"--out {out} already holds {_describe(existing)}. Pass --resume to continue it (the "
@@ -637,8 +639,8 @@ def open_build(out: Path, prof: dict | None, *, only=None, resume=False, clean=F
     if differ:
         raise BuildRefused(f"--out {out} holds {_describe(existing)}, whose "
                            + ", ".join(f"{k} is {existing.get(k)!r}, not {mine[k]!r}" for k in differ)
-                           + f": its runs must not mix with this one's. Pass --clean to move it aside, or build "
-                             f"into another --out")
+                           + ": its runs must not mix with this one's. Pass --clean to move it aside, or build "
+                             "into another --out")
     if existing.get("profile_digest") != mine["profile_digest"]:
         say.line(f"[book] note: profile {prof['name']} changed since build {existing['build_id']} started; the "
                  f"chapters executed now use its new values")

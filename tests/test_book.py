@@ -104,6 +104,7 @@ def build_record(out: Path) -> dict:
 def test_build_has_an_identity_and_a_rebuild_must_say_resume_or_clean(tmp_path, capsys):
     notebooks, out = quick_chapter(tmp_path / "nb"), tmp_path / "out"
     args = ["--out", str(out), "--no-html", "--notebooks", str(notebooks)]
+    assert book.main(args + ["--resume"]) == 1 and "holds no build to continue" in capsys.readouterr().err
     assert book.main(args) == 0
     first = build_record(out)
     assert first["build_id"].split("-")[1] == "smoke" and (first["profile"], first["model"], first["dataset"]) == \
