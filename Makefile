@@ -1,8 +1,10 @@
 # The two commands of the README, and the few steps behind them.
-#   make book   build the report with a profile (default: the CPU smoke profile) into build/<profile>
+#   make book   build the report with a profile (default: the CPU smoke profile) into build/<profile>;
+#               again into the same folder: make book ARGS=--clean (a new build) or ARGS=--resume
 #   make test   run the test suite
 # Both create .venv on first use (CPU PyTorch + mtlib with the book and test extras).
 PROFILE ?= smoke
+ARGS    ?=
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
@@ -16,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 book: $(STAMP)
-	$(PY) -m mtlib.book --profile $(PROFILE) --out build/$(PROFILE)
+	$(PY) -m mtlib.book --profile $(PROFILE) --out build/$(PROFILE) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

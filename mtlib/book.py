@@ -3,15 +3,36 @@
 ``python -m mtlib.book --profile smoke --out build/smoke`` executes every chapter with papermill
 (parameters from the profile, run records under ``<out>/runs``) into ``<out>/book/executed/``, then
 builds the HTML book with Jupyter Book (execution off) into ``<out>/book/_build/html``.
+
+A build has an identity, ``<out>/build.json``: its id, profile, model, dataset, start time and the state
+of each chapter. The chapters get the id as their ``build_id`` parameter; their run records note it, and
+they read only the runs of their own build. Building into a folder that already holds a build:
+
+* ``--resume`` continues it: the chapters not executed yet (after a failure or Ctrl-C), or those of ``--only``;
+* ``--only CH,...`` alone re-executes those chapters within it (same profile, model and dataset only);
+* ``--clean`` moves it aside, to ``<out>.old-<build id>``, and starts a new build;
+* ``--render-only`` renders the chapters executed so far, executing nothing;
+* anything else is refused with a message naming these flags: two builds never mix silently.
+
+One build at a time per folder (``<out>/.build.lock`` holds the pid). A chapter executes into
+``<out>/running/`` and moves to ``book/executed/`` once it succeeded, or to ``<out>/failed/``; the HTML is
+rendered aside and swapped in; ``build.json`` and every run record are written atomically.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import hashlib
+import json
 import os
 import re
+import secrets as _secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +42,13 @@ from .credentials import find_secret
 from .errors import ConfigError, MtlibError
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+BUILD_FILE = "build.json"
+LOCK_FILE = ".build.lock"
+# Everything a build writes into its folder: what --clean moves aside (nothing else there is touched).
+BUILD_ENTRIES = (BUILD_FILE, "runs", "book", "tiny-model", "running", "failed", "jupyter-book.log", "kernels.log",
+                 ".render")
+# The repository's source folders: a build never writes into them, nor into the repository root itself.
+SOURCE_DIRS = ("mtlib", "notebooks", "profiles", "tests", "book", "scripts")
 
 
 def chapters(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -32,18 +60,288 @@ class ChapterFailed(MtlibError):
     """A chapter's cell raised while papermill executed it."""
 
 
-def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path) -> Path:
-    """Execute one chapter with papermill; on a failing cell raise ChapterFailed naming chapter and cell."""
-    import papermill as pm
-    output.parent.mkdir(parents=True, exist_ok=True)
+class BuildRefused(MtlibError):
+    """The output folder cannot take this build: another build's output, a build running, not a folder."""
+
+
+class BuildInterrupted(MtlibError):
+    """Ctrl-C during a build. ``str()`` is the one line the runner prints: where it stopped and what was kept."""
+
+    def __init__(self, where: str, kept: Path | None = None):
+        super().__init__(where)
+        self.where, self.kept = where, kept
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# --------------------------------------------------------------------------- what the terminal shows
+
+_BAR = re.compile(r"\d+%\|")
+
+
+class Progress:
+    """What a person watching the build sees: a line per chapter and per code cell (chapter, cell, elapsed
+    time), and the chapters' progress bars (training, translation).
+
+    It is papermill's ``stderr_file``: the chapters' stderr passes through ``write``, which shows the bars
+    (in place on a terminal; elsewhere one line every ``every`` seconds and at 100%) and drops the rest,
+    which stays in the notebook. The bars themselves are stripped from the executed notebook.
+    """
+
+    def __init__(self, stream=None, every: float = 30.0):
+        self.stream = stream if stream is not None else sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = every
+        self.chapter, self.t0, self.cell, self.cells, self._code = None, time.monotonic(), 0, 0, {}
+        self._bar_open, self._last_bar, self._last_text = False, 0.0, ""
+
+    # -- lines -------------------------------------------------------------------------------------
+    def line(self, text: str) -> None:
+        if self._bar_open:
+            self.stream.write("\n")
+            self._bar_open = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End a progress bar left open on the terminal line (before an error or interruption message)."""
+        if self._bar_open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._bar_open = False
+
+    def where(self) -> str:
+        """``03_sft, cell 9/17, 42s in``: where the current chapter is."""
+        cell = f", cell {self.cell}/{self.cells}" if self.cell else ""
+        return f"{self.chapter}{cell}, {_duration(time.monotonic() - self.t0)} in"
+
+    def _prefix(self) -> str:
+        return f"[book] {self.chapter} cell {self.cell}/{self.cells} {_duration(time.monotonic() - self.t0)}"
+
+    # -- chapter and cell events (papermill/nbclient hooks) ---------------------------------------------
+    def start_chapter(self, chapter: str, position: int, total: int, profile: str) -> None:
+        self.chapter, self.t0, self.cell, self.cells, self._code = chapter, time.monotonic(), 0, 0, {}
+        self.line(f"[book] {chapter} ({position}/{total}): executing with profile {profile}")
+
+    def notebook_start(self, notebook=None, **_):
+        code = [i for i, c in enumerate(notebook.cells if notebook is not None else []) if c.cell_type == "code"]
+        self._code, self.cells = {index: n for n, index in enumerate(code, start=1)}, len(code)
+
+    def cell_start(self, cell=None, cell_index=None, **_):
+        if cell is None or cell.cell_type != "code":
+            return
+        self.cell = self._code.get(cell_index, self.cell + 1)
+        first = next((ln.strip() for ln in cell.source.splitlines() if ln.strip() and not ln.strip().startswith("#")),
+                     "")
+        self._last_text = ""
+        self.line(f"{self._prefix()}: {first[:72]}")
+
+    def end_chapter(self, seconds: float, status: str = "done") -> None:
+        self.line(f"[book] {self.chapter}: {status} in {_duration(seconds)}")
+
+    # -- the chapters' stderr (papermill's stderr_file) --------------------------------------------------
+    def write(self, text: str) -> None:
+        for piece in re.split(r"[\r\n]", text):
+            piece = piece.strip()
+            if _BAR.search(piece):
+                self._bar(piece)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def _bar(self, bar: str) -> None:
+        if bar == self._last_text:
+            return
+        done = bool(re.match(r"^(.*: *)?100%\|", bar))
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write(f"\r{self._prefix()} {bar[:110]}\x1b[K")
+            self.stream.flush()
+            self._bar_open = True
+        elif done or now - self._last_bar >= self.every:
+            self.line(f"{self._prefix()} {bar}")
+            self._last_bar = now
+        else:
+            return
+        self._last_text = bar
+
+
+# --------------------------------------------------------------------------- the kernel
+
+_ACTIVE_KERNEL: dict = {}
+# The chapters' kernels get these on top of the runner's environment. Loading bars of datasets and the Hub are
+# noise even on a terminal; the tqdm bars of training (MTLIB_TERMINAL_PROGRESS: mtlib.train shows a text bar
+# instead of the notebook's HTML progress table) and of translation reach the terminal through Progress (at
+# most one update a second) and are stripped from the notebooks.
+KERNEL_ENV = {"TQDM_MININTERVAL": "1", "MTLIB_TERMINAL_PROGRESS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+              "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+def _can_encrypt(kernel_name: str) -> bool:
+    """Whether pyzmq has CurveZMQ and the kernelspec declares it, so the manager can provision keys."""
     try:
-        pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
-                            cwd=str(cwd), progress_bar=False, log_output=False)
+        import zmq
+        from jupyter_client.kernelspec import KernelSpecManager
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    except Exception:  # no such kernelspec, an old jupyter_client: papermill reports it itself
+        return False
+    supported = (spec.metadata or {}).get("supported_encryption") or []
+    supported = [supported] if isinstance(supported, str) else supported
+    return bool(zmq.has("curve")) and "curve" in {str(s).lower() for s in supported}
+
+
+def kernel_options(kernel_name: str = "python3", log: Path | None = None, label: str = "") -> dict:
+    """papermill engine options for the chapters' kernel.
+
+    * ipykernel >= 7 warns on every start that a kernel on plain TCP is unencrypted. Where pyzmq has CurveZMQ
+      and the kernelspec supports it (ipykernel 7's does), the kernel manager provisions keys, which encrypts
+      the channel and ends the warning.
+    * The kernel process's own stderr (its log: that warning where keys cannot be provisioned, "KeyboardInterrupt
+      caught in kernel" when papermill shuts it down, ...) goes to ``log`` instead of the terminal; what the
+      chapters print still goes into the notebook.
+    * KERNEL_ENV is added to its environment; the manager registers the kernel, so that Ctrl-C can interrupt the
+      running cell.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    encrypt = _can_encrypt(kernel_name)
+
+    class BookKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            if encrypt:
+                self.transport_encryption = "auto"
+            _ACTIVE_KERNEL["km"] = self
+
+        async def _async_pre_start_kernel(self, **kw):
+            kw["env"] = {**(kw.get("env") or os.environ), **KERNEL_ENV}
+            return await super()._async_pre_start_kernel(**kw)
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if log is None:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "ab") as sink:  # the child keeps its own copy of the descriptor
+                sink.write(f"--- kernel of {label or 'a chapter'}, started {_now()}\n".encode())
+                sink.flush()
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": sink, "stderr": sink})
+
+    return {"kernel_manager_class": BookKernelManager}
+
+
+def _interrupt_kernel() -> bool:
+    """Send SIGINT to the running chapter's kernel (its cell raises KeyboardInterrupt); False if there is none."""
+    provisioner = getattr(_ACTIVE_KERNEL.get("km"), "provisioner", None)
+    pgid, pid = getattr(provisioner, "pgid", None), getattr(provisioner, "pid", None)
+    try:
+        if pgid and hasattr(os, "killpg"):
+            os.killpg(pgid, signal.SIGINT)
+        elif pid:
+            os.kill(pid, signal.SIGINT)
+        else:
+            return False
+    except OSError:
+        return False
+    return True
+
+
+class _CtrlC:
+    """While a chapter executes, the first Ctrl-C interrupts the kernel's cell (so that the running code ends
+    its run record as failed) and stops the chapter; a second one stops the runner at once."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        _ACTIVE_KERNEL.clear()
+        return False
+
+    def _handle(self, signum, frame):
+        if self.requested or not _interrupt_kernel():
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+# --------------------------------------------------------------------------- one chapter
+
+def _keep(notebook: Path, folder: Path) -> Path | None:
+    """Move a partly executed notebook to ``folder`` (progress bars stripped); its new path, or None."""
+    if not notebook.exists():
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        strip_progress_bars(notebook)
+    except Exception:  # a notebook cut short while being written: keep it as it is
+        pass
+    kept = folder / notebook.name
+    os.replace(notebook, kept)
+    return kept
+
+
+def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, progress: Progress | None = None,
+                    running_dir: Path | None = None, failed_dir: Path | None = None,
+                    kernel_log: Path | None = None) -> Path:
+    """Execute one chapter with papermill into ``output``; on a failing cell raise ChapterFailed naming chapter and
+    cell, on Ctrl-C BuildInterrupted.
+
+    The notebook executes in ``running_dir`` and is moved to ``output`` only once it succeeded (so ``output``
+    always holds a whole chapter), or to ``failed_dir`` (default: next to ``output``) when it did not. The
+    kernel's own log goes to ``kernel_log`` (default: the terminal).
+    """
+    import papermill as pm
+    output = Path(output)
+    progress = progress or Progress()
+    running_dir = Path(running_dir or output.parent)
+    failed_dir = Path(failed_dir or output.parent)
+    running_dir.mkdir(parents=True, exist_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    scratch = running_dir / (output.name if running_dir != output.parent else f".{output.name}.running")
+    ctrl_c = _CtrlC()
+
+    def on_cell_start(cell=None, cell_index=None, **kw):
+        if ctrl_c.requested:
+            raise KeyboardInterrupt
+        progress.cell_start(cell=cell, cell_index=cell_index)
+
+    try:
+        with ctrl_c:
+            pm.execute_notebook(str(source), str(scratch), parameters=parameters, kernel_name="python3",
+                                cwd=str(cwd), progress_bar=False, log_output=False, stderr_file=progress,
+                                on_notebook_start=progress.notebook_start, on_cell_start=on_cell_start,
+                                **kernel_options("python3", kernel_log, source.stem))
     except pm.PapermillExecutionError as exc:
+        where = progress.where()
+        kept = _keep(scratch, failed_dir)
+        if ctrl_c.requested or exc.ename == "KeyboardInterrupt":
+            raise BuildInterrupted(where, kept) from None
         first = next((line for line in (exc.source or "").splitlines() if line.strip()), "").strip()
         raise ChapterFailed(f"chapter {source.stem} failed in cell {exc.cell_index} "
                             f"(In [{exc.exec_count}]: {first[:80]}): {exc.ename}: {exc.evalue}\n"
-                            f"the partially executed notebook is kept at {output}") from exc
+                            f"the partially executed notebook is kept at {kept}") from exc
+    except KeyboardInterrupt:
+        where = progress.where()
+        raise BuildInterrupted(where, _keep(scratch, failed_dir)) from None
+    strip_progress_bars(scratch)
+    os.replace(scratch, output)
+    if failed_dir != output.parent:
+        (failed_dir / output.name).unlink(missing_ok=True)  # an earlier failure of this chapter is superseded
     return output
 
 
@@ -72,27 +370,44 @@ def strip_progress_bars(notebook: Path) -> int:
             kept.append(out)
         cell["outputs"] = kept
     if changed:
-        nbformat.write(nb, notebook)
+        from .results import atomic_write_text
+        atomic_write_text(notebook, nbformat.writes(nb))
     return changed
 
 
+# --------------------------------------------------------------------------- rendering
+
 def assemble(out: Path, executed: list[Path]) -> Path:
-    """Lay out the book's sources under ``<out>/book``: config, TOC, hand-written pages, executed chapters."""
+    """Lay out the book's sources under ``<out>/book``: config, hand-written pages, and a TOC of the executed
+    chapters (a chapter never executed in this folder is left out of the TOC)."""
     book = out / "book"
     book.mkdir(parents=True, exist_ok=True)
     for notebook in executed:
         strip_progress_bars(notebook)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(REPO_ROOT / name, book / name)
+    shutil.copy2(REPO_ROOT / "_config.yml", book / "_config.yml")
+    present = {p.stem for p in executed}
     for page in (REPO_ROOT / "book").iterdir():
         if page.is_file() and page.suffix in (".md", ".bib", ".png", ".svg"):
             shutil.copy2(page, book / page.name)
-    toc = (book / "_toc.yml").read_text(encoding="utf-8")
-    listed = set(re.findall(r"file:\s*executed/(\S+)", toc))
-    missing = listed - {p.stem for p in executed}
-    if missing:
-        raise MtlibError(f"_toc.yml names executed chapters that were not executed: {', '.join(sorted(missing))}")
+        if page.is_file() and page.suffix == ".md":  # a link to a chapter left out becomes plain text
+            text = page.read_text(encoding="utf-8")
+            kept = re.sub(r"\[([^\]]+)\]\(executed/([^)\s]+?)(?:\.ipynb)?\)",
+                          lambda m: m.group(0) if m.group(2) in present else f"{m.group(1)} (not in this build)", text)
+            if kept != text:
+                (book / page.name).write_text(kept, encoding="utf-8")
+    toc = [line for line in (REPO_ROOT / "_toc.yml").read_text(encoding="utf-8").splitlines(keepends=True)
+           if not (m := re.search(r"file:\s*executed/(\S+)", line)) or m.group(1) in present]
+    if not any(re.search(r"file:\s*executed/", line) for line in toc):
+        raise MtlibError(f"no executed chapter in {book / 'executed'} to render")
+    from .results import atomic_write_text
+    atomic_write_text(book / "_toc.yml", "".join(toc))
     return book
+
+
+def missing_chapters(executed: list[Path]) -> list[str]:
+    """Chapters that ``_toc.yml`` lists but that are not among ``executed`` (left out of the rendered book)."""
+    toc = (REPO_ROOT / "_toc.yml").read_text(encoding="utf-8")
+    return sorted(set(re.findall(r"file:\s*executed/(\S+)", toc)) - {p.stem for p in executed})
 
 
 _PROBLEM = re.compile(r"(WARNING:|ERROR:|CRITICAL:|SEVERE:|Traceback \(most recent call last\)|Exception occurred|"
@@ -100,84 +415,406 @@ _PROBLEM = re.compile(r"(WARNING:|ERROR:|CRITICAL:|SEVERE:|Traceback \(most rece
 
 
 def build_html(book: Path, log_path: Path) -> Path:
-    """``jupyter-book build`` (execution off, warnings are errors); grep its log, since it can exit 0 anyway."""
+    """``jupyter-book build`` (execution off, warnings are errors); grep its log, since it can exit 0 anyway.
+
+    Renders into ``<out>/.render`` and swaps the result into ``book/_build`` only when it succeeded: a failed
+    render leaves the previous HTML as it was.
+    """
+    from .results import atomic_write_text
     exe = Path(sys.executable).with_name("jupyter-book")
+    staging = book.parent / ".render"
+    shutil.rmtree(staging, ignore_errors=True)
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book), "--builder", "html",
-           "-W", "-n", "--keep-going", "--all"]
+           "-W", "-n", "--keep-going", "--all", "--path-output", str(staging)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
-    log_path.write_text(log, encoding="utf-8")
+    atomic_write_text(log_path, log)
     problems = [line for line in log.splitlines() if _PROBLEM.search(line)]
-    if proc.returncode != 0 or problems:
+    if proc.returncode != 0 or problems or not (staging / "_build" / "html" / "index.html").exists():
         shown = "\n".join(problems[:20]) or log[-3000:]
         raise MtlibError(f"jupyter-book build failed (exit {proc.returncode}); full log at {log_path}:\n{shown}")
-    return book / "_build" / "html"
+    final, old = book / "_build", book / ".build-old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging / "_build", final)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    return final / "html"
 
 
-# Progress bars are for people watching; in an executed (published) chapter they are stderr noise.
-QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+# --------------------------------------------------------------------------- the output folder
+
+def check_out(out: str | os.PathLike) -> Path:
+    """The resolved ``--out``, refused up front (BuildRefused) when it is the repository, holds it, lies in one of
+    its source folders, is a file, or cannot be written."""
+    out = Path(out).expanduser().resolve()
+    repo = REPO_ROOT.resolve()
+    if out == repo or out in repo.parents:
+        what = "the repository's root" if out == repo else f"a folder that holds the repository ({repo})"
+        raise BuildRefused(f"--out {out} is {what}: a build writes runs/, book/ and more into its folder; "
+                           f"give it a folder of its own, e.g. --out {repo / 'build' / 'smoke'}")
+    if repo in out.parents:
+        top = out.relative_to(repo).parts[0]
+        if top in SOURCE_DIRS or top.startswith("."):
+            raise BuildRefused(f"--out {out} is inside the repository's {top}/ folder, among its sources; "
+                               f"use a folder under {repo / 'build'} or outside the repository")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise BuildRefused(f"--out {out}: {probe} is a file, not a folder; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BuildRefused(f"--out {out}: {probe} is not writable by this user; choose another --out")
+    return out
+
+
+class BuildLock:
+    """``with BuildLock(out):`` one build at a time per folder: ``<out>/.build.lock`` is locked (``flock``) and
+    names the holder's pid; a second build is refused with BuildRefused naming it. The lock dies with its
+    process, so a killed build leaves no stale lock behind."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # Windows: an exclusive create, stale if its pid is gone
+            return self._enter_exclusive()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 500).decode("utf-8", "replace").strip() or "a process"
+            os.close(fd)
+            raise BuildRefused(f"another build is writing to {self.path.parent} ({holder}); wait for it to end or "
+                               f"stop it, or build into another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}\n".encode())
+        self.fd = fd
+        return self
+
+    def _enter_exclusive(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self.path.read_text(encoding="utf-8", errors="replace").strip()
+                pid = re.match(r"pid (\d+)", holder)
+                if pid and _alive(int(pid.group(1))):
+                    raise BuildRefused(f"another build is writing to {self.path.parent} ({holder}); wait for it "
+                                       f"to end or stop it, or build into another --out") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}\n".encode())
+            self.fd, self._exclusive = fd, True
+            return self
+        raise BuildRefused(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock
+            if getattr(self, "_exclusive", False):
+                self.path.unlink(missing_ok=True)
+            self.fd = None
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- the build record
+
+def read_build(out: Path) -> dict | None:
+    """``<out>/build.json``, or None when there is none; BuildRefused when it is damaged."""
+    path = Path(out) / BUILD_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BuildRefused(f"{path} is damaged ({exc}); pass --clean to move this build aside and start anew") \
+            from None
+    if not isinstance(record, dict) or not isinstance(record.get("build_id"), str):
+        raise BuildRefused(f"{path} names no build_id; pass --clean to move this build aside and start anew")
+    record.setdefault("chapters", {})
+    return record
+
+
+def _save_build(out: Path, record: dict) -> None:
+    from .results import write_json
+    record["updated"] = _now()
+    write_json(Path(out) / BUILD_FILE, record)
+
+
+def _profile_digest(prof: dict) -> str:
+    text = json.dumps({"parameters": prof["parameters"], "chapters": prof["chapters"]}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def new_build(prof: dict) -> dict:
+    """A new build record: id, profile, model, dataset, start time."""
+    from .results import git_commit
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    sft = profiles.chapter_parameters(prof, "03_sft")
+    return {"build_id": f"{stamp}-{prof['name']}-{_secrets.token_hex(3)}", "profile": prof["name"],
+            "profile_path": prof["path"], "profile_digest": _profile_digest(prof),
+            "model": sft.get("model", "(the chapters' default)"),
+            "dataset": sft.get("dataset", "(the chapters' default)"),
+            "started": _now(), "updated": _now(), "status": "new", "git_commit": git_commit(), "chapters": {}}
+
+
+def _describe(record: dict) -> str:
+    return (f"build {record['build_id']} (profile {record.get('profile')}, model {record.get('model')}, "
+            f"started {record.get('started')}, {record.get('status')})")
+
+
+def move_aside(out: Path, record: dict | None) -> Path:
+    """Move the build's own entries (BUILD_ENTRIES) to a sibling folder ``<out>.old-<build id>``; returns it."""
+    tag = record["build_id"] if record else "unnamed-" + _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    dest = out.with_name(f"{out.name}.old-{tag}")
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = out.with_name(f"{out.name}.old-{tag}-{n}")
+    dest.mkdir()
+    for name in BUILD_ENTRIES:
+        if (out / name).exists():
+            os.replace(out / name, dest / name)
+    return dest
+
+
+def open_build(out: Path, prof: dict | None, *, only=None, resume=False, clean=False, render_only=False,
+               say: Progress) -> tuple[dict, bool]:
+    """The build to work on in ``out`` and whether it continues an earlier one; BuildRefused when the folder
+    holds something this invocation must not mix with."""
+    existing = None
+    try:
+        existing = read_build(out)
+    except BuildRefused:
+        if not clean:
+            raise
+    leftovers = [e for e in BUILD_ENTRIES if e != BUILD_FILE and (out / e).exists()]
+    others = sorted(p.name for p in out.iterdir() if p.name not in BUILD_ENTRIES and not p.name.startswith("."))
+    if existing is None and not leftovers and not (out / BUILD_FILE).exists() and others:
+        raise BuildRefused(f"--out {out} holds other files ({', '.join(others[:5])}{' ...' if len(others) > 5 else ''})"
+                           f"; build into a new or empty folder")
+    if clean and (existing is not None or leftovers or (out / BUILD_FILE).exists()):
+        dest = move_aside(out, existing)
+        say.line(f"[book] --clean: moved {'build ' + existing['build_id'] if existing else 'the earlier output'} "
+                 f"aside to {dest}")
+        existing, leftovers = None, []
+    if render_only:
+        if existing is None:
+            raise BuildRefused(f"--render-only: {out} holds no build ({BUILD_FILE}) to render")
+        return existing, True
+    if existing is None:
+        if leftovers:
+            raise BuildRefused(f"--out {out} holds the output of an earlier build without {BUILD_FILE} "
+                               f"({', '.join(leftovers)}); pass --clean to move it aside and start a new build")
+        if resume:
+            raise BuildRefused(f"--resume: {out} holds no build to continue; leave out --resume to start one there")
+        return new_build(prof), False
+    if not (resume or only):
+        raise BuildRefused(f"--out {out} already holds {_describe(existing)}. Pass --resume to continue it (the "
+                           f"chapters not executed yet), --only CHAPTER to re-execute chapters in it, --render-only "
+                           f"to render it, or --clean to move it aside to {out.name}.old-{existing['build_id']} and "
+                           f"start a new build")
+    mine = new_build(prof)
+    differ = [k for k in ("profile", "model", "dataset") if existing.get(k) != mine[k]]
+    if differ:
+        raise BuildRefused(f"--out {out} holds {_describe(existing)}, whose "
+                           + ", ".join(f"{k} is {existing.get(k)!r}, not {mine[k]!r}" for k in differ)
+                           + ": its runs must not mix with this one's. Pass --clean to move it aside, or build "
+                             "into another --out")
+    if existing.get("profile_digest") != mine["profile_digest"]:
+        say.line(f"[book] note: profile {prof['name']} changed since build {existing['build_id']} started; the "
+                 f"chapters executed now use its new values")
+        existing["profile_digest"] = mine["profile_digest"]
+    say.line(f"[book] continuing {_describe(existing)}")
+    return existing, True
+
+
+# --------------------------------------------------------------------------- the build
+
+def _kept_line(out: Path, record: dict, kept: Path | None) -> str:
+    done = [c for c, s in record["chapters"].items() if s.get("status") == "executed"]
+    parts = [f"kept build {record['build_id']} in {out}",
+             f"executed: {', '.join(done) if done else 'none'}"]
+    if kept is not None:
+        parts.append(f"partial notebook {kept}")
+    parts.append("runs cut short are marked failed; continue with --resume")
+    return "; ".join(parts)
 
 
 def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, html: bool = True,
-          notebook_dir: Path = NOTEBOOK_DIR) -> Path:
-    """Execute the chapters with ``profile`` into ``<out>/book/executed`` and render the book; returns ``<out>``."""
-    prof = profiles.load_profile(profile)  # validates, and refuses requires_cuda on a CPU machine
-    out = Path(out).resolve()
-    runs_root = out / "runs"
-    executed_dir = out / "book" / "executed"
-    runs_root.mkdir(parents=True, exist_ok=True)
+          notebook_dir: Path = NOTEBOOK_DIR, resume: bool = False, clean: bool = False, render_only: bool = False,
+          progress: Progress | None = None) -> Path:
+    """Execute the chapters with ``profile`` into ``<out>/book/executed`` and render the book; returns ``<out>``.
+
+    See the module docstring for ``resume``, ``clean``, ``only`` and ``render_only`` on a folder that holds a
+    build. Raises BuildRefused before anything runs when ``out`` cannot take this build.
+    """
+    say = progress or Progress()
+    if resume and clean:
+        raise ConfigError("--resume continues the build in --out and --clean moves it aside: pass one of them")
+    if render_only and (only or resume or clean or not html):
+        raise ConfigError("--render-only renders what is executed; it takes no --only, --resume, --clean or --no-html")
+    out = check_out(out)
+    prof = None if render_only else profiles.load_profile(profile)  # validates; refuses requires_cuda on a CPU
     sources = chapters(notebook_dir)
     if only:
-        sources = [s for s in sources if s.stem in only]
-    if not sources:
-        raise ConfigError(f"no chapters to run in {notebook_dir} (only={only})")
-    executed, timings = [], {}
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)  # inherited by the kernels papermill starts
-    if os.environ.get("MULTI30K_DIR"):
-        os.environ["MULTI30K_DIR"] = str(Path(os.environ["MULTI30K_DIR"]).expanduser().resolve())
-    for source in sources:
-        params = profiles.chapter_parameters(prof, source.stem) if source.stem in profiles.CHAPTERS \
-            else {"profile": prof["name"]}
-        if "runs_root" in profiles.SCHEMA and source.stem in profiles.SCHEMA["runs_root"].chapters:
-            params["runs_root"] = str(runs_root)
-        print(f"[book] {source.stem}: executing with profile {prof['name']}", flush=True)
-        start = time.perf_counter()
-        # The kernel starts where the user ran the command, so relative paths in the profile mean the same
-        # in every chapter as on the command line.
-        executed.append(execute_chapter(source, executed_dir / source.name, params, cwd=Path.cwd()))
-        timings[source.stem] = time.perf_counter() - start
-        print(f"[book] {source.stem}: done in {timings[source.stem]:.0f}s", flush=True)
-    if html:
-        book = assemble(out, executed)
-        print("[book] rendering HTML with jupyter-book", flush=True)
-        html_dir = build_html(book, out / "jupyter-book.log")
-        print(f"[book] HTML book at {html_dir / 'index.html'}", flush=True)
-    leaks = find_secret(out)  # the token, when it looks like one (a placeholder such as "none" is not searched)
+        unknown = [c for c in only if c not in {s.stem for s in sources}]
+        if unknown:
+            raise ConfigError(f"--only names unknown chapters {', '.join(unknown)}; chapters are "
+                              f"{', '.join(s.stem for s in sources)}")
+    if not sources and not render_only:
+        raise ConfigError(f"no chapters to run in {notebook_dir}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildRefused(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    runs_root, executed_dir = out / "runs", out / "book" / "executed"
+    with BuildLock(out):
+        record, continuing = open_build(out, prof, only=only, resume=resume, clean=clean, render_only=render_only,
+                                        say=say)
+        if render_only:
+            todo = []
+        elif only:
+            todo = [s for s in sources if s.stem in only]
+        elif continuing:
+            todo = [s for s in sources if record["chapters"].get(s.stem, {}).get("status") != "executed"
+                    or not (executed_dir / s.name).exists()]
+            if not todo:
+                say.line(f"[book] every chapter of build {record['build_id']} is executed; --only CHAPTER "
+                         f"re-executes one")
+        else:
+            todo = sources
+        if not todo and not html:
+            _check_leaks(out)
+            return out
+        runs_root.mkdir(parents=True, exist_ok=True)
+        if os.environ.get("MULTI30K_DIR"):
+            os.environ["MULTI30K_DIR"] = str(Path(os.environ["MULTI30K_DIR"]).expanduser().resolve())
+        record.update(status="running", pid=os.getpid())
+        _save_build(out, record)
+        stage, kept = "before the first chapter", None
+        try:
+            for position, source in enumerate(todo, start=1):
+                params = profiles.chapter_parameters(prof, source.stem) if source.stem in profiles.CHAPTERS \
+                    else {"profile": prof["name"]}
+                for name, value in (("runs_root", str(runs_root)), ("build_id", record["build_id"])):
+                    if name in profiles.SCHEMA and source.stem in profiles.SCHEMA[name].chapters:
+                        params[name] = value
+                state = record["chapters"].setdefault(source.stem, {})
+                state.update(status="running", started=_now())
+                _save_build(out, record)
+                stage = f"after {source.stem} had started"
+                say.start_chapter(source.stem, position, len(todo), prof["name"])
+                start = time.perf_counter()
+                try:
+                    # The kernel starts where the user ran the command: relative paths in the profile and in
+                    # MULTI30K_DIR mean the same in every chapter as on the command line.
+                    execute_chapter(source, executed_dir / source.name, params, cwd=Path.cwd(), progress=say,
+                                    running_dir=out / "running", failed_dir=out / "failed",
+                                    kernel_log=out / "kernels.log")
+                except BuildInterrupted as exc:
+                    state.update(status="interrupted", seconds=round(time.perf_counter() - start, 1),
+                                 notebook=str(exc.kept) if exc.kept else None)
+                    stage, kept = f"in {exc.where}", exc.kept
+                    raise
+                except BaseException as exc:
+                    state.update(status="failed", seconds=round(time.perf_counter() - start, 1),
+                                 error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                    raise
+                seconds = time.perf_counter() - start
+                state.update(status="executed", seconds=round(seconds, 1), finished=_now(),
+                             executions=state.get("executions", 0) + 1)
+                state.pop("error", None)
+                state.pop("notebook", None)
+                _save_build(out, record)
+                say.end_chapter(seconds)
+                stage = f"after {source.stem}"
+            try:
+                (out / "running").rmdir()  # empty once every chapter moved on
+            except OSError:
+                pass
+            if html:
+                stage = "while rendering the book"
+                executed = chapters(executed_dir)
+                book = assemble(out, executed)
+                left_out = missing_chapters(executed)
+                if left_out:
+                    say.line(f"[book] not executed in this build, so not in the book: {', '.join(left_out)}")
+                say.line(f"[book] rendering HTML with jupyter-book ({len(executed)} chapters)")
+                html_dir = build_html(book, out / "jupyter-book.log")
+                record["rendered"] = _now()
+                say.line(f"[book] HTML book at {html_dir / 'index.html'}")
+        except (BuildInterrupted, KeyboardInterrupt):
+            say.close()
+            record["status"] = "interrupted"
+            _save_build(out, record)
+            raise BuildInterrupted(f"interrupted {stage}; {_kept_line(out, record, kept)}", kept) from None
+        except BaseException:
+            say.close()
+            record["status"] = "failed"
+            _save_build(out, record)
+            raise
+        done = all(record["chapters"].get(s.stem, {}).get("status") == "executed" for s in sources)
+        record["status"] = "finished" if done else "incomplete"
+        _save_build(out, record)
+    _check_leaks(out)
+    return out
+
+
+def _check_leaks(out: Path) -> None:
+    """MtlibError when the token (one that looks like a token; a placeholder such as "none" is not searched)
+    appears in any output file."""
+    leaks = find_secret(out)
     if leaks:
         raise MtlibError(f"the Hugging Face token appears in {len(leaks)} output file(s), e.g. {leaks[0]}; "
                          f"do not print it or pass it as a parameter")
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtlib.book", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="smoke", help="shipped profile name or YAML path (default: smoke)")
     parser.add_argument("--out", default=None, help="output folder (default: build/<profile>)")
-    parser.add_argument("--only", default=None, help="comma-separated chapters to run, e.g. 01_data,02_metrics")
+    parser.add_argument("--only", default=None, help="comma-separated chapters to run, e.g. 01_data,02_metrics; in a "
+                        "folder that holds a build of the same profile, re-executes them within it")
+    parser.add_argument("--resume", action="store_true", help="continue the build in --out: execute the chapters "
+                        "not executed yet (or those of --only), then render")
+    parser.add_argument("--clean", action="store_true", help="move the build in --out aside "
+                        "(to <out>.old-<build id>) and start a new one")
+    parser.add_argument("--render-only", action="store_true", help="render the chapters already executed in --out")
     parser.add_argument("--no-html", action="store_true", help="execute the chapters but do not render the book")
     parser.add_argument("--notebooks", default=str(NOTEBOOK_DIR), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     out = args.out or str(REPO_ROOT / "build" / Path(args.profile).stem)
-    only = args.only.split(",") if args.only else None
+    only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
     start = time.perf_counter()
     try:
-        build(args.profile, out, only=only, html=not args.no_html, notebook_dir=Path(args.notebooks))
+        build(args.profile, out, only=only, html=not args.no_html, notebook_dir=Path(args.notebooks),
+              resume=args.resume, clean=args.clean, render_only=args.render_only)
+    except BuildInterrupted as exc:
+        print(f"[book] {exc}", file=sys.stderr, flush=True)
+        return 130
+    except KeyboardInterrupt:  # before the build folder was opened: nothing was written
+        print("[book] interrupted before any chapter ran; nothing was kept", file=sys.stderr, flush=True)
+        return 130
     except MtlibError as exc:
         print(f"[book] error: {exc}", file=sys.stderr, flush=True)
         return 1
-    print(f"[book] finished in {time.perf_counter() - start:.0f}s", flush=True)
+    print(f"[book] finished in {_duration(time.perf_counter() - start)}", flush=True)
     return 0
 
 

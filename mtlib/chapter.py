@@ -116,6 +116,7 @@ def chapter_pairs(params: dict):
     from . import data
     pairs = data.load_pairs(params["dataset"], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"],
                             revision=params.get("dataset_revision"))
+    data.require_splits(pairs, ("train", "test"))  # DataError naming the source, not KeyError: 'test' later
     splits = test_splits(pairs)
     sizes = {"train": params.get("train_size"), **{s: params.get("test_size") for s in splits}}
     sizes = {s: n for s, n in sizes.items() if n is not None}
@@ -147,7 +148,11 @@ TWIN_PREFIX = "twin:"  # "twin:<hub id>": that model's exact shape with random w
 def resolve_model(model: str, runs_root: str | os.PathLike, texts=None) -> str:
     """The model to load: ``"tiny"`` builds (once) a tiny random model next to ``runs_root`` from ``texts``;
     ``"twin:<hub id>"`` builds (once) that model's shape twin there (no download); an existing relative path
-    becomes absolute; a Hub id is kept."""
+    becomes absolute; a Hub id is kept.
+
+    The tiny model is written aside and renamed into place when whole; a folder left half-written fails
+    :func:`mtlib.tiny.is_complete` and is built again.
+    """
     if model.startswith(TWIN_PREFIX):
         from . import tiny
         name = model[len(TWIN_PREFIX):]
@@ -157,9 +162,12 @@ def resolve_model(model: str, runs_root: str | os.PathLike, texts=None) -> str:
         return str(out)
     if model != TINY_MODEL:
         return str(Path(model).resolve()) if Path(model).exists() else model
+    from . import tiny
     out = tiny_model_dir(runs_root)
-    if not (out / "config.json").exists():
-        from . import tiny
+    if not tiny.is_complete(out):
+        if out.exists():
+            warnings.warn(f"the tiny model in {out} is incomplete (an interrupted save?): building it again",
+                          stacklevel=2)
         tiny.build_tiny_model(out, texts=texts)
     return str(out)
 
@@ -177,16 +185,18 @@ def train_sft_first(params: dict, pairs, model_path: str):
     train.run_sft(lora, tokenizer, pairs["train"], sft, runs_root=params["runs_root"], src_lang=params["src_lang"],
                   tgt_lang=params["tgt_lang"], config=run_config(params, trained_by="04_grpo"))
     del base, lora
-    return latest_run(params["runs_root"], "sft")
+    return latest_run(params["runs_root"], "sft", params.get("build_id"))
 
 
-def latest_run(runs_root: str | os.PathLike, stage: str):
+def latest_run(runs_root: str | os.PathLike, stage: str, build_id: str | None = None):
     """The newest finished *training* run of ``stage`` (one that saved an adapter) under ``runs_root``, or None.
 
-    Returns the run's row of :func:`mtlib.results.load_runs` (``path``, ``run_id``, ``started`` ...).
+    ``build_id``: only a run of that build (the runner passes its own, so that a chapter never continues
+    another build's adapter). Returns the run's row of :func:`mtlib.results.load_runs` (``path``, ``run_id``,
+    ``started`` ...).
     """
     from . import results
-    runs = results.load_runs(runs_root, include_unscored=True)
+    runs = results.load_runs(runs_root, include_unscored=True, build_id=build_id)
     runs = runs[(runs["stage"] == stage)
                 & runs["path"].map(lambda p: (Path(p) / "adapter" / "adapter_config.json").exists())]
     if len(runs) == 0:
@@ -252,12 +262,12 @@ def test_splits(pairs) -> list[str]:
     return sorted((s for s in pairs if s.startswith("test")), key=lambda s: (s != "test", s))
 
 
-RECORDED = ("profile", "dataset", "dataset_revision", "model", "model_revision")
+RECORDED = ("profile", "build_id", "dataset", "dataset_revision", "model", "model_revision")
 
 
 def run_config(params: dict, **extra) -> dict:
-    """What a run record keeps of the chapter's parameters: the profile, the data and model with their pinned
-    revisions (the resolved local path of a built model is recorded by the run itself)."""
+    """What a run record keeps of the chapter's parameters: the profile and build it came from, the data and model
+    with their pinned revisions (the resolved local path of a built model is recorded by the run itself)."""
     return {**{f"chapter_{k}" if k == "model" else k: params.get(k) for k in RECORDED if k in params}, **extra}
 
 
@@ -342,10 +352,11 @@ def scores_frame(systems: dict, columns=SCORE_COLUMNS):
     return pd.DataFrame(rows).set_index(["system", "split"])
 
 
-def latest_scores(runs_root, stages=("base", "sft", "grpo"), columns=SCORE_COLUMNS):
-    """The newest finished evaluation of each stage and test set under ``runs_root``, as a scores table."""
+def latest_scores(runs_root, stages=("base", "sft", "grpo"), columns=SCORE_COLUMNS, build_id: str | None = None):
+    """The newest finished evaluation of each stage and test set under ``runs_root`` (of build ``build_id``
+    when given), as a scores table."""
     from . import results
-    runs = results.load_runs(runs_root)
+    runs = results.load_runs(runs_root, build_id=build_id)
     runs = runs[runs["stage"].isin(stages) & runs["split"].notna()]
     if len(runs) == 0:
         return None
@@ -353,6 +364,25 @@ def latest_scores(runs_root, stages=("base", "sft", "grpo"), columns=SCORE_COLUM
     newest = newest.assign(system=newest["stage"], order=newest["stage"].map({s: i for i, s in enumerate(stages)}))
     newest = newest.sort_values(["order", "split"]).set_index(["system", "split"])
     return newest[list(columns)]
+
+
+def run_costs(runs_root, build_id: str | None = None):
+    """Seconds and peak memory of the runs behind the book's tables: the newest training run of each stage and
+    the newest evaluation of each stage and test set (a chapter executed again within a build replaces its
+    earlier runs, which are not counted). Returns ``(per_run, per_stage, superseded)``."""
+    import pandas as pd
+    from . import results
+    runs = results.load_runs(runs_root, include_unscored=True, build_id=build_id)
+    runs = runs.assign(kind=runs["split"].map(lambda s: "training" if s is None or pd.isna(s) else f"evaluation: {s}"))
+    newest = runs.sort_values(["started", "run_id"]).groupby(["stage", "kind"], sort=False).tail(1)
+    superseded = runs["run_id"].nunique() - newest["run_id"].nunique()
+    order = {stage: i for i, stage in enumerate(("base", "sft", "grpo"))}
+    newest = newest.assign(order=newest["stage"].map(lambda s: order.get(s, len(order))))
+    per_run = (newest.sort_values(["order", "kind"])[["stage", "kind", "run_id", "seconds", "peak_mem_gb"]]
+               .rename(columns={"peak_mem_gb": "peak memory (GB)"}))
+    per_stage = per_run.groupby("stage", sort=False).agg(runs=("run_id", "size"), seconds=("seconds", "sum"),
+                                                         peak_gb=("peak memory (GB)", "max"))
+    return per_run.set_index(["stage", "kind"]), per_stage, superseded
 
 
 def side_by_side(evaluations: dict, n: int = 5):

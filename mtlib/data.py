@@ -16,6 +16,7 @@ import os
 import urllib.error
 import urllib.request
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -210,8 +211,12 @@ def _read_lines(path: Path) -> list[str]:
     """Lines of a text file (optionally gzipped), split on ``\\n`` only, minus the line terminator."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        what = "corrupt or truncated gzip file" if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)) \
+            else "cannot read"
+        raise DataError(f"{what} {path}: {type(exc).__name__}: {exc}") from exc
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is not part of the first sentence
+        raw = raw[3:]
     chunks = raw.split(b"\n")
     if chunks and chunks[-1] == b"":  # the file's final newline ends the last line, it opens no new one
         chunks.pop()
@@ -309,6 +314,9 @@ def _read_parquet(path: Path, src: str, tgt: str) -> tuple[list, list]:
 
 
 def _read_table(path: Path, src: str, tgt: str) -> tuple[list, list]:
+    if path.suffix not in TABLE_SUFFIXES:
+        raise DataError(f"{path} is not a table file ({', '.join(TABLE_SUFFIXES)}); a raw Multi30k file such as "
+                        f"train.en.gz is read from its folder: pass (or set {ENV_VAR} to) {path.parent}")
     if path.suffix == ".parquet":
         return _read_parquet(path, src, tgt)
     if path.suffix == ".tsv":
@@ -354,6 +362,36 @@ def _read_table_source(path: Path, src: str, tgt: str) -> dict[str, tuple[list, 
 # Building the DatasetDict
 # ---------------------------------------------------------------------------------------------
 
+class MissingSplitError(DataError, KeyError):
+    """A split that the data source does not have (a ``KeyError`` too, for ``dsd[split]`` callers)."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _missing_split(dsd, split, source) -> MissingSplitError:
+    hint = {"train": "train.<lang>[.gz]", "validation": "val.<lang>[.gz]",
+            "test": "test_2016_flickr.<lang>[.gz]"}.get(split, f"{split}.<lang>[.gz]")
+    return MissingSplitError(f"{source or 'the data'} has no {split!r} split (it has: {', '.join(dsd) or 'none'}); "
+                             f"a raw folder needs the files {hint} for both languages, a folder of tables a file "
+                             f"named {split}.jsonl/.parquet/.tsv")
+
+
+class Pairs(DatasetDict):
+    """The ``DatasetDict`` that :func:`load_pairs` returns: asking for a split it lacks names the source."""
+    source: str | None = None
+
+    def __missing__(self, split):
+        raise _missing_split(self, split, self.source)
+
+
+def require_splits(dsd, splits=("train", "test"), source: str | None = None) -> None:
+    """Raise :class:`MissingSplitError` (a ``DataError``) naming the source when ``dsd`` lacks one of ``splits``."""
+    for split in splits:
+        if split not in dsd:
+            raise _missing_split(dsd, split, source or getattr(dsd, "source", None))
+
+
 def _is_empty(x) -> bool:
     return x is None or (isinstance(x, float) and np.isnan(x)) or (isinstance(x, str) and not x.strip())
 
@@ -375,8 +413,13 @@ def _build(parts: Mapping[str, tuple[list, list, list[str]]], src: str, tgt: str
             keep_a.append(x)
             keep_b.append(y)
         report.splits[split] = SplitReport(split, files, len(a), len(keep_a), dropped)
+        if not keep_a:
+            why = f"all {len(a)} pairs have an empty side" if len(a) else "they hold no lines"
+            raise DataError(f"split {split!r} has no sentence pairs: {why} ({', '.join(files)})")
         splits[split] = Dataset.from_dict({src: keep_a, tgt: keep_b}, features=features)
-    return DatasetDict(splits)
+    out = Pairs(splits)
+    out.source = report.source
+    return out
 
 
 def _load_hub(source: str, src: str, tgt: str, report: LoadReport, revision: str | None = None) -> DatasetDict:

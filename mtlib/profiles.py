@@ -11,6 +11,7 @@ impossible value raises :class:`~mtlib.errors.ConfigError` naming the key and th
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")   # TRL GRPOConfig.loss_type values this book supports
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 CHAPTERS = ("01_data", "02_metrics", "03_sft", "04_grpo", "05_results", "06_gpu_speed")
+
+# Measured with the smoke model (tests/test_train.py): SFT on 16 tokens keeps no example at all ("num_samples=0"
+# inside torch), on 64 most examples lose their translation, from 128 every prompt fits with room to spare.
+MIN_SEQ_LENGTH = 128
 
 _DATA = ("01_data", "02_metrics", "03_sft", "04_grpo")
 _TRAIN = ("03_sft", "04_grpo")
@@ -56,6 +61,8 @@ SCHEMA: dict[str, Param] = {
     # runs
     "runs_root": Param("str", _RUNS, "folder of the run records (None: Google Drive when mounted on Colab, "
                        "else ./runs)", optional=True),
+    "build_id": Param("str", _RUNS, "the build whose runs the chapter writes and reads (set by the book runner; "
+                      "None: every run in runs_root)", optional=True),
     "benchmark_files": Param("list[str]", ("06_gpu_speed",), "GPU benchmark results: names in benchmarks/results/ or paths"),
     "paths_file": Param("str", ("06_gpu_speed",), "measured translation paths: a name in benchmarks/results/ or a path"),
     "grpo_file": Param("str", ("06_gpu_speed",), "measured GRPO step phases: a name in benchmarks/results/ or a path"),
@@ -65,7 +72,8 @@ SCHEMA: dict[str, Param] = {
                    '"twin:<hub id>" builds that model\'s shape with random weights (GPU checks, no download)'),
     "model_revision": Param("str", _TRAIN, "Hub model commit, tag or branch to pin (None: the newest)",
                             optional=True),
-    "max_seq_length": Param("int", _TRAIN, "longest sequence the model sees, in tokens", min=16),
+    "max_seq_length": Param("int", _TRAIN, f"longest sequence the model sees, in tokens (at least {MIN_SEQ_LENGTH}: "
+                            "the chat prompt alone takes up to 100)", min=MIN_SEQ_LENGTH),
     "load_in_4bit": Param("bool", _TRAIN, "load the base model quantized to 4 bits (CUDA only)"),
     "lora_r": Param("int", _TRAIN, "LoRA rank", min=1),
     "lora_alpha": Param("int", _TRAIN, "LoRA scaling numerator (alpha / r scales the update)", min=1),
@@ -190,6 +198,48 @@ def _check_combinations(params: dict, where: str) -> None:
                           f"for {len(rewards)} rewards {rewards}")
 
 
+# YAML 1.1 (PyYAML) reads ``1e-4`` as a string: its floats need a dot (``1.0e-4``). YAML 1.2, and everyone
+# writing a learning rate, accept ``1e-4``; so does this loader. It also refuses a key given twice in one
+# mapping (PyYAML silently keeps the last one).
+_FLOAT_12 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                          |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                          |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                          |[-+]?\.(?:inf|Inf|INF)
+                          |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class ProfileLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads YAML 1.2 floats (``1e-4``) and refuses duplicate keys."""
+
+
+ProfileLoader.yaml_implicit_resolvers = {  # a deep copy: add_implicit_resolver would append to SafeLoader's lists
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ProfileLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def _construct_mapping(loader, node, deep=False):
+    loader.flatten_mapping(node)
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given on line {seen[key] + 1}, again on line "
+                f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+ProfileLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(text_or_file):
+    """Parse profile YAML (a string or an open file) with :class:`ProfileLoader`: ``1e-4`` is a float, a repeated
+    key is an error."""
+    return yaml.load(text_or_file, Loader=ProfileLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _resolve(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
@@ -223,7 +273,8 @@ def load_profile(name_or_path: str | Path, check_device: bool = True) -> dict:
     path = _resolve(name_or_path)
     where = f"profile {path}"
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as f:  # a file, so that YAML's messages name it
+            raw = read_yaml(f)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
     if raw is None:

@@ -16,13 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
 from .credentials import scrub
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 METRIC_COLUMNS = ["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "rougeLsum", "bp", "sys_len", "ref_len", "n"]
 ENV_PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "sacrebleu", "rouge_score",
@@ -261,41 +262,128 @@ class Run:
         return f"Run({str(self.path)!r}, stage={self.stage!r})"
 
 
+class DamagedRecordWarning(UserWarning):
+    """A run record that cannot be read (truncated or hand-edited); the run is left out of every table."""
+
+
 def read_json(path):
-    """Parsed JSON of ``path``, or None when it does not exist."""
+    """Parsed JSON of ``path``, or None when it does not exist; DataError naming the file when it is damaged."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+                        f"truncated or edited by hand") from exc
+
+
+TRANSLATION_KEYS = ("source", "reference", "hypothesis")
 
 
 def read_translations(path):
-    """A run's translations.jsonl as a DataFrame."""
+    """A run's translations.jsonl as a DataFrame (source, reference, hypothesis); DataError naming the file and
+    line when it is damaged."""
     import pandas as pd
     path = Path(path)
     if path.is_dir():
         path = path / "translations.jsonl"
-    return pd.read_json(path, lines=True)
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    for i, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {i}: not valid JSON ({exc.msg}): truncated or edited by hand") from exc
+        if not isinstance(row, dict) or not all(k in row for k in TRANSLATION_KEYS):
+            raise DataError(f"{path}, line {i}: expected an object with keys {', '.join(TRANSLATION_KEYS)}")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(TRANSLATION_KEYS) if not rows else None)
 
 
-def load_runs(root="runs", include_unscored: bool = False):
-    """Finished runs as a DataFrame, one row per run and scored split (failed and running runs excluded).
+def _record(path: Path, name: str, kind=dict, required: bool = False):
+    """One JSON file of a run, checked to be a ``kind`` (DataError naming the file otherwise)."""
+    value = read_json(path / name)
+    if value is None and not required:
+        return kind()
+    if not isinstance(value, kind):
+        raise DataError(f"{path / name}: expected a JSON {'object' if kind is dict else kind.__name__}, "
+                        f"got {type(value).__name__}")
+    return value
 
-    Columns: run_id, stage, name, split, model, the metrics, seconds, peak_mem_gb, started, path.
-    Runs without scores (training runs) are included, with ``split`` empty, only when ``include_unscored``.
+
+def _read_run(path: Path, build_id: str | None = None, check_translations: bool = True):
+    """``(config, status, timings, metrics)`` of a finished run, None for a run to leave out silently (not
+    finished, another build); DataError naming the damaged file."""
+    status = _record(path, "status.json")
+    if status.get("status") != "finished":
+        return None
+    config = _record(path, "config.json", required=True)
+    if build_id is not None and config.get("build_id") != build_id:
+        return None
+    timings = _record(path, "timings.json")
+    metrics = _record(path, "metrics.json")
+    for split, scores in metrics.items():
+        if not isinstance(scores, dict):
+            raise DataError(f"{path / 'metrics.json'}: the scores of split {split!r} are not an object")
+    if metrics and check_translations and (path / "translations.jsonl").exists():
+        n = len(read_translations(path))
+        expected = {s.get("n") for s in metrics.values()} - {None}
+        if expected and n not in expected:
+            raise DataError(f"{path / 'translations.jsonl'} holds {n} translations, metrics.json scored "
+                            f"{', '.join(map(str, sorted(expected)))}: truncated")
+    return config, status, timings, metrics
+
+
+def _run_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def damaged_records(root="runs", build_id: str | None = None):
+    """The run records under ``root`` that cannot be read: a DataFrame (run_id, problem), one row per run.
+
+    With ``build_id``, runs whose config names another build are not checked (a run whose config.json
+    itself is damaged cannot say which build it belongs to, so it is listed).
     """
     import pandas as pd
     rows = []
-    root = Path(root)
-    for path in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        status = read_json(path / "status.json") or {}
-        if status.get("status") != "finished":
+    for path in _run_folders(Path(root)):
+        try:
+            _read_run(path, build_id)
+        except DataError as exc:
+            rows.append({"run_id": path.name, "problem": str(exc)})
+    return pd.DataFrame(rows, columns=["run_id", "problem"])
+
+
+def load_runs(root="runs", include_unscored: bool = False, build_id: str | None = None):
+    """Finished runs as a DataFrame, one row per run and scored split (failed and running runs excluded).
+
+    Columns: run_id, stage, name, split, model, build_id, the metrics, seconds, peak_mem_gb, started, path.
+    Runs without scores (training runs) are included, with ``split`` empty, only when ``include_unscored``.
+    ``build_id``: only the runs of that build (their config.json names it). A damaged record (truncated
+    JSON, translations cut short) leaves its run out with a :class:`DamagedRecordWarning` naming the file;
+    :func:`damaged_records` lists them.
+    """
+    import pandas as pd
+    rows = []
+    for path in _run_folders(Path(root)):
+        try:
+            record = _read_run(path, build_id)
+        except DataError as exc:
+            warnings.warn(f"skipping damaged run record: {exc}", DamagedRecordWarning, stacklevel=2)
             continue
-        config = read_json(path / "config.json") or {}
-        timings = read_json(path / "timings.json") or {}
-        metrics = read_json(path / "metrics.json") or {}
+        if record is None:
+            continue
+        config, status, timings, metrics = record
         base = {"run_id": path.name, "stage": config.get("stage"), "name": config.get("name"),
-                "model": config.get("model"), "seconds": timings.get("total"),
+                "model": config.get("model"), "build_id": config.get("build_id"), "seconds": timings.get("total"),
                 "peak_mem_gb": timings.get("peak_mem_gb"), "started": status.get("started"), "path": str(path)}
         if not metrics and include_unscored:
             rows.append({**base, "split": None})
@@ -303,8 +391,8 @@ def load_runs(root="runs", include_unscored: bool = False):
             row = {**base, "split": split}
             row.update({k: v for k, v in scores.items() if not isinstance(v, (dict, list))})
             rows.append(row)
-    columns = ["run_id", "stage", "name", "split", "model", *METRIC_COLUMNS, "seconds", "peak_mem_gb", "started",
-               "path"]
+    columns = ["run_id", "stage", "name", "split", "model", "build_id", *METRIC_COLUMNS, "seconds", "peak_mem_gb",
+               "started", "path"]
     df = pd.DataFrame(rows)
     for c in columns:
         if c not in df:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from .errors import ConfigError, DataError
@@ -141,15 +144,69 @@ def build_tiny_model(out_dir, texts=None, seed: int = 0, **config) -> Path:
         raise ConfigError(f"hidden_size ({cfg['hidden_size']}) must be divisible by num_attention_heads "
                           f"({cfg['num_attention_heads']})")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(out)
     tokenizer = build_tokenizer(texts, vocab_size=cfg.pop("vocab_size"))
     model_cfg = LlamaConfig(vocab_size=len(tokenizer), **cfg, **_token_ids(tokenizer))
     torch.manual_seed(seed)
     model = LlamaForCausalLM(model_cfg).eval()
     model.generation_config = _generation_config(tokenizer)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with _complete_folder(out) as tmp:  # written aside, renamed into place once every file is there
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out
+
+
+MANIFEST = "mtlib_tiny.json"  # written last: every file of the model folder with its size
+
+
+def is_complete(out_dir) -> bool:
+    """Whether ``out_dir`` holds a whole model folder written by :func:`build_tiny_model` (every file its
+    manifest lists, at its recorded size); False for a folder left half-written by an interrupted save."""
+    out = Path(out_dir)
+    try:
+        files = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["files"]
+        return bool(files) and all((out / name).is_file() and (out / name).stat().st_size == size
+                                   for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace a non-empty folder that is not a model folder (a mistyped path must not lose files)."""
+    if out.is_dir() and any(out.iterdir()) and not any((out / n).exists() for n in (MANIFEST, "config.json",
+                                                                                     "tokenizer.json")):
+        raise ConfigError(f"{out} exists and holds other files; give the tiny model an empty or new folder")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; give the tiny model a folder")
+
+
+class _complete_folder:
+    """``with _complete_folder(out) as tmp``: fill ``tmp``; on success a manifest is added and ``tmp`` replaces
+    ``out`` (an older or half-written ``out`` is removed); on failure ``tmp`` is removed and ``out`` untouched."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        files = {p.name: p.stat().st_size for p in sorted(self.tmp.iterdir()) if p.is_file()}
+        (self.tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
 
 
 def twin_config(model: str = "meta-llama/Llama-3.2-3B-Instruct", tokenizer=None):

@@ -7,11 +7,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .data import pair_columns
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, MtlibError, TrainingError
 from .profiles import LOSS_TYPES, SCHEDULERS
 from .prompts import template_date
 from .modeling import TrainedModel, _cuda, add_lora, backend_of, base_name_of, save_adapter, trainable_summary
@@ -252,6 +253,10 @@ def build_sft_trainer(model, tokenizer, train_split, params: SFTParams | None = 
         evals = sft_dataset(eval_split, src_lang, tgt_lang) if eval_split is not None else None
         trainer = SFTTrainer(model=model, processing_class=tokenizer, args=args, train_dataset=train,
                              eval_dataset=evals, callbacks=callbacks)
+    if trainer.train_dataset is not None and len(trainer.train_dataset) == 0:
+        raise ConfigError(f"max_seq_length={params.max_seq_length} tokens cuts every one of the {len(train_split)} "
+                          f"training examples before its translation, so none is left to learn from; raise "
+                          f"max_seq_length (the chat prompt alone takes about 100 tokens)")
     return trainer
 
 
@@ -298,6 +303,25 @@ def build_grpo_trainer(model, tokenizer, train_split, params: GRPOParams | None 
                        processing_class=tokenizer, callbacks=callbacks)
 
 
+def _terminal_progress(trainer) -> None:
+    """In a book build (``MTLIB_TERMINAL_PROGRESS``, set by :mod:`mtlib.book`): a text progress bar on stderr,
+    with the latest loss/reward, which the runner shows on the terminal and strips from the notebook, instead
+    of the HTML progress table that transformers puts into a notebook (and so into the published chapter)."""
+    from transformers.trainer_callback import ProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            shown = {k: f"{v:.4g}" for k, v in (logs or {}).items()
+                     if k in ("loss", "reward", "grad_norm") and isinstance(v, (int, float))}
+            if self.training_bar is not None and shown:
+                self.training_bar.set_postfix(shown, refresh=False)
+
+    trainer.remove_callback(NotebookProgressCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(BarOnly)
+
+
 # -- runs -----------------------------------------------------------------------------------------------
 
 def _find_resumable(runs_root, stage) -> Path | None:
@@ -306,7 +330,10 @@ def _find_resumable(runs_root, stage) -> Path | None:
     if not root.is_dir():
         return None
     for path in sorted((p for p in root.iterdir() if p.is_dir() and f"-{stage}-" in p.name), reverse=True):
-        status = (read_json(path / "status.json") or {}).get("status")
+        try:
+            status = (read_json(path / "status.json") or {}).get("status")
+        except MtlibError:  # a damaged record: not a run to continue
+            continue
         if status != "finished" and list((path / "checkpoints").glob("checkpoint-*")):
             return path
     return None
@@ -341,6 +368,8 @@ def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config
     try:
         trainer = build(output_dir, [NaNGuard(), *(callbacks or [])])
         run.write_json("trainer.json", trainer_record(trainer))
+        if os.environ.get("MTLIB_TERMINAL_PROGRESS"):
+            _terminal_progress(trainer)
         run.write_json("trainable.json", trainable_summary(trainer.model))
         checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
         with run.timer("train"):

@@ -47,6 +47,7 @@ dataset_revision = None            # Hub dataset commit/tag to pin (None: newest
 src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
 runs_root = None                   # where run records (config, scores, translations, adapter) go (None: Google Drive if mounted, else ./runs)
+build_id = None                    # the build these runs belong to (set by the book runner; None: no build)
 seed = 3407                        # seed for the data sample, LoRA initialisation and training
 max_seq_length = 512               # longest training example, in tokens
 load_in_4bit = True                # QLoRA: base weights in 4 bits (CUDA only)

@@ -47,6 +47,7 @@ dataset_revision = None            # Hub dataset commit/tag to pin (None: newest
 src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
 runs_root = None                   # where run records go; the SFT adapter is looked up here (None: Google Drive if mounted, else ./runs)
+build_id = None                    # this build: only its SFT adapter is continued (None: any run in runs_root)
 from_sft = True                    # continue the newest SFT adapter in runs_root (trained here first if none)
 sft_steps = 200                    # SFT steps when no SFT adapter is found (the seed recipe's 200)
 seed = 3407                        # seed for the data sample, LoRA initialisation and training
@@ -137,7 +138,7 @@ params = chapter.header("04_grpo", globals())
 pairs, splits = chapter.chapter_pairs(params)
 model_path = chapter.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
 
-sft_run = chapter.latest_run(runs_root, "sft") if from_sft else None
+sft_run = chapter.latest_run(runs_root, "sft", build_id=build_id) if from_sft else None
 if from_sft and sft_run is None:
     display(chapter.box("No SFT adapter found: training one first", f"No finished SFT run is in {runs_root!r} (chapter 3 "
                         f"was not run here, or its runs folder is elsewhere). This chapter first trains the SFT "
@@ -245,7 +246,7 @@ scores = chapter.scores_frame({"grpo": after})
 scores.round(2)
 
 # %%
-earlier = chapter.latest_scores(runs_root, stages=("base", "sft"))
+earlier = chapter.latest_scores(runs_root, stages=("base", "sft"), build_id=build_id)
 pd.concat([earlier, scores]).round(2) if earlier is not None else scores.round(2)
 
 # %% [markdown]

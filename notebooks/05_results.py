@@ -41,19 +41,20 @@ if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.envir
 # %% tags=["parameters"]
 profile = None                     # name of the profile the runner used (display only)
 runs_root = None                   # the runs folder of this build (None: Google Drive if mounted, else ./runs)
+build_id = None                    # read only this build's runs (set by the book runner; None: every run)
 n_bootstrap = 1000                 # paired-bootstrap resamples per comparison
 n_examples = 5                     # translations to show side by side
 
 # %%
-import pandas as pd
 from IPython.display import Markdown, display
 
 from mtlib import chapter, plots, results
 
 params = chapter.header("05_results", globals())
-runs = results.load_runs(runs_root)
+runs = results.load_runs(runs_root, build_id=build_id)
 if runs.empty:
-    raise RuntimeError(f"no finished runs under {runs_root!r}: run chapters 3 and 4 first")
+    raise RuntimeError(f"no finished runs under {runs_root!r}" + (f" for build {build_id}" if build_id else "")
+                       + ": run chapters 3 and 4 first")
 if chapter.runs_are_smoke(runs):
     display(chapter.notice({"model": chapter.TINY_MODEL}))
 
@@ -64,7 +65,7 @@ if chapter.runs_are_smoke(runs):
 # TER: lower is better.
 
 # %%
-scores = chapter.latest_scores(runs_root)
+scores = chapter.latest_scores(runs_root, build_id=build_id)
 scores.round(2)
 
 # %%
@@ -103,16 +104,26 @@ chapter.stored_side_by_side(runs, split="test", n=n_examples)
 # %% [markdown]
 # ## What each stage cost
 #
-# Wall-clock time and peak memory (GPU memory on CUDA, resident memory on CPU) of every run: the
-# training runs of SFT and GRPO, and the evaluations (translating and scoring one test set each).
+# Wall-clock time and peak memory (GPU memory on CUDA, resident memory on CPU) of the runs behind the
+# tables above: the training runs of SFT and GRPO, and the evaluations (translating and scoring one test
+# set each). A chapter executed again within the same build replaces its earlier runs, which are not counted.
 
 # %%
-all_runs = results.load_runs(runs_root, include_unscored=True)
-all_runs["kind"] = all_runs["split"].map(lambda s: "training" if s is None or pd.isna(s) else f"evaluation: {s}")
-cost = all_runs[["stage", "kind", "seconds", "peak_mem_gb"]].rename(columns={"peak_mem_gb": "peak memory (GB)"})
-cost.set_index(["stage", "kind"]).round(2)
+cost, per_stage, superseded = chapter.run_costs(runs_root, build_id=build_id)
+if superseded:
+    display(Markdown(f"{superseded} earlier run(s) of this build, replaced by a later execution of their chapter, "
+                     "are not counted."))
+cost.round(2)
 
 # %%
-per_stage = cost.groupby("stage", sort=False).agg(runs=("seconds", "size"), seconds=("seconds", "sum"),
-                                                  peak_gb=("peak memory (GB)", "max"))
 per_stage.round(2)
+
+# %% [markdown]
+# ## Damaged run records
+#
+# A run record that cannot be read (a file cut short by a crash or a full disk, or edited by hand) is
+# left out of every table above, with a warning naming the file. They are listed here.
+
+# %%
+damaged = results.damaged_records(runs_root, build_id=build_id)
+damaged if len(damaged) else Markdown("None: every run record of this build was read.")

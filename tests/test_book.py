@@ -1,9 +1,13 @@
-"""The book runner: a failing cell names chapter and cell; the smoke book builds, renders and leaks no token."""
+"""The book runner: a failing cell names chapter and cell; builds have an identity and never mix; one build per
+folder; progress on the terminal; Ctrl-C; the smoke book builds, renders and leaks no token."""
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -38,8 +42,10 @@ def test_failing_chapter_names_chapter_and_cell_and_keeps_partial_notebook(tmp_p
     rc = book.main(["--profile", "smoke", "--out", str(out), "--no-html", "--notebooks", str(tmp_path / "notebooks")])
     assert rc != 0
     err = capsys.readouterr().err
-    partial = out / "book" / "executed" / "09_broken.ipynb"
+    partial = out / "failed" / "09_broken.ipynb"
     assert partial.exists(), "the partially executed notebook must stay on disk"
+    assert not (out / "book" / "executed" / "09_broken.ipynb").exists(), "executed/ holds whole chapters only"
+    assert json.loads((out / "build.json").read_text())["chapters"]["09_broken"]["status"] == "failed"
     nb = nbformat.read(partial, as_version=4)
     failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
               and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
@@ -72,6 +78,195 @@ def test_launch_links_point_at_source_notebooks():
     assert context["header_buttons"][0]["buttons"][0]["url"] == chapter.colab_link("03_sft")
 
 
+def quick_chapter(folder: Path, name: str = "09_quick", cells=("print('hello')",)) -> Path:
+    """A small chapter (parameters cell + ``cells``) that runs in a second: for the runner's own behaviour."""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    params = nbformat.v4.new_code_cell("profile = None")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), params, *map(nbformat.v4.new_code_cell, cells)]
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / f"{name}.ipynb")
+    return folder
+
+
+def run_book(*args) -> tuple[int, str, str]:
+    """``python -m mtlib.book ARGS`` in a subprocess (as a user runs it): return code, stdout, stderr."""
+    proc = subprocess.run([sys.executable, "-m", "mtlib.book", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=chapter.REPO_ROOT)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def build_record(out: Path) -> dict:
+    return json.loads((out / "build.json").read_text())
+
+
+def test_build_has_an_identity_and_a_rebuild_must_say_resume_or_clean(tmp_path, capsys):
+    notebooks, out = quick_chapter(tmp_path / "nb"), tmp_path / "out"
+    args = ["--out", str(out), "--no-html", "--notebooks", str(notebooks)]
+    assert book.main(args + ["--resume"]) == 1 and "holds no build to continue" in capsys.readouterr().err
+    assert book.main(args) == 0
+    first = build_record(out)
+    assert first["build_id"].split("-")[1] == "smoke" and (first["profile"], first["model"], first["dataset"]) == \
+        ("smoke", "tiny", "multi30k")
+    assert first["started"] and first["status"] == "finished" and first["chapters"]["09_quick"]["status"] == "executed"
+    capsys.readouterr()
+
+    assert book.main(args) == 1  # the same command again: refused, never mixed
+    err = capsys.readouterr().err
+    assert f"already holds build {first['build_id']}" in err and "--resume" in err and "--clean" in err
+
+    assert book.main(args + ["--resume"]) == 0  # continues: same build, nothing left to execute
+    assert build_record(out)["build_id"] == first["build_id"] and "every chapter of build" in capsys.readouterr().out
+    assert book.main(args + ["--only", "09_quick"]) == 0  # re-executes one chapter within the build
+    assert build_record(out)["chapters"]["09_quick"]["executions"] == 2
+
+    assert book.main(args + ["--clean"]) == 0  # moves the old build aside, starts a new one
+    second = build_record(out)
+    old = tmp_path / f"out.old-{first['build_id']}"
+    assert second["build_id"] != first["build_id"] and build_record(old)["build_id"] == first["build_id"]
+    assert (old / "book" / "executed" / "09_quick.ipynb").exists() and f"aside to {old}" in capsys.readouterr().out
+    assert book.main(args + ["--resume", "--clean"]) == 1 and "one of them" in capsys.readouterr().err
+
+
+def test_only_into_a_build_of_another_profile_is_refused(tmp_path, capsys):
+    """--only 04_grpo must never continue another build's SFT adapter, of another model perhaps."""
+    notebooks, out = quick_chapter(tmp_path / "nb"), tmp_path / "out"
+    other = tmp_path / "other.yaml"
+    other.write_text((book.profiles.PROFILE_DIR / "smoke.yaml").read_text().replace("model: tiny", "model: gpt2"))
+    assert book.main(["--out", str(out), "--no-html", "--notebooks", str(notebooks)]) == 0
+    capsys.readouterr()
+    assert book.main(["--profile", str(other), "--out", str(out), "--no-html", "--notebooks", str(notebooks),
+                      "--only", "09_quick"]) == 1
+    err = capsys.readouterr().err
+    assert "profile is 'smoke', not 'other'" in err and "model is 'tiny', not 'gpt2'" in err and "--clean" in err
+    assert book.main(["--out", str(out), "--notebooks", str(notebooks), "--only", "09_nope"]) == 1
+    assert "unknown chapters 09_nope" in capsys.readouterr().err
+
+
+def test_one_build_at_a_time_per_folder(tmp_path, capsys):
+    notebooks, out = quick_chapter(tmp_path / "nb"), tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from mtlib.book import BuildLock; lock = BuildLock(Path(sys.argv[1])).__enter__(); "
+                               "print('locked', flush=True); time.sleep(120)", str(out)],
+                              stdout=subprocess.PIPE, text=True, cwd=chapter.REPO_ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert book.main(["--out", str(out), "--no-html", "--notebooks", str(notebooks)]) == 1
+        err = capsys.readouterr().err
+        assert f"another build is writing to {out} (pid {holder.pid}" in err
+        assert not (out / "build.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert book.main(["--out", str(out), "--no-html", "--notebooks", str(notebooks)]) == 0  # the lock died with it
+
+
+def _out_cases(tmp_path):
+    repo = chapter.REPO_ROOT
+    (tmp_path / "file.txt").write_text("not a folder")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    return [(".", "repository's root"), (str(repo), "repository's root"), (str(repo.parent), "holds the repository"),
+            (str(repo / "notebooks" / "out"), "inside the repository's notebooks/ folder"),
+            (str(repo / "mtlib"), "inside the repository's mtlib/ folder"),
+            (str(tmp_path / "file.txt"), "is a file"), (str(tmp_path / "file.txt" / "sub"), "is a file"),
+            ("/proc/mtlib-book-out", "/proc"), (str(tmp_path / "mine"), "holds other files (thesis.tex)")]
+
+
+def test_out_that_cannot_take_a_build_is_refused_up_front(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(chapter.REPO_ROOT)  # so that --out . is the repository
+    before = sorted(p.name for p in chapter.REPO_ROOT.iterdir())
+    for out, message in _out_cases(tmp_path):
+        assert book.main(["--out", out, "--no-html"]) == 1, out
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (out, err)
+    assert sorted(p.name for p in chapter.REPO_ROOT.iterdir()) == before, "nothing may land in the repository"
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
+    monkeypatch.setattr(book.os, "access", lambda path, mode: False)  # what a user without write access sees
+    assert book.main(["--out", str(tmp_path / "new"), "--no-html"]) == 1
+    assert f"{tmp_path} is not writable by this user" in capsys.readouterr().err
+
+
+def test_earlier_output_without_identity_or_damaged_build_json_needs_clean(tmp_path, capsys):
+    notebooks, out = quick_chapter(tmp_path / "nb"), tmp_path / "out"
+    args = ["--out", str(out), "--no-html", "--notebooks", str(notebooks)]
+    (out / "runs" / "20250101T000000Z-base-1").mkdir(parents=True)  # a build from before build.json
+    assert book.main(args) == 1 and "without build.json (runs); pass --clean" in capsys.readouterr().err
+    assert book.main(args + ["--resume"]) == 1
+    assert book.main(args + ["--clean"]) == 0
+    (out / "build.json").write_text('{"build_id": "x", "chap')  # cut short
+    assert book.main(args + ["--resume"]) == 1 and "build.json is damaged" in capsys.readouterr().err
+    assert book.main(args + ["--clean"]) == 0 and build_record(out)["status"] == "finished"
+    assert len(list(tmp_path.glob("out.old-*"))) == 2
+
+
+def test_progress_reaches_the_terminal_not_the_notebook_and_no_kernel_noise(tmp_path):
+    notebooks = quick_chapter(tmp_path / "nb", "09_bars", cells=(
+        "import sys\nprint('a real warning', file=sys.stderr)",
+        "from tqdm.auto import tqdm\nfor _ in tqdm(range(50), desc='work'):\n    pass",
+        "print('done')"))
+    out = tmp_path / "out"
+    rc, stdout, stderr = run_book("--out", out, "--no-html", "--notebooks", notebooks)
+    assert rc == 0, stderr
+    assert "[book] 09_bars (1/1): executing with profile smoke" in stdout
+    assert re.search(r"^\[book\] 09_bars cell 4/5 \d+s: from tqdm.auto import tqdm$", stdout, re.M), stdout
+    assert re.search(r"^\[book\] 09_bars cell 4/5 \d+s work: 100%\|.*50/50", stdout, re.M), stdout
+    both = stdout + stderr
+    for noise in ("IPKernelApp", "without encryption", "Traceback", "a real warning", "WARNING"):
+        assert noise not in both, noise
+    nb = nbformat.read(out / "book" / "executed" / "09_bars.ipynb", as_version=4)
+    outputs = json.dumps([c.get("outputs", []) for c in nb.cells])
+    assert "a real warning" in outputs and "100%|" not in outputs and "work:" not in outputs
+    assert (out / "kernels.log").exists() and not (out / "running").exists()
+
+
+def test_ctrl_c_ends_with_one_line_saying_what_was_kept(tmp_path):
+    """Ctrl-C interrupts the running cell (its run record is marked failed), keeps the partial notebook, prints one
+    line, no traceback; --resume then executes the chapter again in the same build."""
+    runs = tmp_path / "out" / "runs"
+    slow = ("import os, time\nfrom mtlib.results import Run\n"
+            "run = Run.create('base', {}, root=os.environ['MTLIB_TEST_RUNS'])\n"
+            "try:\n    for _ in range(600 if os.environ.get('MTLIB_TEST_SLOW') else 1):\n        time.sleep(0.1)\n"
+            "except BaseException as exc:\n    run.fail(exc)\n    raise\nrun.finish()")
+    notebooks = quick_chapter(tmp_path / "nb", "09_slow", cells=("print('before')", slow, "print('after')"))
+    out = tmp_path / "out"
+    env = {**os.environ, "MTLIB_TEST_RUNS": str(runs), "MTLIB_TEST_SLOW": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mtlib.book", "--out", str(out), "--no-html", "--notebooks",
+                             str(notebooks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=chapter.REPO_ROOT)
+    seen = ""
+    while "cell 4/5" not in seen:
+        line = proc.stdout.readline()
+        assert line, f"the runner ended early: {seen}{proc.stderr.read()}"
+        seen += line
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    record = build_record(out)
+    kept = out / "failed" / "09_slow.ipynb"
+    assert lines[0].startswith("[book] interrupted in 09_slow, cell 4/5, ")
+    assert f"kept build {record['build_id']} in {out}" in lines[0] and str(kept) in lines[0] and "--resume" in lines[0]
+    assert "Traceback" not in seen + stdout and kept.exists()
+    assert not (out / "book" / "executed" / "09_slow.ipynb").exists()
+    assert record["status"] == "interrupted" and record["chapters"]["09_slow"]["status"] == "interrupted"
+    (status,) = [json.loads(p.read_text()) for p in runs.glob("*/status.json")]
+    assert status["status"] == "failed" and "KeyboardInterrupt" in status["error"]
+
+    env.pop("MTLIB_TEST_SLOW")
+    resumed = subprocess.run([sys.executable, "-m", "mtlib.book", "--out", str(out), "--no-html", "--notebooks",
+                              str(notebooks), "--resume"], capture_output=True, text=True, env=env,
+                             cwd=chapter.REPO_ROOT, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    after = build_record(out)
+    assert after["build_id"] == record["build_id"] and after["chapters"]["09_slow"]["status"] == "executed"
+    assert (out / "book" / "executed" / "09_slow.ipynb").exists() and not kept.exists()
+
+
 def chromium() -> str:
     """The Chromium binary. Without one the browser checks are skipped with the reason, except where
     MTLIB_REQUIRE_BROWSER=1 (.ci/run sets it) makes a missing browser a failure."""
@@ -93,7 +288,22 @@ def smoke_book(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "mtlib.book", "--profile", "smoke", "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=1500, cwd=chapter.REPO_ROOT)
     assert proc.returncode == 0, f"smoke build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    (out.parent / "runner.stdout").write_text(proc.stdout)
+    (out.parent / "runner.stderr").write_text(proc.stderr)
     return out
+
+
+def copy_of(build: Path, dest: Path) -> Path:
+    """A copy of a build folder, for the tests that build into it again (the module's smoke book stays as it is)."""
+    shutil.copytree(build, dest, symlinks=True, ignore=shutil.ignore_patterns("screenshots", "_build"))
+    return dest
+
+
+def cell_text(notebook: Path, source_start: str) -> str:
+    """The text/plain output of the code cell whose source starts with ``source_start``."""
+    nb = nbformat.read(notebook, as_version=4)
+    (cell,) = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(source_start)]
+    return "".join("".join(o.get("data", {}).get("text/plain", "")) for o in cell.outputs)
 
 
 @pytest.mark.slow
@@ -109,6 +319,95 @@ def test_smoke_book_has_every_chapter_executed_and_runs(smoke_book):
     assert (html / "index.html").exists() and (html / "intro.html").exists()
     stages = {p.name.split("-")[1] for p in (smoke_book / "runs").iterdir() if p.is_dir()}
     assert {"base", "sft", "grpo"} <= stages
+    record = build_record(smoke_book)
+    assert record["status"] == "finished" and set(record["chapters"]) == set(book.profiles.CHAPTERS)
+    configs = [json.loads(p.read_text()) for p in (smoke_book / "runs").glob("*/config.json")]
+    assert configs and {c["build_id"] for c in configs} == {record["build_id"]}, "every run names its build"
+    assert not (smoke_book / "running").exists() and not (smoke_book / "failed").exists()
+    assert "None: every run record of this build was read." in json.dumps(
+        nbformat.read(smoke_book / "book" / "executed" / "05_results.ipynb", as_version=4).cells[-1].outputs)
+
+
+@pytest.mark.slow
+def test_smoke_build_shows_progress_on_the_terminal_without_noise(smoke_book):
+    stdout = (smoke_book.parent / "runner.stdout").read_text()
+    stderr = (smoke_book.parent / "runner.stderr").read_text()
+    assert re.search(r"^\[book\] 03_sft cell \d+/\d+ \d+s: sft_params = chapter.sft_params", stdout, re.M)
+    assert re.search(r"^\[book\] 03_sft cell \d+/\d+ \d+s 100%\|.*it.*loss=", stdout, re.M), "the SFT bar"
+    assert re.search(r"^\[book\] 04_grpo cell \d+/\d+ \d+s 100%\|.*reward=", stdout, re.M), "the GRPO bar"
+    assert re.search(r"^\[book\] 03_sft cell \d+/\d+ \d+s translate: 100%\|", stdout, re.M)
+    for noise in ("IPKernelApp", "without encryption", "Traceback", "WARNING"):
+        assert noise not in stdout + stderr, noise
+    for notebook in (smoke_book / "book" / "executed").glob("*.ipynb"):
+        text = json.dumps([c.get("outputs", []) for c in nbformat.read(notebook, as_version=4).cells])
+        assert "100%|" not in text and "<progress" not in text, f"{notebook.name}: a progress bar was published"
+
+
+@pytest.mark.slow
+def test_rebuild_into_the_same_folder_keeps_chapter_5s_numbers(smoke_book, tmp_path):
+    """Building again into a build folder never mixes two builds' runs: a plain rebuild is refused; re-executing
+    chapters in the build (then rendering with the chapters already there) counts each run behind chapter 5's
+    tables once; --clean starts a build whose chapter 5 sees only its own runs."""
+    out = copy_of(smoke_book, tmp_path / "build")
+    first = build_record(out)
+    assert run_book("--out", out)[0] == 1  # refused before anything runs
+
+    rc, stdout, stderr = run_book("--out", out, "--only", "03_sft,05_results")  # HTML on: renders all six
+    assert rc == 0, stderr[-3000:]
+    assert f"continuing build {first['build_id']}" in stdout
+    html = out / "book" / "_build" / "html" / "executed"
+    assert sorted(p.stem for p in html.glob("0*.html")) == list(book.profiles.CHAPTERS)
+    record = build_record(out)
+    assert record["build_id"] == first["build_id"] and record["chapters"]["03_sft"]["executions"] == 2
+    per_run, per_stage, superseded = chapter.run_costs(out / "runs", build_id=first["build_id"])
+    assert per_stage["runs"].to_dict() == {"base": 4, "sft": 5, "grpo": 5} and superseded == 9
+    table = cell_text(out / "book" / "executed" / "05_results.ipynb", "per_stage")
+    assert re.search(r"^base\s+4\s", table, re.M) and re.search(r"^sft\s+5\s", table, re.M), table
+    newest_sft = chapter.latest_run(out / "runs", "sft", build_id=first["build_id"])
+    assert newest_sft["run_id"] in set(per_run["run_id"])
+
+    rc, stdout, stderr = run_book("--out", out, "--clean", "--only", "03_sft,05_results", "--no-html")
+    assert rc == 0, stderr[-3000:]
+    second = build_record(out)
+    assert second["build_id"] != first["build_id"] and (tmp_path / f"build.old-{first['build_id']}").is_dir()
+    configs = [json.loads(p.read_text()) for p in (out / "runs").glob("*/config.json")]
+    assert {c["build_id"] for c in configs} == {second["build_id"]}
+    table = cell_text(out / "book" / "executed" / "05_results.ipynb", "per_stage")
+    assert re.search(r"^base\s+4\s", table, re.M) and re.search(r"^sft\s+5\s", table, re.M), table
+    assert "grpo" not in table
+
+
+@pytest.mark.slow
+def test_damaged_run_records_are_skipped_with_a_warning_and_listed_in_chapter_5(smoke_book, tmp_path):
+    out = copy_of(smoke_book, tmp_path / "build")
+    runs = sorted((out / "runs").iterdir())
+    base_eval = next(p for p in runs if "-base-" in p.name)
+    sft_train = next(p for p in runs if "-sft-" in p.name and (p / "adapter").is_dir())
+    (base_eval / "metrics.json").write_text('{"test": {"bleu": 1')  # cut short
+    (sft_train / "config.json").write_text('{"stage": "sft", "na')
+    rc, stdout, stderr = run_book("--out", out, "--only", "04_grpo,05_results", "--no-html")
+    assert rc == 0, stderr[-3000:]
+    grpo = json.dumps([c.get("outputs", []) for c in
+                       nbformat.read(out / "book" / "executed" / "04_grpo.ipynb", as_version=4).cells])
+    assert f"skipping damaged run record: {sft_train / 'config.json'} is not valid JSON" in grpo
+    assert "No finished SFT run was found" in grpo  # the damaged SFT run is not continued
+    damaged = cell_text(out / "book" / "executed" / "05_results.ipynb", "damaged = ")
+    assert base_eval.name in damaged and sft_train.name in damaged
+    assert re.search(r"^base\s+3\s", cell_text(out / "book" / "executed" / "05_results.ipynb", "per_stage"), re.M)
+
+
+@pytest.mark.slow
+def test_render_only_renders_the_chapters_executed_so_far(tmp_path):
+    out = tmp_path / "build"
+    rc, stdout, stderr = run_book("--out", out, "--only", "01_data,02_metrics", "--no-html")
+    assert rc == 0, stderr[-3000:]
+    rc, stdout, stderr = run_book("--out", out, "--render-only")
+    assert rc == 0, stderr[-3000:]
+    assert "not executed in this build, so not in the book: 03_sft, 04_grpo, 05_results, 06_gpu_speed" in stdout
+    html = out / "book" / "_build" / "html"
+    assert (html / "index.html").exists() and (html / "executed" / "02_metrics.html").exists()
+    assert not (html / "executed" / "03_sft.html").exists()
+    assert build_record(out)["chapters"]["01_data"]["executions"] == 1  # nothing was executed again
 
 
 @pytest.mark.slow

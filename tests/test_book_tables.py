@@ -1,5 +1,6 @@
 """The results chapter's tables from stored runs: paired significance and translations side by side."""
 import pandas as pd
+import pytest
 
 from mtlib import chapter, metrics, results
 
@@ -50,3 +51,43 @@ def test_runs_are_smoke(tmp_path):
     assert not chapter.runs_are_smoke(runs.assign(model="meta-llama/Llama-3.2-3B-Instruct"))
     assert chapter.runs_are_smoke(runs.assign(model="tiny"))
     assert chapter.runs_are_smoke(runs.assign(model="/build/smoke/tiny-model"))
+
+
+def _build_runs(root, build_id, bleu_base=10.0):
+    """One build's runs: base evaluation, an SFT training run with an adapter, an SFT evaluation."""
+    base = results.Run.create("base", {"build_id": build_id}, root=root, name="base")
+    base.write_translations(pd.DataFrame({"source": SOURCES, "reference": REFS, "hypothesis": REFS}))
+    base.finish({"bleu": bleu_base, "n": len(REFS)}, split="test")
+    sft = results.Run.create("sft", {"build_id": build_id}, root=root, name="sft")
+    (sft.path / "adapter").mkdir()
+    (sft.path / "adapter" / "adapter_config.json").write_text("{}")
+    sft.finish()
+    ev = results.Run.create("sft", {"build_id": build_id}, root=root, name="sft")
+    ev.write_translations(pd.DataFrame({"source": SOURCES, "reference": REFS, "hypothesis": REFS}))
+    ev.finish({"bleu": bleu_base + 1, "n": len(REFS)}, split="test")
+    return sft
+
+
+def test_chapters_read_only_their_own_build(tmp_path):
+    """Two builds' runs in one folder: each build's tables, costs and SFT adapter are its own."""
+    sft_a = _build_runs(tmp_path, "build-a", 10.0)
+    sft_b = _build_runs(tmp_path, "build-b", 50.0)  # newer: without the filter it would win everywhere
+    assert chapter.latest_run(tmp_path, "sft", build_id="build-a")["run_id"] == sft_a.run_id
+    assert chapter.latest_run(tmp_path, "sft")["run_id"] == sft_b.run_id
+    assert chapter.latest_run(tmp_path, "sft", build_id="build-c") is None  # never another build's adapter
+    scores = chapter.latest_scores(tmp_path, build_id="build-a")
+    assert scores.loc[("base", "test"), "bleu"] == 10.0 and scores.loc[("sft", "test"), "bleu"] == 11.0
+    per_run, per_stage, superseded = chapter.run_costs(tmp_path, build_id="build-a")
+    assert per_stage["runs"].to_dict() == {"base": 1, "sft": 2} and superseded == 0
+    assert set(per_run["run_id"]) <= set(results.load_runs(tmp_path, True, build_id="build-a")["run_id"])
+
+
+def test_run_costs_count_the_runs_behind_the_tables_once(tmp_path):
+    """A chapter executed twice in one build: its earlier runs are superseded, not summed."""
+    _build_runs(tmp_path, "build-a")
+    _build_runs(tmp_path, "build-a")
+    per_run, per_stage, superseded = chapter.run_costs(tmp_path, build_id="build-a")
+    assert per_stage["runs"].to_dict() == {"base": 1, "sft": 2} and superseded == 3
+    assert list(per_stage.index) == ["base", "sft"]
+    newest = results.load_runs(tmp_path, True).sort_values("started").groupby(["stage", "split"], dropna=False).tail(1)
+    assert per_stage.loc["base", "seconds"] == pytest.approx(newest[newest.stage == "base"]["seconds"].sum())

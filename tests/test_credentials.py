@@ -56,7 +56,7 @@ def test_book_build_check_ignores_a_placeholder(tmp_path, monkeypatch):
     (tmp_path / "nb").mkdir()
     (tmp_path / "nb" / "01_data.ipynb").write_text("{}")
 
-    def execute(source, output, parameters, cwd):  # the chapter "ran": its output mentions none
+    def execute(source, output, parameters, cwd, **kw):  # the chapter "ran": its output mentions none
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text('{"cells": [], "metadata": {"note": "none"}}')
         return output
@@ -68,7 +68,7 @@ def test_book_build_check_ignores_a_placeholder(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", REAL_SHAPED)
     (out / "leak.txt").write_text(REAL_SHAPED)
     with pytest.raises(MtlibError, match="leak.txt") as caught:
-        book.build("smoke", tmp_path / "out", html=False, notebook_dir=tmp_path / "nb")
+        book.build("smoke", tmp_path / "out", html=False, notebook_dir=tmp_path / "nb", resume=True)
     assert REAL_SHAPED not in str(caught.value)
 
 

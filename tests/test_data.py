@@ -286,3 +286,56 @@ def test_length_histogram():
     assert [sum(h) for h in heights] == [2, 2]  # one bar per sentence, per language
     with pytest.raises(ConfigError, match="validation"):
         data.length_histogram(dsd, split="validation")
+
+
+# ------------------------------------------------------------------------------------------------ damaged files
+
+def test_corrupt_or_truncated_gzip_names_the_file(tmp_path):
+    raw_folder(tmp_path, PAIRS * 50, gz=True)
+    packed = (tmp_path / "train.en.gz").read_bytes()
+    (tmp_path / "train.en.gz").write_bytes(packed[:20] + bytes(b ^ 0xFF for b in packed[20:40]) + packed[40:])
+    with pytest.raises(DataError, match=r"corrupt or truncated gzip file .*train\.en\.gz"):
+        data.load_pairs(tmp_path)
+    (tmp_path / "train.en.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(DataError, match=r"corrupt or truncated gzip file .*train\.en\.gz"):
+        data.load_pairs(tmp_path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_utf8_byte_order_mark_is_not_part_of_the_first_sentence(tmp_path, gz):
+    raw_folder(tmp_path, PAIRS, gz=gz)
+    name = "train.en.gz" if gz else "train.en"
+    raw = gzip.decompress((tmp_path / name).read_bytes()) if gz else (tmp_path / name).read_bytes()
+    bom = b"\xef\xbb\xbf" + raw
+    (tmp_path / name).write_bytes(gzip.compress(bom) if gz else bom)
+    assert data.load_pairs(tmp_path)["train"]["en"][0] == PAIRS[0][0]
+
+
+def test_all_blank_split_is_an_error_naming_its_files(tmp_path):
+    raw_folder(tmp_path, [("", "x"), ("  ", "y")])
+    with pytest.raises(DataError, match=r"split 'train' has no sentence pairs: all 2 pairs have an empty side "
+                                        r"\(.*train\.en, .*train\.de\)"):
+        data.load_pairs(tmp_path)
+    raw_folder(tmp_path, [])
+    with pytest.raises(DataError, match=r"split 'train' has no sentence pairs: they hold no lines"):
+        data.load_pairs(tmp_path)
+
+
+def test_folder_without_test_files_names_the_missing_split_and_files(tmp_path):
+    from mtlib import chapter
+    raw_folder(tmp_path, PAIRS)  # train only
+    dsd = data.load_pairs(tmp_path)
+    assert list(dsd) == ["train"]  # a train-only corpus loads
+    with pytest.raises(DataError, match=rf"{tmp_path} has no 'test' split \(it has: train\).*test_2016_flickr"):
+        dsd["test"]
+    with pytest.raises(KeyError):  # still a KeyError for code that expects one
+        dsd["validation"]
+    with pytest.raises(DataError, match="has no 'test' split"):  # what chapters 3 and 4 call
+        chapter.chapter_pairs({"dataset": str(tmp_path), "src_lang": "en", "tgt_lang": "de", "seed": 0})
+
+
+def test_multi30k_dir_pointing_to_a_file_says_to_pass_the_folder(tmp_path, monkeypatch):
+    raw_folder(tmp_path, PAIRS, gz=True)
+    monkeypatch.setenv("MULTI30K_DIR", str(tmp_path / "train.en.gz"))
+    with pytest.raises(DataError, match=r"MULTI30K_DIR=.*train\.en\.gz is not a folder: point it at the folder"):
+        data.load_pairs(None)

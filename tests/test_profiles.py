@@ -122,3 +122,40 @@ def test_schema_choices_are_the_trainers():
     from mtlib import train
     assert profiles.SCHEMA["loss_type"].choices == train.LOSS_TYPES
     assert profiles.SCHEMA["lr_scheduler"].choices == train.SCHEDULERS
+
+
+def test_yaml_1_2_floats_such_as_1e_4_are_floats(tmp_path):
+    """``lr: 1e-4`` is how everyone writes a learning rate (and this module's docstring); YAML 1.1 reads a string."""
+    path = write(tmp_path, "lr: 1e-4\nweight_decay: 1E-2\n03_sft: {lr: 2e-4}\n04_grpo:\n  lr: +5e-6\n  beta: .5e-1\n"
+                           "  num_steps: 10\n", "floats.yaml")
+    prof = profiles.load_profile(path)
+    assert prof["parameters"]["lr"] == 1e-4 and prof["parameters"]["weight_decay"] == 0.01
+    assert profiles.chapter_parameters(prof, "03_sft")["lr"] == 2e-4
+    grpo = profiles.chapter_parameters(prof, "04_grpo")
+    assert (grpo["lr"], grpo["beta"], grpo["num_steps"]) == (5e-6, 0.05, 10) and isinstance(grpo["num_steps"], int)
+    import yaml
+    assert yaml.safe_load("lr: 1e-4") == {"lr": "1e-4"}  # PyYAML's own loader is left as it was
+    with pytest.raises(ConfigError, match="num_steps"):  # 1e3 is a float, not a step count
+        profiles.load_profile(write(tmp_path, "num_steps: 1e3\n", "steps.yaml"))
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("lr: 0.001\nbatch_size: 4\nlr: 0.002\n", "lr", (1, 3)),
+    ("03_sft:\n  num_steps: 5\n  warmup_steps: 1\n  num_steps: 50\n", "num_steps", (2, 4)),
+    ("03_sft:\n  lr: 0.001\n03_sft:\n  lr: 0.002\n", "03_sft", (1, 3)),
+])
+def test_duplicate_keys_are_refused_naming_key_and_lines(tmp_path, text, key, lines):
+    path = write(tmp_path, text, "dup.yaml")
+    with pytest.raises(ConfigError) as err:
+        profiles.load_profile(path)
+    msg = str(err.value)
+    assert f"duplicate key {key!r}" in msg and str(path) in msg
+    assert f"line {lines[0]}" in msg and f"line {lines[1]}" in msg
+
+
+def test_max_seq_length_below_the_working_minimum_is_refused(tmp_path):
+    path = write(tmp_path, "max_seq_length: 16\n", "short.yaml")
+    with pytest.raises(ConfigError, match=rf"max_seq_length.*>= {profiles.MIN_SEQ_LENGTH}.*chat prompt alone"):
+        profiles.load_profile(path)
+    ok = write(tmp_path, f"max_seq_length: {profiles.MIN_SEQ_LENGTH}\n", "ok.yaml")
+    assert profiles.load_profile(ok)["parameters"]["max_seq_length"] == profiles.MIN_SEQ_LENGTH

@@ -125,3 +125,49 @@ def test_config_is_scrubbed_of_tokens(tmp_path, monkeypatch):
 def test_bad_stage_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="stage"):
         Run.create("My Stage!", {}, root=tmp_path)
+
+
+def _scored_run(root, stage="base", build_id=None, n=3):
+    run = Run.create(stage, {"model": "tiny", "build_id": build_id}, root=root)
+    run.write_translations([{"source": f"s{i}", "reference": f"r{i}", "hypothesis": f"h{i}"} for i in range(n)])
+    run.finish({"bleu": 10.0, "n": n}, split="test")
+    return run
+
+
+def _cut(path, keep=None):
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2] if keep is None else keep)
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("config.json", _cut),                                              # truncated JSON
+    ("metrics.json", _cut),
+    ("status.json", _cut),
+    ("timings.json", _cut),
+    ("metrics.json", lambda p: _cut(p, "[]")),                          # valid JSON, wrong shape
+    ("metrics.json", lambda p: _cut(p, '{"test": null}')),
+    ("translations.jsonl", _cut),                                       # cut inside a line
+    ("translations.jsonl", lambda p: _cut(p, p.read_text().splitlines(keepends=True)[0])),  # cut at a line end
+])
+def test_damaged_record_is_skipped_with_a_warning_naming_the_file(tmp_path, name, damage):
+    from mtlib.errors import DataError
+    good = _scored_run(tmp_path, "base")
+    bad = _scored_run(tmp_path, "sft")
+    damage(bad.path / name)
+    with pytest.warns(results.DamagedRecordWarning, match=rf"{bad.path.name}.*{name}|{name}.*{bad.path.name}"):
+        df = load_runs(tmp_path, include_unscored=True)
+    assert list(df.run_id) == [good.run_id]
+    damaged = results.damaged_records(tmp_path)
+    assert list(damaged.run_id) == [bad.run_id] and name in damaged.problem[0]
+    if name == "translations.jsonl" and damage is _cut:  # cut inside a line: read_translations names it
+        with pytest.raises(DataError, match=rf"{name}, line \d+: not valid JSON"):
+            results.read_translations(bad.path)
+
+
+def test_load_runs_filters_by_build(tmp_path):
+    a, b = _scored_run(tmp_path, build_id="build-a"), _scored_run(tmp_path, build_id="build-b")
+    _scored_run(tmp_path)  # a run made outside any build
+    assert list(load_runs(tmp_path, build_id="build-a").run_id) == [a.run_id]
+    assert list(load_runs(tmp_path, build_id="build-b").build_id) == ["build-b"]
+    assert len(load_runs(tmp_path)) == 3
+    assert b.run_id in set(load_runs(tmp_path).run_id)

@@ -1,5 +1,6 @@
 """Tiny offline models: deterministic, Llama-3 chat format, loadable; shape twins have the real config."""
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,37 @@ def test_small_twin_with_weights_loads(tmp_path, monkeypatch):
 def test_unknown_twin_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="Llama-3.2-3B-Instruct"):
         build_shape_twin(tmp_path, model="meta-llama/Nope", save_weights=False)
+
+
+def test_half_written_tiny_model_is_detected_and_rebuilt(tmp_path, monkeypatch):
+    """The smoke build's tiny model is saved aside and renamed into place; a folder left half-written (by an
+    interrupted save of an earlier version, or damaged since) is not trusted but built again."""
+    from mtlib import chapter, tiny
+    texts = [f"a small text number {i} ." for i in range(200)]
+    runs_root = tmp_path / "build" / "runs"
+    model_dir = Path(chapter.resolve_model("tiny", runs_root, texts=texts))
+    assert tiny.is_complete(model_dir) and (model_dir / tiny.MANIFEST).exists()
+    digest = _digest(model_dir)
+
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as by a kill during save_pretrained
+    assert not tiny.is_complete(model_dir)
+    with pytest.warns(UserWarning, match="incomplete"):
+        assert Path(chapter.resolve_model("tiny", runs_root, texts=texts)) == model_dir
+    assert tiny.is_complete(model_dir) and _digest(model_dir) == digest
+
+    (model_dir / tiny.MANIFEST).unlink()  # a folder written by the old code: config.json but no manifest
+    assert not tiny.is_complete(model_dir)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the save is interrupted half-way
+    from transformers import PreTrainedTokenizerBase
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", killed)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt):
+        build_tiny_model(fresh, texts=texts)
+    assert not fresh.exists() and not list(tmp_path.glob(".fresh.*")), "nothing half-written is left behind"
+    with pytest.raises(ConfigError, match="holds other files"):
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "notes.txt").write_text("keep me")
+        build_tiny_model(tmp_path / "mine", texts=texts)

@@ -157,3 +157,15 @@ def test_grpo_rejects_frozen_model_and_unknown_reward(tmp_path, tiny_dir, train_
         p.requires_grad_(False)
     with pytest.raises(ConfigError, match="trainable"):
         build_grpo_trainer(model, tok, train_split, GRPOParams(max_steps=1), tmp_path)
+
+
+def test_max_seq_length_that_cuts_every_translation_names_it_and_the_minimum_works(tiny_dir, train_split, tmp_path):  # noqa: F811
+    """16 tokens: TRL drops every example (each is cut inside its prompt) and torch later fails with
+    "num_samples=0"; mtlib says which parameter to raise. The schema's minimum keeps every example."""
+    from mtlib.profiles import MIN_SEQ_LENGTH
+    model, tok = _lora(tiny_dir)
+    with pytest.raises(ConfigError, match="max_seq_length=16 .* raise max_seq_length"):
+        build_sft_trainer(model, tok, train_split, SFTParams(max_seq_length=16, **FAST_SFT), tmp_path / "a")
+    trainer = build_sft_trainer(model, tok, train_split, SFTParams(max_seq_length=MIN_SEQ_LENGTH, **FAST_SFT),
+                                tmp_path / "b")
+    assert len(trainer.train_dataset) == len(train_split)
