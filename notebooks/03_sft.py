@@ -129,7 +129,7 @@ pd.DataFrame({"value": {
 # %%
 baseline = chapter.evaluate_splits(modeling.TrainedModel(base, tokenizer, stage="base", base_name=model),
                                 pairs, params, name="base")
-chapter.scores_frame({"base": baseline}).round(2)
+chapter.show_scores(chapter.scores_frame({"base": baseline}))
 
 # %% [markdown]
 # ## Adding the adapters
@@ -177,7 +177,7 @@ plots.training_curves(chapter.log_history(sft), ["loss", "learning_rate", "grad_
 # %%
 finetuned = chapter.evaluate_splits(sft, pairs, params, name="sft")
 scores = chapter.scores_frame({"base": baseline, "sft": finetuned})
-scores.round(2)
+chapter.show_scores(scores)
 
 # %%
 gain = scores.xs("sft") - scores.xs("base")
@@ -192,7 +192,7 @@ display(Markdown(f"On the main test set, fine-tuning changed BLEU by **{gain.loc
 # stretches in the right order (ROUGE-2, ROUGE-L).
 
 # %%
-scores[["rouge1", "rouge2", "rougeL"]].unstack("system").round(2)
+chapter.show_scores(scores[["rouge1", "rouge2", "rougeL"]].unstack("system"))
 
 # %% [markdown]
 # ## Translations side by side

@@ -227,11 +227,11 @@ plots.training_curves(history, ["reward", *[f"rewards/{name}/mean" for name in r
 # %%
 after = chapter.evaluate_splits(grpo, pairs, params, name="grpo")
 scores = chapter.scores_frame({"grpo": after})
-scores.round(2)
+chapter.show_scores(scores)
 
 # %%
 earlier = chapter.latest_scores(runs_root, stages=("base", "sft"))
-pd.concat([earlier, scores]).round(2) if earlier is not None else scores.round(2)
+chapter.show_scores(pd.concat([earlier, scores]) if earlier is not None else scores)
 
 # %% [markdown]
 # ## Translations side by side
