@@ -167,7 +167,7 @@ print(tokenizer.apply_chat_template(example, tokenize=False))
 sft_params = chapter.sft_params(params)
 sft = train.run_sft(peft_model, tokenizer, pairs["train"], sft_params, runs_root=runs_root,
                     src_lang=src_lang, tgt_lang=tgt_lang, config={"profile": profile})
-plots.training_curves(chapter.log_history(sft), ["loss", "learning_rate", "grad_norm"], title="SFT", ncols=3)
+plots.training_curves(chapter.log_history(sft), ["loss", "learning_rate", "grad_norm"], title="SFT training")
 
 # %% [markdown]
 # ## Evaluating the fine-tuned model

@@ -216,7 +216,7 @@ grpo = train.run_grpo(start, tokenizer, pairs["train"], grpo_params, runs_root=r
                       tgt_lang=tgt_lang, config={"profile": profile, "from_sft_run": None if sft_run is None else sft_run["run_id"]})
 history = chapter.log_history(grpo)
 plots.training_curves(history, ["reward", *[f"rewards/{name}/mean" for name in rewards], "frac_reward_zero_std",
-                                "completions/mean_length", "loss"], title="GRPO", ncols=3)
+                                "completions/mean_length", "loss"], title="GRPO training")
 
 # %% [markdown]
 # ## Evaluating the GRPO model
