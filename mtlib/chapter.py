@@ -309,15 +309,47 @@ def significance(runs, n_bootstrap: int = 1000, pairs=(("base", "sft"), ("base",
     return table
 
 
+def significance_display(table, digits: int = 2):
+    """:func:`significance`'s table as a reader sees it: indexed by comparison, test set and metric, the two
+    scores in one column ("7.58 -> 8.15"), the delta with its sign, the interval as "-0.25 to +1.57", p-values
+    to four decimals (the smallest is 1 / (N + 1)), the verdict."""
+    out = table.set_index(["comparison", "test set", "metric"])
+    view = out[[]].copy()
+    nb = "\u00a0"  # no-break spaces: a number pair stays on one line in a narrow column
+    view["scores"] = [f"{a:.{digits}f}{nb}→{nb}{b:.{digits}f}" for a, b in zip(out["score before"], out["score after"])]
+    view["delta"] = [f"{d:+.{digits}f}" for d in out["delta"]]
+    view["95% CI"] = [ci.strip("[]").replace(", ", f"{nb}to{nb}") for ci in out["95% CI"]]
+    view["p"] = out["p"].round(4)
+    view["Holm-adjusted p"] = out["Holm-adjusted p"].round(4)
+    view["verdict"] = out["verdict"]
+    view.attrs = dict(table.attrs)
+    return view
+
+
+def show_significance(table, digits: int = 2):
+    """Display :func:`significance_display`'s view one comparison at a time (a table fits the page), then the
+    SacreBLEU signatures of the tests (metric settings, ``bs`` and ``seed``)."""
+    from IPython.display import Markdown, display
+    view = significance_display(table, digits)
+    for comparison in dict.fromkeys(view.index.get_level_values("comparison")):
+        system, baseline = comparison.split(" vs ")
+        display(Markdown(f"**{comparison}**: {system} against the baseline {baseline}"))
+        display(view.xs(comparison, level="comparison"))
+    sigs = table.attrs.get("signatures") or {}
+    if sigs:
+        display(Markdown("<small>SacreBLEU signatures: " + "; ".join(f"{k} `{v}`" for k, v in sigs.items())
+                         + ".</small>"))
+
+
 DISPLAY_NAMES = {
     # score tables
     "bleu": "BLEU", "chrf": "chrF", "ter": "TER", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
     "rougeLsum": "ROUGE-Lsum", "bp": "brevity penalty", "sys_len": "output length (tokens)",
     "ref_len": "reference length (tokens)",
     # data.corpus_stats
-    "lang": "language", "types": "types (distinct words)", "tokens": "tokens (words)", "ttr": "type-token ratio",
-    "hapax_share": "share of types seen once", "mean_word_len": "mean word length (characters)",
-    "mean_words": "mean sentence length (words)", "max_words": "longest sentence (words)",
+    "lang": "language", "tokens": "words (tokens)", "types": "distinct words (types)", "ttr": "type-token ratio",
+    "hapax_share": "share seen once", "mean_word_len": "characters per word", "mean_words": "words per sentence",
+    "max_words": "longest sentence (words)",
 }
 SCORE_NAMES = {"split": "test set"}  # in a score table a split is always a test set
 

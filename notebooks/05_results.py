@@ -74,13 +74,13 @@ plots.score_bars(scores.reset_index(), metrics=("bleu", "chrf", "ter"), system="
 # (WMT's practice), redraws the test set with replacement `n_bootstrap` times and scores both systems
 # on each redraw (the *same* sentences for both, hence *paired*). The test is **two-sided**: it asks
 # whether the systems *differ*, not whether the newer one wins, so a clearly worse system is caught as
-# well as a clearly better one. Its $p$-value is $(c + 1) / (N + 1)$, where $c$ counts the redraws whose
-# centred absolute difference exceeds the observed one, so it is never below $1/(N+1)$. The 95%
-# interval of the difference comes from the same redraws.
+# well as a clearly better one. Its *p*-value is (*c* + 1) / (*N* + 1), where *c* counts the redraws
+# whose centred absolute difference exceeds the observed one, so it is never below 1 / (*N* + 1). The
+# 95% interval of the difference comes from the same redraws.
 #
 # We compare SFT and GRPO with the base model, and GRPO with SFT, on every test set and for BLEU, chrF
 # and TER: a dozen or more tests at once, and at the 5% level about one in twenty would come out
-# "significant" by chance alone. The **Holm** correction (Holm, 1979) adjusts every $p$-value of the
+# "significant" by chance alone. The **Holm** correction (Holm, 1979) adjusts every *p*-value of the
 # table for the size of the family, and the verdict uses the adjusted value: **better** or **worse**
 # (for TER a lower score is better) when it is below 0.05, otherwise **no significant difference**.
 # The translations come from the runs; the signatures under the table record the metrics' settings,
@@ -89,7 +89,7 @@ plots.score_bars(scores.reset_index(), metrics=("bleu", "chrf", "ter"), system="
 # %%
 significance = chapter.significance(runs, n_bootstrap)
 if len(significance):
-    chapter.show_scores(significance.set_index(["comparison", "test set", "metric"]), digits=2)
+    chapter.show_significance(significance)
 else:
     display(Markdown("No paired runs found: no two systems translated the same test sentences."))
 

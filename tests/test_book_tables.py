@@ -67,7 +67,7 @@ def test_readable_names_leave_the_raw_table_alone():
     stats = pd.DataFrame({"split": ["train"], "lang": ["de"], "ttr": [0.1], "mean_word_len": [5.0]})
     shown = chapter.readable(stats.set_index(["split", "lang"]))
     assert list(shown.index.names) == ["split", "language"]
-    assert list(shown.columns) == ["type-token ratio", "mean word length (characters)"]
+    assert list(shown.columns) == ["type-token ratio", "characters per word"]
     assert list(stats.columns) == ["split", "lang", "ttr", "mean_word_len"]  # callers keep the raw names
     scores = pd.DataFrame({"system": ["base"], "split": ["test"], "bleu": [1.0], "rouge1": [2.0]})
     shown = chapter.readable(scores.set_index(["system", "split"]), chapter.SCORE_NAMES)
@@ -111,3 +111,19 @@ def test_runs_are_smoke(tmp_path):
     assert not chapter.runs_are_smoke(runs.assign(model="meta-llama/Llama-3.2-3B-Instruct"))
     assert chapter.runs_are_smoke(runs.assign(model="tiny"))
     assert chapter.runs_are_smoke(runs.assign(model="/build/smoke/tiny-model"))
+
+
+def test_significance_display_is_compact_and_grouped(tmp_path, monkeypatch):
+    table = chapter.significance(_two_stage_runs(tmp_path), n_bootstrap=100)
+    view = chapter.significance_display(table)
+    assert list(view.index.names) == ["comparison", "test set", "metric"]
+    assert list(view.columns) == ["scores", "delta", "95% CI", "p", "Holm-adjusted p", "verdict"]
+    first = view.iloc[0]
+    assert first["scores"].endswith("\u00a0→\u00a0100.00") and first["delta"].startswith("+")
+    assert "\u00a0to\u00a0" in first["95% CI"]
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    chapter.show_significance(table)
+    heading, part, caption = shown  # one comparison: its heading, its table, the signatures
+    assert "sft vs base" in heading.data and list(part.index.names) == ["test set", "metric"]
+    assert "bs:100|seed:12345" in caption.data
