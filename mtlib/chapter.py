@@ -315,15 +315,23 @@ def significance_display(table, digits: int = 2):
     to four decimals (the smallest is 1 / (N + 1)), the verdict."""
     out = table.set_index(["comparison", "test set", "metric"])
     view = out[[]].copy()
-    nb = "\u00a0"  # no-break spaces: a number pair stays on one line in a narrow column
-    view["scores"] = [f"{a:.{digits}f}{nb}→{nb}{b:.{digits}f}" for a, b in zip(out["score before"], out["score after"])]
+    nb = "\u00a0"  # no-break spaces: the interval stays on one line; the scores may break after the arrow
+    view["scores"] = [f"{a:.{digits}f}{nb}→ {b:.{digits}f}" for a, b in zip(out["score before"], out["score after"])]
     view["delta"] = [f"{d:+.{digits}f}" for d in out["delta"]]
     view["95% CI"] = [ci.strip("[]").replace(", ", f"{nb}to{nb}") for ci in out["95% CI"]]
     view["p"] = out["p"].round(4)
     view["Holm-adjusted p"] = out["Holm-adjusted p"].round(4)
     view["verdict"] = out["verdict"]
     view.attrs = dict(table.attrs)
-    return view
+    return _test_set_names(view, "test set")
+
+
+def _test_set_names(table, level: str):
+    """The test sets of an index level by their names in words (``test_2017_mscoco`` -> "2017 MSCOCO")."""
+    from .plots import TEST_SET_LABELS
+    if level not in (table.index.names or []):
+        return table
+    return table.rename(index=lambda v: TEST_SET_LABELS.get(v, v), level=level)
 
 
 def show_significance(table, digits: int = 2):
@@ -384,7 +392,7 @@ def show_scores(table, digits: int = 2, n_bootstrap: int | None = None, seed: in
     SacreBLEU signatures under it. The signatures are the table's own (``attrs["signatures"]``) if it has
     them."""
     from IPython.display import Markdown, display
-    shown = readable(table, SCORE_NAMES)
+    shown = _test_set_names(readable(table, SCORE_NAMES), "test set")
     p_cols = [c for c in ("p", "Holm-adjusted p") if c in shown.columns]
     # p-values keep four decimals: the smallest, 1 / (N + 1), is about 0.001 for 1,000 resamples
     display(shown.round({**{c: digits for c in shown.columns}, **dict.fromkeys(p_cols, 4)}) if p_cols

@@ -119,7 +119,8 @@ def test_significance_display_is_compact_and_grouped(tmp_path, monkeypatch):
     assert list(view.index.names) == ["comparison", "test set", "metric"]
     assert list(view.columns) == ["scores", "delta", "95% CI", "p", "Holm-adjusted p", "verdict"]
     first = view.iloc[0]
-    assert first["scores"].endswith("\u00a0→\u00a0100.00") and first["delta"].startswith("+")
+    assert first["scores"].endswith("\u00a0→ 100.00") and first["delta"].startswith("+")
+    assert view.index[0][1] == "test (2016 Flickr)"  # test sets by name
     assert "\u00a0to\u00a0" in first["95% CI"]
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
