@@ -314,19 +314,29 @@ def stored_side_by_side(runs, split: str = "test", n: int = 5, stages=("base", "
     return table
 
 
-def significance(runs, n_bootstrap: int = 1000, pairs=(("base", "sft"), ("base", "grpo"), ("sft", "grpo")),
-                 metrics_=("bleu", "chrf")):
-    """Paired bootstrap between the newest evaluations of two stages on each test set (same sentences only).
+SIGNIFICANCE_COLUMNS = ["comparison", "test set", "metric", "score before", "score after", "delta", "95% CI", "p",
+                        "Holm-adjusted p", "verdict"]
 
-    ``runs`` is :func:`mtlib.results.load_runs`'s table. One row per comparison, split and metric: both
-    scores, the delta, its 95% confidence interval, the one-sided p-value and whether p < 0.05.
+
+def significance(runs, n_bootstrap: int = 1000, pairs=(("base", "sft"), ("base", "grpo"), ("sft", "grpo")),
+                 metrics_=("bleu", "chrf", "ter"), seed: int | None = 12345, alpha: float = 0.05):
+    """Paired bootstrap tests between the newest evaluations of two stages on each test set (same sentences
+    only), as ``sacrebleu --paired-bs`` computes them (:func:`mtlib.metrics.paired_bootstrap`, two-sided).
+
+    ``runs`` is :func:`mtlib.results.load_runs`'s table. One row per comparison ("sft vs base": ``sft`` is
+    the system, ``base`` the baseline), test set and metric, with the columns of ``SIGNIFICANCE_COLUMNS``:
+    both scores, ``delta`` = after - before, its 95% bootstrap interval, the p-value, the p-value after
+    Holm's correction over *every* row of the table (the whole family of comparisons), and the verdict at
+    level ``alpha`` from the Holm-adjusted p: ``better``, ``worse`` (TER: lower is better) or ``no
+    significant difference``. ``table.attrs["signatures"]`` holds the SacreBLEU signatures (with ``bs`` and
+    ``seed``); :func:`show_scores` shows them under the table.
     """
     import pandas as pd
     from . import metrics, results
     newest = newest_evaluations(runs)
     rows = []
     for a, b in pairs:
-        for split in sorted({s for (_, s) in newest.index}):
+        for split in sorted({s for (_, s) in newest.index}, key=lambda s: (s != "test", s)):
             if (a, split) not in newest.index or (b, split) not in newest.index:
                 continue
             ta = results.read_translations(newest.loc[(a, split), "path"])
@@ -336,12 +346,116 @@ def significance(runs, n_bootstrap: int = 1000, pairs=(("base", "sft"), ("base",
             for metric in metrics_:
                 test = metrics.paired_bootstrap(list(ta["reference"]), list(ta["hypothesis"]),
                                                 list(tb["hypothesis"]), metric=metric, n_samples=n_bootstrap,
-                                                progress=False)
-                rows.append({"comparison": f"{b} vs {a}", "split": split, "metric": metric,
+                                                seed=seed, progress=False)
+                rows.append({"comparison": f"{b} vs {a}", "test set": split, "metric": metrics.METRIC_NAMES[metric],
                              "score before": test["score_a"], "score after": test["score_b"], "delta": test["delta"],
-                             "95% CI": f"[{test['ci_low']:.2f}, {test['ci_high']:.2f}]", "p": test["p_value"],
-                             "significant (p < 0.05)": test["p_value"] < 0.05})
-    return pd.DataFrame(rows)
+                             "95% CI": f"[{test['ci_low']:+.2f}, {test['ci_high']:+.2f}]", "p": test["p_value"],
+                             "_metric": metric})
+    table = pd.DataFrame(rows, columns=[*SIGNIFICANCE_COLUMNS[:8], "_metric"])
+    table["Holm-adjusted p"] = metrics.holm(table["p"].to_numpy(dtype=float))
+    table["verdict"] = [metrics.verdict(d, p, m, alpha) for d, p, m in
+                        zip(table["delta"], table["Holm-adjusted p"], table["_metric"])]
+    table = table[SIGNIFICANCE_COLUMNS]
+    table.attrs["signatures"] = metrics.signatures(metrics_, n_bootstrap, seed)
+    return table
+
+
+def significance_display(table, digits: int = 2):
+    """:func:`significance`'s table as a reader sees it: indexed by comparison, test set and metric, the two
+    scores in one column ("7.58 -> 8.15"), the delta with its sign, the interval as "-0.25 to +1.57", p-values
+    to four decimals (the smallest is 1 / (N + 1)), the verdict."""
+    out = table.set_index(["comparison", "test set", "metric"])
+    view = out[[]].copy()
+    nb = "\u00a0"  # no-break spaces: the interval stays on one line; the scores may break after the arrow
+    view["scores"] = [f"{a:.{digits}f}{nb}→ {b:.{digits}f}" for a, b in zip(out["score before"], out["score after"])]
+    view["delta"] = [f"{d:+.{digits}f}" for d in out["delta"]]
+    view["95% CI"] = [ci.strip("[]").replace(", ", f"{nb}to{nb}") for ci in out["95% CI"]]
+    view["p"] = out["p"].round(4)
+    view["Holm-adjusted p"] = out["Holm-adjusted p"].round(4)
+    view["verdict"] = out["verdict"]
+    view.attrs = dict(table.attrs)
+    return _test_set_names(view, "test set")
+
+
+def _test_set_names(table, level: str):
+    """The test sets of an index level by their names in words (``test_2017_mscoco`` -> "2017 MSCOCO")."""
+    from .plots import TEST_SET_LABELS
+    if level not in (table.index.names or []):
+        return table
+    return table.rename(index=lambda v: TEST_SET_LABELS.get(v, v), level=level)
+
+
+def show_significance(table, digits: int = 2):
+    """Display :func:`significance_display`'s view one comparison at a time (a table fits the page), then the
+    SacreBLEU signatures of the tests (metric settings, ``bs`` and ``seed``)."""
+    from IPython.display import Markdown, display
+    view = significance_display(table, digits)
+    for comparison in dict.fromkeys(view.index.get_level_values("comparison")):
+        system, baseline = comparison.split(" vs ")
+        display(Markdown(f"**{comparison}**: {system} against the baseline {baseline}"))
+        display(view.xs(comparison, level="comparison"))
+    sigs = table.attrs.get("signatures") or {}
+    if sigs:
+        display(Markdown("<small>SacreBLEU signatures: " + "; ".join(f"{k} `{v}`" for k, v in sigs.items())
+                         + ".</small>"))
+
+
+DISPLAY_NAMES = {
+    # score tables
+    "bleu": "BLEU", "chrf": "chrF", "ter": "TER", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
+    "rougeLsum": "ROUGE-Lsum", "bp": "brevity penalty", "sys_len": "output length (tokens)",
+    "ref_len": "reference length (tokens)",
+    # data.corpus_stats
+    "lang": "language", "tokens": "words (tokens)", "types": "distinct words (types)", "ttr": "type-token ratio",
+    "hapax_share": "share seen once", "mean_word_len": "characters per word", "mean_words": "words per sentence",
+    "max_words": "longest sentence (words)",
+}
+SCORE_NAMES = {"split": "test set"}  # in a score table a split is always a test set
+
+
+def readable(table, names: dict | None = None):
+    """A copy of ``table`` for display, its column and index names in words (``DISPLAY_NAMES``, then
+    ``names``): ``ttr`` -> "type-token ratio", ``bleu`` -> "BLEU". The values and the table passed in are
+    unchanged, so code keeps using the raw names; only what the reader sees changes."""
+    names = {**DISPLAY_NAMES, **(names or {})}
+    out = table.rename(columns=lambda c: names.get(c, c) if isinstance(c, str) else c)
+    out.columns = out.columns.set_names([names.get(n, n) for n in out.columns.names])
+    out.index = out.index.set_names([names.get(n, n) for n in out.index.names])
+    return out
+
+
+ROUGE_NOTE = "ROUGE: mean per-sentence F1 x 100 of `rouge_score`, Unicode tokenizer, no stemming."
+
+
+def signature_caption(n_bootstrap: int | None = None, seed: int | None = 12345, metrics_=("bleu", "chrf", "ter"),
+                      rouge: bool = False):
+    """The line shown under a score table: the SacreBLEU signature of each metric (with the paired bootstrap's
+    ``bs`` and ``seed`` when ``n_bootstrap`` is given), and how ROUGE was computed when ``rouge``."""
+    from IPython.display import Markdown
+    from . import metrics
+    sigs = metrics.signatures(metrics_, n_bootstrap, seed)
+    text = "SacreBLEU signatures: " + "; ".join(f"{name} `{sig}`" for name, sig in sigs.items()) + "."
+    return Markdown(f"<small>{text}{' ' + ROUGE_NOTE if rouge else ''}</small>")
+
+
+def show_scores(table, digits: int = 2, n_bootstrap: int | None = None, seed: int | None = 12345):
+    """Display a score table (or :func:`significance`'s) with readable column names, rounded, and the
+    SacreBLEU signatures under it. The signatures are the table's own (``attrs["signatures"]``) if it has
+    them."""
+    from IPython.display import Markdown, display
+    shown = _test_set_names(readable(table, SCORE_NAMES), "test set")
+    p_cols = [c for c in ("p", "Holm-adjusted p") if c in shown.columns]
+    # p-values keep four decimals: the smallest, 1 / (N + 1), is about 0.001 for 1,000 resamples
+    display(shown.round({**{c: digits for c in shown.columns}, **dict.fromkeys(p_cols, 4)}) if p_cols
+            else shown.round(digits))
+    names = {str(c) for c in table.columns.get_level_values(0)}
+    sigs = table.attrs.get("signatures")
+    if sigs:
+        display(Markdown("<small>SacreBLEU signatures: " + "; ".join(f"{k} `{v}`" for k, v in sigs.items())
+                         + ".</small>"))
+    else:
+        metrics_ = [m for m in ("bleu", "chrf", "ter") if m in names] or ["bleu", "chrf", "ter"]
+        display(signature_caption(n_bootstrap, seed, metrics_, rouge=any(n.startswith("rouge") for n in names)))
 
 
 def scores_frame(systems: dict, columns=SCORE_COLUMNS):

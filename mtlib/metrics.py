@@ -1,4 +1,5 @@
-"""Translation metrics: SacreBLEU's BLEU, chrF and TER, ROUGE, BLEU's internals and paired bootstrap tests.
+"""Translation metrics: SacreBLEU's BLEU, chrF and TER, ROUGE, BLEU's internals, and significance tests
+(SacreBLEU's two-sided paired bootstrap, Holm's correction, verdicts, signatures).
 
 All scores are on a 0-100 scale. BLEU, chrF and TER are SacreBLEU's defaults (BLEU: 13a tokenizer,
 mixed case, exponential smoothing; chrF2 with character order 6; TER without normalization), so they
@@ -126,20 +127,73 @@ def sentence_scores(hyps: Sequence[str], refs: Sequence[str]) -> pd.DataFrame:
 
 _METRICS = {"bleu": BLEU, "chrf": CHRF, "ter": TER}
 _LOWER_IS_BETTER = {"ter"}
+METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER"}
+VERDICTS = ("better", "worse", "no significant difference")
+
+
+def signatures(metrics: Sequence[str] = ("bleu", "chrf", "ter"), n_bootstrap: int | None = None,
+               seed: int | None = 12345) -> dict[str, str]:
+    """SacreBLEU's signature of each metric as :func:`corpus_scores` computes it, keyed by display name
+    (``BLEU``, ``chrF``, ``TER``).
+
+    With ``n_bootstrap`` the signature also records the paired bootstrap (``bs:<n>|seed:<seed>``), as
+    ``sacrebleu --paired-bs`` prints it; a score table should be shown with its signatures.
+    """
+    out = {}
+    for metric in metrics:
+        if metric not in _METRICS:
+            raise ConfigError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+        m = _METRICS[metric]()
+        m.corpus_score(["x"], [["x"]])  # one reference per sentence: the signature's nrefs:1
+        sig = m.get_signature()
+        if n_bootstrap is not None:
+            sig.update("seed", str(seed).lower())
+            sig.update("bs", n_bootstrap)
+        out[METRIC_NAMES[metric]] = str(sig)
+    return out
+
+
+def _estimate_ci(scores: np.ndarray) -> tuple[float, float]:
+    """SacreBLEU's bootstrap estimate (``significance.estimate_ci``), step by step and in the scores' own
+    dtype, so that it rounds the same: the mean of the resampled scores and half the width of the interval
+    between the (n//40)-th smallest and the (n//40)-th largest of them (95%)."""
+    scores = np.sort(scores)
+    k = len(scores) // 40
+    return float(scores.mean()), float(0.5 * (scores[len(scores) - k - 1] - scores[k]))
+
+
+def _ci_bounds(values: np.ndarray) -> tuple[float, float]:
+    """The 95% interval of bootstrap values, with SacreBLEU's indices (n//40 from either end)."""
+    values = np.sort(values)
+    k = len(values) // 40
+    return float(values[k]), float(values[len(values) - k - 1])
 
 
 def paired_bootstrap(refs: Sequence[str], hyps_a: Sequence[str], hyps_b: Sequence[str], metric: str = "bleu",
                      n_samples: int = 1000, seed: int | None = 12345, progress: bool = True) -> dict:
-    """Paired bootstrap resampling (Koehn 2004): is system ``b`` better than system ``a``?
+    """Paired bootstrap resampling test of system ``b`` against the baseline ``a``, exactly as
+    ``sacrebleu REF -i A B --paired-bs`` computes it (Koehn 2004; Moses' ``bootstrap-hypothesis-difference-
+    significance.pl``); two-sided.
 
-    Draws ``n_samples`` resamples of the sentence indices (with replacement), the same for both systems,
-    and recomputes the corpus metric of each from summed per-sentence sufficient statistics (BLEU:
-    lengths, n-gram matches and totals), so a resample costs a sum, not a re-tokenization.
+    * One ``numpy.random.default_rng(seed)`` draws an ``(n_samples, n)`` matrix of sentence indices with
+      replacement (``rng.choice``); both systems are scored on the same resamples, and a call per metric
+      with the same seed draws the same matrix, as the command line does for its metrics. ``seed=None``
+      takes fresh entropy from the OS (the command line's ``SACREBLEU_SEED=none``).
+    * A resample's score is recomputed from the summed per-sentence sufficient statistics (float32, as
+      SacreBLEU), so it costs a sum, not a re-tokenization.
+    * The statistic is the absolute difference: ``p = (c + 1) / (n_samples + 1)``, where ``c`` counts
+      the resamples whose centred absolute difference ``|b_i - a_i| - mean_j |b_j - a_j|`` exceeds the
+      observed ``|b - a|``. So ``p`` is never 0 (at least ``1 / (n_samples + 1)``), and a system that is
+      clearly *worse* gets a small ``p`` too: the direction is the sign of ``delta`` (see :func:`verdict`).
 
-    Returns ``delta`` = score(b) - score(a) on the full set, ``p_value`` = the share of resamples in which
-    b is *not* better than a (one-sided; "better" is higher BLEU/chrF, lower TER; 0.0 means no resample,
-    i.e. p < 1/n_samples), the 95% percentile interval ``ci_low``/``ci_high`` of the resampled delta,
-    ``score_a``, ``score_b``, ``metric``, ``n_samples``, ``seed`` and ``n`` (sentences).
+    Returns ``metric``, ``score_a``, ``score_b`` (full test set), ``delta`` = score(b) - score(a) (for
+    TER lower is better, so a negative delta is an improvement), ``p_value``, ``ci_low``/``ci_high`` (95%
+    interval of the resampled delta, SacreBLEU's n//40 indices), ``mean_a``/``ci_a`` and ``mean_b``/``ci_b``
+    (each system's bootstrap mean and 95% half-width, the command line's ``μ ± 95% CI``), ``verdict`` at
+    the 5% level (unadjusted), ``signature`` (with ``bs`` and ``seed``), ``n_samples``, ``seed``, ``n``.
+
+    One deviation: SacreBLEU 2.6 treats ``SACREBLEU_SEED=0`` as "no seed" in the paired test (an
+    ``if seed`` test); here 0 is an ordinary seed.
     """
     if metric not in _METRICS:
         raise ConfigError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
@@ -150,26 +204,63 @@ def paired_bootstrap(refs: Sequence[str], hyps_a: Sequence[str], hyps_b: Sequenc
     from tqdm.auto import tqdm
 
     m = _METRICS[metric]()
-    stats_a = np.asarray(m._extract_corpus_statistics(hyps_a, [refs]), dtype=np.float64)
-    stats_b = np.asarray(m._extract_corpus_statistics(hyps_b, [refs]), dtype=np.float64)
-
-    def score(row: np.ndarray) -> float:
-        vals = row.tolist() if metric == "ter" else [int(round(v)) for v in row]
-        return float(m._compute_score_from_stats(vals).score)
-
-    score_a, score_b = score(stats_a.sum(0)), score(stats_b.sum(0))
+    raw_a = m._extract_corpus_statistics(hyps_a, [refs])
+    raw_b = m._extract_corpus_statistics(hyps_b, [refs])
+    score_a = float(m._aggregate_and_compute(raw_a).score)
+    score_b = float(m._aggregate_and_compute(raw_b).score)
+    stats_a, stats_b = np.array(raw_a, dtype="float32"), np.array(raw_b, dtype="float32")
     n = len(refs)
-    rng = np.random.default_rng(seed)
-    deltas = np.empty(n_samples)
+    idxs = np.random.default_rng(seed).choice(n, size=(n_samples, n), replace=True)
+    scores_a, scores_b = [], []
     for i in tqdm(range(n_samples), desc=f"paired bootstrap ({metric})", disable=not progress, leave=False):
-        counts = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
-        deltas[i] = score(counts @ stats_b) - score(counts @ stats_a)
-    gain = -deltas if metric in _LOWER_IS_BETTER else deltas
+        scores_a.append(m._compute_score_from_stats(stats_a[idxs[i]].sum(0)).score)
+        scores_b.append(m._compute_score_from_stats(stats_b[idxs[i]].sum(0)).score)
+    # keep the scores' own dtype (chrF computes in float32 from float32 statistics): SacreBLEU's rounding
+    scores_a, scores_b = np.array(scores_a), np.array(scores_b)
+    sample_diffs = np.abs(scores_b - scores_a)
+    centred = sample_diffs - sample_diffs.mean()
+    p_value = (int(np.sum(centred > abs(score_b - score_a))) + 1) / (n_samples + 1)
+    ci_low, ci_high = _ci_bounds(scores_b - scores_a)
+    mean_a, ci_a = _estimate_ci(scores_a)
+    mean_b, ci_b = _estimate_ci(scores_b)
+    delta = score_b - score_a
     return {
-        "metric": metric, "delta": score_b - score_a, "p_value": float(np.mean(gain <= 0)),
-        "ci_low": float(np.percentile(deltas, 2.5)), "ci_high": float(np.percentile(deltas, 97.5)),
-        "score_a": score_a, "score_b": score_b, "n_samples": n_samples, "seed": seed, "n": n,
+        "metric": metric, "score_a": score_a, "score_b": score_b, "delta": delta, "p_value": p_value,
+        "ci_low": ci_low, "ci_high": ci_high, "mean_a": mean_a, "ci_a": ci_a, "mean_b": mean_b, "ci_b": ci_b,
+        "verdict": verdict(delta, p_value, metric),
+        "signature": signatures((metric,), n_samples, seed)[METRIC_NAMES[metric]],
+        "n_samples": n_samples, "seed": seed, "n": n,
     }
+
+
+def verdict(delta: float, p_value: float, metric: str = "bleu", alpha: float = 0.05) -> str:
+    """``"better"`` or ``"worse"`` (system b against a) when ``p_value < alpha``, else ``"no significant
+    difference"``. The direction is the sign of ``delta`` = b - a, reversed for TER (lower is better)."""
+    if metric not in _METRICS:
+        raise ConfigError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+    if not p_value < alpha or delta == 0:
+        return VERDICTS[2]
+    gain = -delta if metric in _LOWER_IS_BETTER else delta
+    return VERDICTS[0] if gain > 0 else VERDICTS[1]
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (controls the family-wise error rate).
+
+    Sorted ascending, the i-th smallest (i = 1..m) becomes ``min(1, max_{j<=i} (m - j + 1) p_(j))``;
+    returned in the input order. Compare each adjusted p with alpha as usual.
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1:
+        raise DataError(f"holm needs a flat list of p-values, got shape {p.shape}")
+    if np.any(np.isnan(p)) or np.any((p < 0) | (p > 1)):
+        raise DataError(f"p-values must lie in [0, 1], got {p.tolist()}")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
 
 
 BLEU_BANDS = [  # (label, low, high, interpretation); a score s falls in the band with low <= s < high

@@ -1,33 +1,142 @@
-"""Figures for the chapters: brevity penalty, training curves, score bars. Each returns a matplotlib Figure."""
+"""Figures for the chapters: brevity penalty, training curves, score bars, GPU benchmarks. Each returns a
+matplotlib Figure sized for the book's page.
+
+A chapter shows a figure at most about 700 px wide (``chapter.show_figures``: 110 dpi, scaled down to the
+page). Figures here are at most ``PAGE_WIDTH`` inches wide, so they are shown at about their natural
+size, and no text is smaller than ``MIN_FONT`` points; panels go at most two to a row. Titles and axis
+labels are words, not log keys (:func:`log_label` translates TRL's keys).
+"""
 from __future__ import annotations
 
+import functools
 import math
+import re
+import textwrap
 from typing import Sequence
 
+import matplotlib
+import matplotlib.lines
+import matplotlib.patches
 import numpy as np
 import pandas as pd
-import matplotlib.patches
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from .errors import DataError
 
+PAGE_WIDTH = 7.0   # inches: the widest figure, shown at ~700 px without shrinking its text below MIN_FONT
+MIN_FONT = 10      # points, at that width
+MAX_COLUMNS = 2    # panels per row
+STYLE = {"font.size": MIN_FONT, "axes.titlesize": 11, "axes.labelsize": MIN_FONT, "xtick.labelsize": MIN_FONT,
+         "ytick.labelsize": MIN_FONT, "legend.fontsize": MIN_FONT, "legend.title_fontsize": MIN_FONT,
+         "figure.titlesize": 12, "axes.grid": True, "grid.alpha": 0.3}
 
+
+def _styled(fn):
+    """Build the figure under the book's style (font sizes, grid); the text keeps its sizes afterwards."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _figure(height: float, width: float = PAGE_WIDTH) -> Figure:
+    return Figure(figsize=(min(width, PAGE_WIDTH), height), layout="constrained")
+
+
+def _sizes(ax) -> None:
+    """Explicit tick-label sizes (ticks made when the figure is drawn, outside the style, keep them)."""
+    ax.tick_params(labelsize=MIN_FONT)
+    ax.xaxis.get_offset_text().set_fontsize(MIN_FONT)
+    ax.yaxis.get_offset_text().set_fontsize(MIN_FONT)
+
+
+# ---------------------------------------------------------------------------------------- log keys in words
+
+REWARD_NAMES = {"bleu": "BLEU", "chrf": "chrF", "length": "length", "length_penalty": "length", "ter": "TER"}
+
+LOG_LABELS = {  # a Trainer's log key -> (panel title, y-axis label)
+    "loss": ("Training loss", "loss"),
+    "train_loss": ("Training loss", "loss"),
+    "eval_loss": ("Validation loss", "loss"),
+    "learning_rate": ("Learning rate", "learning rate"),
+    "grad_norm": ("Gradient norm", "L2 norm (before clipping)"),
+    "entropy": ("Mean token entropy", "nats per token"),
+    "mean_token_accuracy": ("Token accuracy", "share of tokens right"),
+    "num_tokens": ("Tokens seen", "tokens"),
+    "epoch": ("Epoch", "epochs"),
+    "step_time": ("Time per step", "seconds"),
+    "reward": ("Mean total reward", "sum of rewards"),
+    "reward_std": ("Spread of the total reward", "standard deviation"),
+    "frac_reward_zero_std": ("Share of groups with equal rewards", "share of groups"),
+    "kl": ("KL divergence from the reference model", "nats per token"),
+    "completions/mean_length": ("Mean completion length", "tokens"),
+    "completions/min_length": ("Shortest completion", "tokens"),
+    "completions/max_length": ("Longest completion", "tokens"),
+    "completions/clipped_ratio": ("Share of completions cut at the length limit", "share of completions"),
+    "completions/mean_terminated_length": ("Mean length of completions that ended", "tokens"),
+    "clip_ratio/region_mean": ("Share of tokens with a clipped ratio", "share of tokens"),
+    "clip_ratio/low_mean": ("Share of tokens clipped below", "share of tokens"),
+    "clip_ratio/high_mean": ("Share of tokens clipped above", "share of tokens"),
+}
+SHARE_KEYS = {"frac_reward_zero_std", "completions/clipped_ratio", "mean_token_accuracy"}  # plotted on 0..1
+
+
+def _words(key: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[/_]+", " ", key)).strip()
+
+
+def log_label(key: str) -> tuple[str, str]:
+    """A panel title and a y-axis label in words for a Trainer log key: ``rewards/bleu/mean`` -> ("Mean BLEU
+    reward", "reward (0 to 1)"), ``frac_reward_zero_std`` -> ("Share of groups with equal rewards", "share
+    of groups"). Unknown keys get their words without ``/`` and ``_``."""
+    if key in LOG_LABELS:
+        return LOG_LABELS[key]
+    m = re.fullmatch(r"rewards/(.+)/(mean|std)", key)
+    if m:
+        raw = re.sub(r"_reward$", "", m.group(1))
+        name = REWARD_NAMES.get(raw, _words(raw))
+        if m.group(2) == "mean":
+            return f"Mean {name} reward", "reward (0 to 1)" if raw in REWARD_NAMES else "reward"
+        return f"Spread of the {name} reward", "standard deviation"
+    words = _words(key)
+    return words[:1].upper() + words[1:], words
+
+
+TEST_SET_LABELS = {"test": "test (2016 Flickr)", "test_2016_flickr": "2016 Flickr", "test_2017_flickr": "2017 Flickr",
+                   "test_2017_mscoco": "2017 MSCOCO", "test_2018_flickr": "2018 Flickr", "validation": "validation"}
+METRIC_LABELS = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
+                 "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
+LOWER_IS_BETTER = {"ter"}
+
+
+def _grid(n: int, ncols: int, row_height: float) -> tuple[Figure, list]:
+    """``n`` panels, at most ``MAX_COLUMNS`` to a row, filling the page width."""
+    ncols = max(1, min(ncols, MAX_COLUMNS, n))
+    nrows = math.ceil(n / ncols)
+    fig = _figure(row_height * nrows)
+    return fig, [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
+
+
+@_styled
 def brevity_penalty_curve(points: Sequence[tuple[float, str]] = ()) -> Figure:
     """BLEU's brevity penalty against the length ratio c/r, with optional marked points ``(ratio, label)``."""
     ratio = np.linspace(0.05, 1.5, 300)
     bp = np.where(ratio >= 1, 1.0, np.exp(1 - 1 / ratio))
-    fig = Figure(figsize=(6, 3.2))
+    fig = _figure(3.4, 6.0)
     ax = fig.add_subplot()
     ax.plot(ratio, bp, color="C0")
     for r, label in points:
         y = 1.0 if r >= 1 else math.exp(1 - 1 / r)
         ax.plot([r], [y], "o", color="C3")
-        ax.annotate(f"{label}\nBP = {y:.3f}", (r, y), textcoords="offset points", xytext=(8, -24), fontsize=8)
+        ax.annotate(f"{label}\nBP = {y:.3f}", (r, y), textcoords="offset points", xytext=(8, -30),
+                    fontsize=MIN_FONT)
     ax.set_xlabel("output length / reference length (c / r)")
     ax.set_ylabel("brevity penalty")
+    ax.set_title("BLEU's brevity penalty")
     ax.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _sizes(ax)
     return fig
 
 
@@ -39,9 +148,11 @@ def log_history_frame(log_history: Sequence[dict]) -> pd.DataFrame:
     return df
 
 
+@_styled
 def training_curves(log_history: Sequence[dict] | pd.DataFrame, columns: Sequence[str],
                     title: str = "", ncols: int = 2) -> Figure:
-    """One small panel per logged quantity (``loss``, ``reward``, ``rewards/bleu_reward/mean`` ...) against the step.
+    """One panel per logged quantity (``loss``, ``reward``, ``rewards/bleu/mean`` ...) against the optimizer
+    step, at most two panels to a row, titled and labelled in words (:func:`log_label`), whole-number steps.
 
     Columns the log does not hold are left out; a log holding none of them raises DataError.
     """
@@ -49,109 +160,149 @@ def training_curves(log_history: Sequence[dict] | pd.DataFrame, columns: Sequenc
     present = [c for c in columns if c in df and df[c].notna().any()]
     if not present:
         raise DataError(f"the training log has none of {list(columns)}; it has {sorted(df.columns)}")
-    ncols = min(ncols, len(present))
-    nrows = math.ceil(len(present) / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 2.8 * nrows))
-    for i, col in enumerate(present):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
+    fig, axes = _grid(len(present), ncols, 2.6)
+    for ax, col in zip(axes, present):
         rows = df[["step", col]].dropna()
-        ax.plot(rows["step"], rows[col], marker="o" if len(rows) < 30 else None, ms=3)
-        ax.set_title(col, fontsize=9)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
+        ax.plot(rows["step"], rows[col], marker="o" if len(rows) < 30 else None, ms=4)
+        name, unit = log_label(col)
+        ax.set_title(name)
+        ax.set_ylabel(unit)
+        ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
+        if col in SHARE_KEYS:
+            ax.set_ylim(-0.05, 1.05)
+        _sizes(ax)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
+def _test_set_label(split) -> str:
+    return TEST_SET_LABELS.get(split, _words(str(split))) if split is not None else ""
+
+
+@_styled
 def score_bars(table: pd.DataFrame, metrics: Sequence[str] = ("bleu", "chrf", "rougeL"),
                system: str = "system", group: str | None = "split") -> Figure:
-    """Grouped bars: one panel per metric, one bar per system (and per ``group`` value, e.g. test set)."""
+    """Horizontal bars, one panel per metric (two to a row), one bar per system within each test set
+    (``group``), its value at the end of the bar, and one legend of the systems above the panels."""
     metrics = [m for m in metrics if m in table and table[m].notna().any()]
     if table.empty or not metrics:
         raise DataError("no scores to plot: the table is empty or has none of the metric columns")
-    fig = Figure(figsize=(4.2 * len(metrics), 3.4))
     groups = list(dict.fromkeys(table[group])) if group and group in table else [None]
     systems = list(dict.fromkeys(table[system]))
-    width = 0.8 / len(systems)
-    for i, metric in enumerate(metrics):
-        ax = fig.add_subplot(1, len(metrics), i + 1)
-        x = np.arange(len(groups))
+    bar = 0.8 / len(systems)
+    # each bar ~0.22 in tall (room for its 10 pt value), plus a gap between test sets and the axis text
+    row_height = len(groups) * (len(systems) * 0.22 + 0.15) + 1.0
+    fig, axes = _grid(len(metrics), MAX_COLUMNS, row_height)
+    y = np.arange(len(groups))
+    handles = []
+    for i, (ax, metric) in enumerate(zip(axes, metrics)):
+        top = 0.0
         for j, name in enumerate(systems):
             vals = []
             for g in groups:
                 rows = table[(table[system] == name) & ((table[group] == g) if g is not None else True)]
                 vals.append(float(rows[metric].iloc[-1]) if len(rows) else np.nan)
-            bars = ax.bar(x + (j - (len(systems) - 1) / 2) * width, vals, width, label=str(name))
-            ax.bar_label(bars, fmt="%.1f", fontsize=7)
-        ax.set_xticks(x, [str(g) if g is not None else "" for g in groups], rotation=15, fontsize=8)
-        ax.set_title(metric)
-        ax.grid(axis="y", alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
-    fig.tight_layout()
+            bars = ax.barh(y + (j - (len(systems) - 1) / 2) * bar, vals, bar, color=f"C{j}", label=str(name))
+            ax.bar_label(bars, fmt="%.1f", padding=3, fontsize=MIN_FONT)
+            top = max(top, np.nanmax(vals) if not np.all(np.isnan(vals)) else 0.0)
+            if i == 0:
+                handles.append(bars)
+        ax.set_xlim(0, top * 1.25 if top > 0 else 1)  # room for the values
+        ax.set_yticks(y)
+        if i % MAX_COLUMNS == 0:  # the test-set names on the left panels only: every panel has the same rows
+            ax.set_yticklabels([_test_set_label(g) for g in groups])
+        else:
+            ax.tick_params(labelleft=False)
+        ax.invert_yaxis()  # first test set and first system on top
+        label = METRIC_LABELS.get(metric, _words(metric))
+        ax.set_title(f"{label} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better)")
+        ax.set_xlabel("edits per 100 reference words" if metric == "ter" else f"{label} score (0-100)")
+        ax.grid(axis="y", visible=False)
+        _sizes(ax)
+    fig.legend(handles=handles, labels=[str(s) for s in systems], loc="outside upper center", ncols=len(systems),
+               title="system", frameon=False)
     return fig
 
 
+@_styled
 def speedup_bars(table: pd.DataFrame) -> Figure:
     """Fast recipe's throughput as a multiple of the seed recipe's, per stage (log scale)."""
     rows = table.dropna(subset=["vs_seed"])
     if rows.empty:
         raise DataError("the benchmark table has no recipe to compare with the seed recipe")
-    fig = Figure(figsize=(6.5, 3.2))
+    fig = _figure(0.45 * len(rows) + 1.2)
     ax = fig.add_subplot()
-    labels = [f"{s}\n{r} ({b})" for s, r, b in zip(rows.stage, rows.recipe, rows.batch)]
+    labels = [f"{s}: {r} (batch {b})" for s, r, b in zip(rows.stage, rows.recipe, rows.batch)]
     bars = ax.barh(labels, rows.vs_seed, color=[f"C{i}" for i in range(len(rows))])
-    ax.bar_label(bars, labels=[f"{v:g}x" for v in rows.vs_seed], padding=3, fontsize=8)
+    ax.bar_label(bars, labels=[f"{v:g}x" for v in rows.vs_seed], padding=3, fontsize=MIN_FONT)
     ax.set_xscale("log")
+    ax.set_xlim(0.8, rows.vs_seed.max() * 2.5)  # from below 1x, with room for the labels
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axvline(1, color="grey", lw=0.8)
     ax.set_xlabel("throughput relative to the seed recipe (log scale)")
+    ax.set_title("Speed-up of each recipe over the seed recipe")
+    ax.grid(axis="y", visible=False)
     ax.invert_yaxis()
-    fig.tight_layout()
+    _sizes(ax)
     return fig
 
 
+@_styled
 def path_times(table: pd.DataFrame, target: float | None = None) -> Figure:
     """Seconds to translate 1,000 sentences per decoding path (``process``, ``decoder``, ``batch`` columns),
     coloured by process, with the target as a dashed line."""
     if table.empty:
         raise DataError("no translation paths to plot")
     processes = list(dict.fromkeys(table.process))
-    fig = Figure(figsize=(7.5, 0.32 * len(table) + 1.2))
-    ax = fig.add_subplot()
     runs = table["run"] if "run" in table else [""] * len(table)
-    labels = [f"{r + ': ' if r else ''}{d} (batch {b})" for r, d, b in zip(runs, table.decoder, table.batch)]
+    labels = [textwrap.fill(f"{r + ': ' if r else ''}{d} (batch {b})", 40)
+              for r, d, b in zip(runs, table.decoder, table.batch)]
+    lines = max(label.count("\n") + 1 for label in labels)
+    fig = _figure((0.1 + 0.16 * lines) * len(table) + 1.4)
+    ax = fig.add_subplot()
     colors = [f"C{processes.index(p)}" for p in table.process]
     bars = ax.barh(range(len(table)), table.seconds_1000, color=colors)
-    ax.set_yticks(range(len(table)), labels, fontsize=8)
-    ax.bar_label(bars, labels=[f"{v:g} s" for v in table.seconds_1000], padding=3, fontsize=8)
+    ax.set_yticks(range(len(table)), labels)
+    for text in ax.bar_label(bars, labels=[f"{v:g} s" for v in table.seconds_1000], padding=3, fontsize=MIN_FONT):
+        text.set_bbox({"facecolor": "white", "edgecolor": "none", "pad": 0.5})  # readable across the target line
+    ax.set_xlim(0, table.seconds_1000.max() * 1.2)
     if target is not None:
         ax.axvline(target, color="black", ls="--", lw=1)
-        ax.text(target, -0.9, f" target {target:g} s", fontsize=8, va="bottom")
     handles = [matplotlib.patches.Patch(color=f"C{i}", label=p) for i, p in enumerate(processes)]
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    if target is not None:
+        handles.append(matplotlib.lines.Line2D([], [], color="black", ls="--", lw=1, label=f"target: {target:g} s"))
+    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 3), frameon=False)
     ax.set_xlabel("seconds for 1,000 sentences x 64 new tokens")
+    ax.grid(axis="y", visible=False)
     ax.invert_yaxis()
-    fig.tight_layout()
+    _sizes(ax)
     return fig
 
 
+@_styled
 def step_phases(phases: pd.DataFrame) -> Figure:
     """Stacked bars of seconds per training step by phase, one bar per row (``bench.grpo_phases``)."""
     parts = [c for c in phases.columns if c not in ("seconds_per_step", "completions_per_s")]
     if phases.empty or not parts:
         raise DataError("no step phases to plot")
-    fig = Figure(figsize=(8, 0.5 * len(phases) + 1.5))
+    fig = _figure(0.55 * len(phases) + 1.9)
     ax = fig.add_subplot()
     left = np.zeros(len(phases))
     for i, col in enumerate(parts):
         values = phases[col].to_numpy(dtype=float)
-        bars = ax.barh(range(len(phases)), values, left=left, color=f"C{i}", label=col)
-        ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], label_type="center", fontsize=8)
+        bars = ax.barh(range(len(phases)), values, left=left, color=f"C{i}", label=_words(str(col)))
+        ax.bar_label(bars, labels=[f"{v:.1f}" if v >= 0.3 else "" for v in values], label_type="center",
+                     fontsize=MIN_FONT)
         left += values
-    ax.set_yticks(range(len(phases)), [f"batch {s}" for s in phases.index], fontsize=8)
+    ax.set_yticks(range(len(phases)), [f"batch {s}" for s in phases.index])
     ax.set_xlabel("seconds per GRPO step")
-    ax.legend(fontsize=8, ncols=len(parts), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.legend(loc="outside upper center", ncols=min(len(parts), 2), frameon=False)
+    ax.grid(axis="y", visible=False)
     ax.invert_yaxis()
-    fig.tight_layout()
+    _sizes(ax)
     return fig

@@ -92,7 +92,7 @@ pairs["train"].select(range(n_examples)).to_pandas()
 # %%
 stats = data.corpus_stats(pairs)
 overall = stats[stats["split"] == "overall"].set_index("lang")
-overall.round(3)
+chapter.readable(overall.drop(columns="split")).round(3)
 
 # %% [markdown]
 # The same measures per split. The test sets are small, so their type–token ratios are higher
@@ -100,7 +100,7 @@ overall.round(3)
 # while new words become rarer.
 
 # %%
-stats[stats["split"] != "overall"].set_index(["split", "lang"]).round(3)
+chapter.readable(stats[stats["split"] != "overall"].set_index(["split", "lang"])).round(3)
 
 # %% [markdown]
 # ## What the numbers say about English and German

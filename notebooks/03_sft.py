@@ -137,7 +137,7 @@ pd.DataFrame({"value": {
 # %%
 baseline = chapter.evaluate_splits(modeling.TrainedModel(base, tokenizer, stage="base", base_name=model),
                                 pairs, params, name="base")
-chapter.scores_frame({"base": baseline}).round(2)
+chapter.show_scores(chapter.scores_frame({"base": baseline}))
 
 # %% [markdown]
 # ## Adding the adapters
@@ -175,7 +175,7 @@ print(tokenizer.apply_chat_template(example, tokenize=False))
 sft_params = chapter.sft_params(params)
 sft = train.run_sft(peft_model, tokenizer, pairs["train"], sft_params, runs_root=runs_root,
                     src_lang=src_lang, tgt_lang=tgt_lang, config=chapter.run_config(params))
-plots.training_curves(chapter.log_history(sft), ["loss", "learning_rate", "grad_norm"], title="SFT", ncols=3)
+plots.training_curves(chapter.log_history(sft), ["loss", "learning_rate", "grad_norm"], title="SFT training")
 
 # %% [markdown]
 # ## Evaluating the fine-tuned model
@@ -185,7 +185,7 @@ plots.training_curves(chapter.log_history(sft), ["loss", "learning_rate", "grad_
 # %%
 finetuned = chapter.evaluate_splits(sft, pairs, params, name="sft")
 scores = chapter.scores_frame({"base": baseline, "sft": finetuned})
-scores.round(2)
+chapter.show_scores(scores)
 
 # %%
 gain = scores.xs("sft") - scores.xs("base")
@@ -200,7 +200,7 @@ display(Markdown(f"On the main test set, fine-tuning changed BLEU by **{gain.loc
 # stretches in the right order (ROUGE-2, ROUGE-L).
 
 # %%
-scores[["rouge1", "rouge2", "rougeL"]].unstack("system").round(2)
+chapter.show_scores(scores[["rouge1", "rouge2", "rougeL"]].unstack("system"))
 
 # %% [markdown]
 # ## Translations side by side

@@ -232,7 +232,7 @@ grpo = train.run_grpo(start, tokenizer, pairs["train"], grpo_params, runs_root=r
                       tgt_lang=tgt_lang, config=chapter.run_config(params, from_sft_run=None if sft_run is None else sft_run["run_id"]))
 history = chapter.log_history(grpo)
 plots.training_curves(history, ["reward", *[f"rewards/{name}/mean" for name in rewards], "frac_reward_zero_std",
-                                "completions/mean_length", "loss"], title="GRPO", ncols=3)
+                                "completions/mean_length", "loss"], title="GRPO training")
 
 # %% [markdown]
 # ## Evaluating the GRPO model
@@ -243,11 +243,11 @@ plots.training_curves(history, ["reward", *[f"rewards/{name}/mean" for name in r
 # %%
 after = chapter.evaluate_splits(grpo, pairs, params, name="grpo")
 scores = chapter.scores_frame({"grpo": after})
-scores.round(2)
+chapter.show_scores(scores)
 
 # %%
 earlier = chapter.latest_scores(runs_root, stages=("base", "sft"), build_id=build_id)
-pd.concat([earlier, scores]).round(2) if earlier is not None else scores.round(2)
+chapter.show_scores(pd.concat([earlier, scores]) if earlier is not None else scores)
 
 # %% [markdown]
 # ## Translations side by side

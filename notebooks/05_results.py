@@ -66,7 +66,7 @@ if chapter.runs_are_smoke(runs):
 
 # %%
 scores = chapter.latest_scores(runs_root, build_id=build_id)
-scores.round(2)
+chapter.show_scores(scores)
 
 # %%
 plots.score_bars(scores.reset_index(), metrics=("bleu", "chrf", "ter"), system="system", group="split")
@@ -75,23 +75,38 @@ plots.score_bars(scores.reset_index(), metrics=("bleu", "chrf", "ter"), system="
 # ## Are the gains real?
 #
 # A test set is a sample, and a difference of a BLEU point can come from which sentences happened to be
-# in it. **Paired bootstrap resampling** (Koehn, 2004) redraws the test set with replacement many times,
-# scores both systems on each redraw (the *same* sentences for both, hence *paired*), and counts how
-# often the newer system fails to beat the other. That share is a one-sided $p$-value; the 2.5th and
-# 97.5th percentiles of the redrawn differences give a 95% interval. We compare SFT and GRPO with the
-# base model, and GRPO with SFT, on every test set, using the translations stored in the runs.
+# in it. **Paired bootstrap resampling** (Koehn, 2004), computed exactly as `sacrebleu --paired-bs` does
+# (WMT's practice), redraws the test set with replacement `n_bootstrap` times and scores both systems
+# on each redraw (the *same* sentences for both, hence *paired*). The test is **two-sided**: it asks
+# whether the systems *differ*, not whether the newer one wins, so a clearly worse system is caught as
+# well as a clearly better one. Its *p*-value is (*c* + 1) / (*N* + 1), where *c* counts the redraws
+# whose centred absolute difference exceeds the observed one, so it is never below 1 / (*N* + 1). The
+# 95% interval of the difference comes from the same redraws.
+#
+# We compare SFT and GRPO with the base model, and GRPO with SFT, on every test set and for BLEU, chrF
+# and TER: a dozen or more tests at once, and at the 5% level about one in twenty would come out
+# "significant" by chance alone. The **Holm** correction (Holm, 1979) adjusts every *p*-value of the
+# table for the size of the family, and the verdict uses the adjusted value: **better** or **worse**
+# (for TER a lower score is better) when it is below 0.05, otherwise **no significant difference**.
+# The translations come from the runs; the signatures under the table record the metrics' settings,
+# the number of redraws and the seed.
 
 # %%
 significance = chapter.significance(runs, n_bootstrap)
-significance.set_index(["comparison", "split", "metric"]).round(3) if len(significance) else "no paired runs found"
+if len(significance):
+    chapter.show_significance(significance)
+else:
+    display(Markdown("No paired runs found: no two systems translated the same test sentences."))
 
 # %%
 if len(significance):
-    main = significance[(significance["split"] == "test") & (significance["metric"] == "bleu")]
-    lines = [f"* **{r['comparison']}**: BLEU {r['delta']:+.2f} (p = {r['p']:.3f}) — "
-             f"{'significant' if r['significant (p < 0.05)'] else 'not significant'} at the 5% level"
+    main = significance[(significance["test set"] == "test") & (significance["metric"] == "BLEU")]
+    words = {"better": "better than", "worse": "worse than", "no significant difference": "no significant difference from"}
+    lines = [f"* **{r['comparison']}**: BLEU {r['delta']:+.2f}, 95% CI {r['95% CI']}, p = {r['p']:.4f} "
+             f"(Holm-adjusted {r['Holm-adjusted p']:.4f}): {r['comparison'].split(' vs ')[0]} is "
+             f"**{words[r['verdict']]}** {r['comparison'].split(' vs ')[1]}"
              for _, r in main.iterrows()]
-    display(Markdown("On the main test set:\n\n" + "\n".join(lines)))
+    display(Markdown("On the main test set, at the 5% level after Holm's correction:\n\n" + "\n".join(lines)))
 
 # %% [markdown]
 # ## Translations side by side

@@ -19,12 +19,72 @@ def test_significance_and_side_by_side_from_stored_runs(tmp_path):
     _eval_run(tmp_path, "sft", list(REFS))            # perfect: must beat the base model significantly
     runs = results.load_runs(tmp_path)
     table = chapter.significance(runs, n_bootstrap=200)
-    row = table[(table.comparison == "sft vs base") & (table.metric == "bleu")].iloc[0]
-    assert round(row["score after"], 6) == 100.0 and row["delta"] > 50 and row["significant (p < 0.05)"]
+    assert list(table.columns) == chapter.SIGNIFICANCE_COLUMNS
+    assert list(table.metric) == ["BLEU", "chrF", "TER"]
+    row = table[(table.comparison == "sft vs base") & (table.metric == "BLEU")].iloc[0]
+    assert round(row["score after"], 6) == 100.0 and row["delta"] > 50 and row["verdict"] == "better"
+    ter = table[table.metric == "TER"].iloc[0]
+    assert ter["score after"] == 0.0 and ter["delta"] < 0 and ter["verdict"] == "better"  # lower TER is better
     assert set(table.comparison) == {"sft vs base"}    # no GRPO run: no GRPO comparison
+    assert list(table.attrs["signatures"]) == ["BLEU", "chrF", "TER"]
+    assert all("bs:200|seed:12345" in s for s in table.attrs["signatures"].values())
     side = chapter.stored_side_by_side(runs, n=3)
     assert list(side.columns) == ["source", "base", "sft", "reference"]
     assert list(side["sft"]) == REFS[:3] and list(side["source"]) == SOURCES[:3]
+
+
+def _two_stage_runs(tmp_path, worse_sft=False):
+    bad = ["der hund ." for _ in REFS]
+    _eval_run(tmp_path, "base", bad if not worse_sft else list(REFS))
+    _eval_run(tmp_path, "sft", list(REFS) if not worse_sft else bad)
+    return results.load_runs(tmp_path)
+
+
+def test_significance_says_worse_for_a_worse_system(tmp_path):
+    # the old one-sided test gave a clearly worse system p = 1.0 and "not significant"
+    table = chapter.significance(_two_stage_runs(tmp_path, worse_sft=True), n_bootstrap=200)
+    assert set(table.verdict) == {"worse"}
+    assert (table["p"] < 0.01).all()
+
+
+def test_significance_verdict_uses_the_holm_adjusted_p(tmp_path, monkeypatch):
+    from mtlib import metrics
+    runs = _two_stage_runs(tmp_path)
+    real = metrics.paired_bootstrap
+    raw = iter([0.02, 0.03, 0.04])  # each below 0.05 alone; Holm: 3 x 0.02 = 0.06, 2 x 0.03 = 0.06, 0.06
+
+    def fake(*args, **kw):
+        return {**real(*args, **kw), "p_value": next(raw)}
+
+    monkeypatch.setattr(metrics, "paired_bootstrap", fake)
+    table = chapter.significance(runs, n_bootstrap=50)
+    assert list(table["p"]) == [0.02, 0.03, 0.04]
+    assert list(table["Holm-adjusted p"]) == pytest.approx([0.06, 0.06, 0.06])
+    assert set(table.verdict) == {"no significant difference"}
+
+
+def test_readable_names_leave_the_raw_table_alone():
+    stats = pd.DataFrame({"split": ["train"], "lang": ["de"], "ttr": [0.1], "mean_word_len": [5.0]})
+    shown = chapter.readable(stats.set_index(["split", "lang"]))
+    assert list(shown.index.names) == ["split", "language"]
+    assert list(shown.columns) == ["type-token ratio", "characters per word"]
+    assert list(stats.columns) == ["split", "lang", "ttr", "mean_word_len"]  # callers keep the raw names
+    scores = pd.DataFrame({"system": ["base"], "split": ["test"], "bleu": [1.0], "rouge1": [2.0]})
+    shown = chapter.readable(scores.set_index(["system", "split"]), chapter.SCORE_NAMES)
+    assert list(shown.index.names) == ["system", "test set"] and list(shown.columns) == ["BLEU", "ROUGE-1"]
+    for name in shown.columns.tolist() + list(shown.index.names):
+        assert "_" not in name
+
+
+def test_show_scores_puts_the_signatures_under_the_table(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    scores = pd.DataFrame({"system": ["base"], "split": ["test"], "bleu": [1.234], "chrf": [5.0], "rougeL": [3.0]})
+    chapter.show_scores(scores.set_index(["system", "split"]))
+    table, caption = shown
+    assert list(table.columns) == ["BLEU", "chrF", "ROUGE-L"] and table.iloc[0, 0] == 1.23
+    assert "BLEU `nrefs:1|case:mixed|eff:no|tok:13a" in caption.data and "chrF `nrefs:1" in caption.data
+    assert "TER" not in caption.data and "rouge_score" in caption.data
 
 
 def test_newer_evaluation_of_a_stage_replaces_the_older(tmp_path):
@@ -91,3 +151,20 @@ def test_run_costs_count_the_runs_behind_the_tables_once(tmp_path):
     assert list(per_stage.index) == ["base", "sft"]
     newest = results.load_runs(tmp_path, True).sort_values("started").groupby(["stage", "split"], dropna=False).tail(1)
     assert per_stage.loc["base", "seconds"] == pytest.approx(newest[newest.stage == "base"]["seconds"].sum())
+
+
+def test_significance_display_is_compact_and_grouped(tmp_path, monkeypatch):
+    table = chapter.significance(_two_stage_runs(tmp_path), n_bootstrap=100)
+    view = chapter.significance_display(table)
+    assert list(view.index.names) == ["comparison", "test set", "metric"]
+    assert list(view.columns) == ["scores", "delta", "95% CI", "p", "Holm-adjusted p", "verdict"]
+    first = view.iloc[0]
+    assert first["scores"].endswith("\u00a0→ 100.00") and first["delta"].startswith("+")
+    assert view.index[0][1] == "test (2016 Flickr)"  # test sets by name
+    assert "\u00a0to\u00a0" in first["95% CI"]
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    chapter.show_significance(table)
+    heading, part, caption = shown  # one comparison: its heading, its table, the signatures
+    assert "sft vs base" in heading.data and list(part.index.names) == ["test set", "metric"]
+    assert "bs:100|seed:12345" in caption.data

@@ -1,5 +1,5 @@
 """mtlib.metrics against the sacrebleu command line, rouge_score, a worked BLEU example and sacrebleu's
-own paired bootstrap."""
+paired bootstrap (``--paired-bs``), Holm's correction."""
 import gzip
 import json
 import math
@@ -114,22 +114,27 @@ def test_bad_inputs_are_clear_errors(fn):
 
 def test_bootstrap_identical_systems(refs, hyps):
     r = M.paired_bootstrap(refs, hyps, list(hyps), n_samples=200, progress=False)
-    assert r["delta"] == 0.0 and r["p_value"] == 1.0
+    # SacreBLEU's statistic counts resamples *above* the observed |delta| = 0: none, so p = 1 / (n + 1),
+    # as the command line prints; the verdict still says there is no difference
+    assert r["delta"] == 0.0 and r["p_value"] == pytest.approx(1 / 201)
+    assert r["verdict"] == "no significant difference"
     assert r["ci_low"] == r["ci_high"] == 0.0 and r["score_a"] == r["score_b"]
 
 
 @pytest.mark.parametrize("metric", ["bleu", "chrf", "ter"])
-def test_bootstrap_reference_beats_bad_system(refs, metric):
+def test_bootstrap_is_two_sided_with_verdicts(refs, metric):
     bad = [drop_every(r, 2) for r in refs]
     r = M.paired_bootstrap(refs, bad, list(refs), metric=metric, n_samples=300, progress=False)
-    assert r["p_value"] < 0.05
+    assert r["p_value"] == pytest.approx(1 / 301) and r["verdict"] == "better"
     assert r["ci_low"] <= r["delta"] <= r["ci_high"]
     if metric == "ter":  # lower is better: the reference has TER 0
-        assert r["score_b"] == 0.0 and r["delta"] < 0
+        assert r["score_b"] == 0.0 and r["delta"] < 0 and r["ci_high"] < 0
     else:
-        assert r["score_b"] == pytest.approx(100.0) and r["delta"] > 0
-    # the other way round, b is the bad system: p must be high
-    assert M.paired_bootstrap(refs, list(refs), bad, metric=metric, n_samples=300, progress=False)["p_value"] > 0.95
+        assert r["score_b"] == pytest.approx(100.0) and r["delta"] > 0 and r["ci_low"] > 0
+    # the other way round, b is the bad system: two-sided, so p is just as small, and the verdict is "worse"
+    worse = M.paired_bootstrap(refs, list(refs), bad, metric=metric, n_samples=300, progress=False)
+    assert worse["p_value"] == pytest.approx(1 / 301) and worse["verdict"] == "worse"
+    assert worse["delta"] == pytest.approx(-r["delta"])
 
 
 def test_bootstrap_scores_match_corpus_scores(refs, hyps):
@@ -138,23 +143,105 @@ def test_bootstrap_scores_match_corpus_scores(refs, hyps):
     assert r["score_a"] == pytest.approx(M.corpus_scores(bad, refs)["bleu"])
     assert r["score_b"] == pytest.approx(M.corpus_scores(hyps, refs)["bleu"])
     assert r == M.paired_bootstrap(refs, bad, hyps, n_samples=50, seed=1, progress=False)  # seeded
+    assert r["signature"].startswith("nrefs:1|bs:50|seed:1|case:mixed|eff:no|tok:13a")
 
 
-def test_bootstrap_agrees_with_sacrebleu_on_which_side_of_005(refs):
-    from sacrebleu.metrics import BLEU
-    from sacrebleu.significance import PairedTest
+@pytest.fixture(scope="module")
+def refs300(raw_dir):
+    text = gzip.decompress((raw_dir / "test_2016_flickr.de.gz").read_bytes()).decode("utf-8")
+    return text.split("\n")[:300]
 
-    base = [drop_every(r, 5) for r in refs]
-    slightly = [drop_every(r, 6) if i % 50 == 0 else drop_every(r, 4) if i % 50 == 25 else h
-                for i, (r, h) in enumerate(zip(refs, base))]
-    worse = [drop_every(r, 4) if i % 10 == 5 else h for i, (r, h) in enumerate(zip(refs, base))]
-    for b, significant in ((slightly, False), (worse, True)):
-        # sacrebleu's test is two-sided on |delta|; ours asks "is the better one better", so put it second
-        a_, b_ = (b, base) if significant else (base, b)
-        ours = M.paired_bootstrap(refs, a_, b_, n_samples=1000, progress=False)["p_value"]
-        _, scores = PairedTest([("a", a_), ("b", b_)], {"BLEU": BLEU()}, [refs], test_type="bs", n_samples=1000)()
-        theirs = scores["BLEU"][1].p_value
-        assert (ours < 0.05) == (theirs < 0.05) == significant, (ours, theirs)
+
+def _paired_cli(tmp_path, refs, systems, n, seed):
+    """``sacrebleu REF -i A B ... -m bleu chrf ter --paired-bs`` in text format (its JSON writer crashes on
+    float32 in 2.6.0): {system: {metric: (score, mean, ci, p or None)}} and {metric: signature}."""
+    import os
+    import re
+
+    (tmp_path / "ref.de").write_text("\n".join(refs) + "\n", encoding="utf-8")
+    files = []
+    for name, hyps in systems.items():
+        (tmp_path / name).write_text("\n".join(hyps) + "\n", encoding="utf-8")
+        files.append(str(tmp_path / name))
+    cli = Path(sys.executable).parent / "sacrebleu"
+    out = subprocess.run([str(cli), str(tmp_path / "ref.de"), "-i", *files, "-m", "bleu", "chrf", "ter",
+                          "--paired-bs", "--paired-bs-n", str(n), "-f", "text", "-w", "4", "--no-color"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env={**os.environ, "SACREBLEU_SEED": str(seed)}).stdout
+    table, current = {}, None
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│").split("│")] if line.startswith("│") else None
+        if not cells or cells[0] == "System":
+            continue
+        if cells[0]:  # a system's row: score (mean ± ci) per metric
+            current = Path(cells[0].removeprefix("Baseline: ")).name
+            table[current] = {}
+            for metric, cell in zip(("BLEU", "chrF", "TER"), cells[1:]):
+                score, mean, ci = re.fullmatch(r"(\S+) \((\S+) ± (\S+)\)", cell).groups()
+                table[current][metric] = [score, mean, ci, None]
+        else:  # the p-values under it
+            for metric, cell in zip(("BLEU", "chrF", "TER"), cells[1:]):
+                table[current][metric][3] = re.fullmatch(r"\(p = (\S+)\)\*?", cell).group(1)
+    sigs = dict(re.findall(r"^ - (BLEU|chrF2|TER)\s+(\S+)$", out, flags=re.M))
+    return table, {M.METRIC_NAMES[k]: sigs[n] for k, n in (("bleu", "BLEU"), ("chrf", "chrF2"), ("ter", "TER"))}
+
+
+@pytest.mark.parametrize("seed", [12345, 7])
+def test_bootstrap_equals_the_sacrebleu_cli(tmp_path, refs300, seed):
+    """Scores, bootstrap means and CIs, p-values and signatures of ``sacrebleu --paired-bs`` (same seed, same
+    number of resamples), for BLEU, chrF and TER, three systems against one baseline."""
+    refs = refs300
+    base = [drop_every(r, 4) if i % 2 else r for i, r in enumerate(refs)]
+    systems = {
+        "better": [r if i % 4 == 1 else h for i, (r, h) in enumerate(zip(refs, base))],
+        "close": [drop_every(r, 5) if i % 40 == 1 else h for i, (r, h) in enumerate(zip(refs, base))],
+        "worse": [drop_every(r, 2) if i % 3 == 0 else h for i, (r, h) in enumerate(zip(refs, base))],
+    }
+    n = 500
+    cli, cli_sigs = _paired_cli(tmp_path, refs, {"base": base, **systems}, n, seed)
+    assert set(cli) == {"base", *systems}
+    verdicts = set()
+    for name, hyps in systems.items():
+        for metric in ("bleu", "chrf", "ter"):
+            r = M.paired_bootstrap(refs, base, hyps, metric=metric, n_samples=n, seed=seed, progress=False)
+            label = M.METRIC_NAMES[metric]
+            assert [f"{r[k]:.4f}" for k in ("score_a", "mean_a", "ci_a")] == cli["base"][label][:3], (name, metric)
+            assert [f"{r[k]:.4f}" for k in ("score_b", "mean_b", "ci_b", "p_value")] == cli[name][label], (name, metric)
+            assert r["signature"] == cli_sigs[label]
+            verdicts.add((name, metric, r["verdict"]))
+    # the fixture covers all three verdicts; TER's direction is reversed (a lower TER is "better")
+    assert {("better", m, "better") for m in ("bleu", "chrf", "ter")} <= verdicts
+    assert {("worse", m, "worse") for m in ("bleu", "chrf", "ter")} <= verdicts
+    assert any(v == "no significant difference" for _, _, v in verdicts)
+
+
+def test_verdict_directions():
+    assert M.verdict(+1.0, 0.01, "bleu") == "better" and M.verdict(-1.0, 0.01, "chrf") == "worse"
+    assert M.verdict(-1.0, 0.01, "ter") == "better" and M.verdict(+1.0, 0.01, "ter") == "worse"
+    assert M.verdict(+5.0, 0.05, "bleu") == "no significant difference"  # p must be below alpha
+    assert M.verdict(0.0, 0.001, "bleu") == "no significant difference"
+    assert M.verdict(+1.0, 0.08, "bleu", alpha=0.1) == "better"
+    with pytest.raises(ConfigError, match="metric"):
+        M.verdict(1.0, 0.01, "meteor")
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04, 0.5 -> 4 x 0.01, 3 x 0.03, max(0.09, 2 x 0.04), max(0.09, 1 x 0.5)
+    assert M.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert M.holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])  # step-down: never below an earlier one
+    assert M.holm([0.4, 0.4, 0.4]) == pytest.approx([1.0, 1.0, 1.0])  # capped at 1
+    assert M.holm([0.02]) == pytest.approx([0.02]) and len(M.holm([])) == 0
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        M.holm([0.1, 1.5])
+
+
+def test_signatures():
+    sigs = M.signatures()
+    assert list(sigs) == ["BLEU", "chrF", "TER"]
+    assert sigs["BLEU"] == M.corpus_scores(["ein Hund ."], ["ein Hund ."])["bleu_signature"]
+    assert "nc:6" in sigs["chrF"] and "tok:tercom" in sigs["TER"] and "bs:" not in sigs["BLEU"]
+    assert M.signatures(("ter",), n_bootstrap=1000)["TER"].startswith("nrefs:1|bs:1000|seed:12345|")
+    assert "seed:none" in M.signatures(("bleu",), n_bootstrap=10, seed=None)["BLEU"]
 
 
 def test_bootstrap_bad_arguments(refs):
