@@ -284,6 +284,15 @@ def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
     return out
 
 
+def no_runs_notice(runs_root, build_id=None):
+    """What chapter 5 shows when ``runs_root`` holds no finished run: where it looked and what to run first."""
+    where = f"{runs_root}" + (f" for build {build_id}" if build_id else "")
+    return box("No runs to compare yet", f"No finished run was found in {where}. Run chapter 3 (SFT) and chapter 4 "
+               f"(GRPO) first with the same runs_root; on Colab, mount Google Drive in each chapter so the runs "
+               f"outlive the runtime (runs_root None then uses it). The tables below stay empty until then.",
+               kind="warning")
+
+
 def runs_are_smoke(runs) -> bool:
     """Whether any run in ``load_runs``' table used the tiny random model (its scores then mean nothing)."""
     models = runs["model"].astype(str)
@@ -441,8 +450,11 @@ def signature_caption(n_bootstrap: int | None = None, seed: int | None = 12345, 
 def show_scores(table, digits: int = 2, n_bootstrap: int | None = None, seed: int | None = 12345):
     """Display a score table (or :func:`significance`'s) with readable column names, rounded, and the
     SacreBLEU signatures under it. The signatures are the table's own (``attrs["signatures"]``) if it has
-    them."""
+    them. ``None`` (no scores yet) shows a line saying so."""
     from IPython.display import Markdown, display
+    if table is None or len(table) == 0:
+        display(Markdown("No scores yet."))
+        return
     shown = _test_set_names(readable(table, SCORE_NAMES), "test set")
     p_cols = [c for c in ("p", "Holm-adjusted p") if c in shown.columns]
     # p-values keep four decimals: the smallest, 1 / (N + 1), is about 0.001 for 1,000 resamples

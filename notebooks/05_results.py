@@ -53,9 +53,8 @@ from mtlib import chapter, plots, results
 params = chapter.header("05_results", globals())
 runs = results.load_runs(runs_root, build_id=build_id)
 if runs.empty:
-    raise RuntimeError(f"no finished runs under {runs_root!r}" + (f" for build {build_id}" if build_id else "")
-                       + ": run chapters 3 and 4 first")
-if chapter.runs_are_smoke(runs):
+    display(chapter.no_runs_notice(runs_root, build_id))
+elif chapter.runs_are_smoke(runs):
     display(chapter.notice({"model": chapter.TINY_MODEL}))
 
 # %% [markdown]
@@ -69,7 +68,8 @@ scores = chapter.latest_scores(runs_root, build_id=build_id)
 chapter.show_scores(scores)
 
 # %%
-plots.score_bars(scores.reset_index(), metrics=("bleu", "chrf", "ter"), system="system", group="split")
+if scores is not None:
+    display(plots.score_bars(scores.reset_index(), metrics=("bleu", "chrf", "ter"), system="system", group="split"))
 
 # %% [markdown]
 # ## Are the gains real?
