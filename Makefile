@@ -9,7 +9,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: book test sync clean
+.PHONY: book test sync publish clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,9 +23,19 @@ book: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# Regenerate the .ipynb files from the py:percent sources after editing a chapter.
+# After editing a chapter or pyproject.toml's Repository URL: regenerate the Colab badges, install cells
+# and _config.yml from that URL, then the .ipynb twins of the py:percent sources.
 sync: $(STAMP)
+	$(PY) -m mtlib.project
 	$(VENV)/bin/jupytext --sync notebooks/*.py
+
+# Publish the book of PROFILE on GitHub Pages (the gh-pages branch of this clone's origin). A fork sets
+# its address in pyproject.toml ([project.urls] Repository) and runs `make publish` (PROFILE=fast on a GPU).
+publish: sync
+	@git diff --quiet -- notebooks _config.yml || { echo "make sync changed the chapters or _config.yml for the new address: commit and push them (Colab opens the notebooks from GitHub), then run make publish again"; exit 1; }
+	@test -f build/$(PROFILE)/book/_build/html/index.html || $(MAKE) book PROFILE=$(PROFILE)
+	$(PY) -m ghp_import --no-jekyll --push --force --message "Publish the $(PROFILE) book" build/$(PROFILE)/book/_build/html
+	@echo "published: https://$$(git remote get-url origin | sed -E 's#(git@|https://)github.com[:/]##; s#\.git$$##' | cut -d/ -f1).github.io/$$(basename -s .git $$(git remote get-url origin))/"
 
 clean:
 	rm -rf build runs

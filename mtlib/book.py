@@ -821,11 +821,12 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- Sphinx extension
 
 def _fix_launch_urls(app, pagename, templatename, context, doctree):
-    """Point launch buttons of executed chapters at the source notebooks (``notebooks/``) in the repository."""
+    """Point the launch (Colab) buttons of executed chapters at the source notebooks (``notebooks/``) in the
+    repository; the download button keeps serving the executed notebook the page was rendered from."""
     for group in context.get("header_buttons", []):
         for button in group.get("buttons", []) if isinstance(group, dict) else []:
             url = button.get("url", "")
-            if "/executed/" in url:
+            if url.startswith(("http://", "https://")) and "/executed/" in url:
                 button["url"] = url.replace("/executed/", "/notebooks/")
 
 

@@ -123,7 +123,18 @@ def sync(notebook_dir: Path = NOTEBOOK_DIR, config: Path = CONFIG) -> list[Path]
     return changed
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    """``python -m mtlib.project``: regenerate what follows from the address; ``--check``: only list it (exit 1)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--check" in argv:
+        stale = out_of_step()
+        for path in stale:
+            print(f"out of step with pyproject.toml's Repository URL: {path.relative_to(REPO_ROOT)} (run make sync)")
+        return 1 if stale else 0
     for path in sync():
         print(f"updated {path.relative_to(REPO_ROOT)}")
-    sys.exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -63,11 +63,12 @@ params = chapter.header("01_data", globals())
 # %% [markdown]
 # ## Loading the corpus
 #
-# `mtlib.data.load_pairs` reads the corpus from the Hugging Face Hub (`bentrevett/multi30k`) or
-# from the official raw files, and returns a `DatasetDict` with one text column per language.
-# The Hub copy has three splits: `train` (29,000 pairs), `validation` (1,014) and `test`
-# (1,000, the *test 2016 Flickr* set). The raw release adds three later test sets (2017 Flickr,
-# 2017 MS COCO and 2018 Flickr), which the loader keeps under their own names when it finds them.
+# `mtlib.data.load_pairs` reads the official Multi30k release, which ships with the book for English
+# and German (other languages are downloaded from the official repository on first use), and returns a
+# `DatasetDict` with one text column per language. Its splits are `train`, `validation` and `test`
+# (the *test 2016 Flickr* set), plus three later test sets (2017 Flickr, 2017 MS COCO and 2018
+# Flickr) under their own names. The copy on the Hugging Face Hub (`bentrevett/multi30k`) has only the
+# first three; any other folder or file of sentence pairs works too.
 
 # %%
 pairs = data.load_pairs(dataset, src_lang=src_lang, tgt_lang=tgt_lang, revision=dataset_revision)
