@@ -157,7 +157,7 @@ def resolve_model(model: str, runs_root: str | os.PathLike, texts=None) -> str:
         from . import tiny
         name = model[len(TWIN_PREFIX):]
         out = Path(runs_root).resolve().parent / ("twin-" + name.replace("/", "--"))
-        if not (out / "config.json").exists():
+        if not (out / "mtlib_twin.json").exists():  # written last: a half-written twin is built again
             tiny.build_shape_twin(out, model=name, texts=texts)
         return str(out)
     if model != TINY_MODEL:

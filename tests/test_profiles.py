@@ -36,7 +36,16 @@ def test_smoke_runs_on_cpu_with_the_tiny_model():
     assert sft["model"] == "tiny" and sft["load_in_4bit"] is False
 
 
-@pytest.mark.parametrize("name", ["seed", "fast"])
+def test_gpu_check_is_the_fast_profile_on_the_shape_twin():
+    """Issue 14: anyone with a GPU checks the whole GPU path offline, with the fast settings."""
+    fast, check = (profiles.load_profile(n, check_device=False) for n in ("fast", "gpu-check"))
+    assert check["requires_cuda"] is True
+    assert check["parameters"].pop("model") == "twin:meta-llama/Llama-3.2-3B-Instruct"
+    assert fast["parameters"].pop("model") == "meta-llama/Llama-3.2-3B-Instruct"
+    assert check["parameters"] == fast["parameters"] and check["chapters"] == fast["chapters"]
+
+
+@pytest.mark.parametrize("name", ["seed", "fast", "gpu-check"])
 def test_gpu_profiles_require_cuda(name):
     assert profiles.load_profile(name, check_device=False)["requires_cuda"] is True
 
