@@ -32,32 +32,23 @@ _STAGE_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
 def atomic_write_text(path, text: str | Iterable[str]) -> Path:
-    """Write ``text`` (a string, or an iterable of string chunks) to ``path`` atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for chunk in ([text] if isinstance(text, str) else text):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    """Write ``text`` (a string, or an iterable of string chunks) to ``path`` atomically: a temporary file in
+    the same folder, then a rename, so a crash leaves the old file or the new one, never half of one."""
+    return _atomic_write(path, [text] if isinstance(text, str) else text, binary=False)
 
 
 def atomic_write_bytes(path, payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    """Write ``payload`` to ``path`` atomically, as :func:`atomic_write_text` does."""
+    return _atomic_write(path, [payload], binary=True)
+
+
+def _atomic_write(path, chunks, binary: bool) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
