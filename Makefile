@@ -23,8 +23,9 @@ book: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# After editing a chapter or pyproject.toml's Repository URL: regenerate the Colab badges, install cells
-# and _config.yml from that URL, then the .ipynb twins of the py:percent sources.
+# After editing a chapter, pyproject.toml's Repository URL or mtlib/parameters.py: regenerate the Colab badges,
+# install cells and _config.yml from that URL, the parameters cells from mtlib/parameters.py, then the .ipynb
+# twins of the py:percent sources.
 sync: $(STAMP)
 	$(PY) -m mtlib.project
 	$(VENV)/bin/jupytext --sync notebooks/*.py

@@ -204,36 +204,17 @@ def latest_run(runs_root: str | os.PathLike, stage: str, build_id: str | None = 
     return runs.sort_values(["started", "run_id"]).iloc[-1]
 
 
-# Notebook parameter -> mtlib.train dataclass field (the rest keep their name).
-_TRAIN_FIELDS = {"num_steps": "max_steps", "batch_size": "per_device_train_batch_size",
-                 "grad_accum": "gradient_accumulation_steps", "lr_scheduler": "lr_scheduler_type",
-                 "fast_decode": "fast_generation"}
-_COMMON_KEYS = ("num_steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "lr_scheduler",
-                "logging_steps", "seed")
-_SFT_KEYS = _COMMON_KEYS + ("max_seq_length", "padding_free", "group_by_length")
-_GRPO_KEYS = _COMMON_KEYS + ("loss_type", "beta", "epsilon", "epsilon_high", "num_generations",
-                          "max_completion_length", "temperature", "rewards", "reward_weights", "fast_decode")
-
-
-def _train_params(cls, params: dict, keys):
-    from . import train
-    values = {_TRAIN_FIELDS.get(k, k): (list(params[k]) if isinstance(params[k], (list, tuple)) else params[k])
-              for k in keys if k in params and params[k] is not None}
-    if "group_by_length" in values:
-        values["train_sampling_strategy"] = "group_by_length" if values.pop("group_by_length") else "random"
-    if "rewards" in values and "reward_weights" not in values:
-        values["reward_weights"] = [1.0] * len(values["rewards"])
-    return train.params_from_dict(getattr(train, cls), values)
-
-
 def sft_params(params: dict):
-    """The chapter's parameters as :class:`mtlib.train.SFTParams` (short names mapped to the trainer's)."""
-    return _train_params("SFTParams", params, _SFT_KEYS)
+    """The chapter's parameters as :class:`mtlib.train.SFTParams` (short names mapped to the trainer's fields as
+    :mod:`mtlib.parameters` declares them: ``num_steps`` -> ``max_steps`` ...)."""
+    from . import parameters, train
+    return train.params_from_dict(train.SFTParams, parameters.trainer_values(params, "sft"))
 
 
 def grpo_params(params: dict):
     """The chapter's parameters as :class:`mtlib.train.GRPOParams`."""
-    return _train_params("GRPOParams", params, _GRPO_KEYS)
+    from . import parameters, train
+    return train.params_from_dict(train.GRPOParams, parameters.trainer_values(params, "grpo"))
 
 
 def params_table(dataclass_obj):

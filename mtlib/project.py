@@ -1,7 +1,8 @@
 """Where the book lives: its repository address (written once, in pyproject.toml) and what is generated from it.
 
 The Colab badge and the install cell of every chapter and the repository setting of ``_config.yml`` (Jupyter
-Book's launch and repository buttons) are generated from ``[project.urls] Repository``.
+Book's launch and repository buttons) are generated from ``[project.urls] Repository``; each chapter's
+``parameters`` cell is generated from the parameters' declaration (:func:`mtlib.parameters.parameters_cell`).
 ``python -m mtlib.project`` (``make sync``) rewrites them; ``out_of_step()`` lists what disagrees.
 """
 from __future__ import annotations
@@ -10,6 +11,8 @@ import re
 import sys
 from importlib import metadata
 from pathlib import Path
+
+from . import parameters
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -82,14 +85,27 @@ if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.envir
 
 
 _INSTALL = re.compile(r"^# %%[^\n]*\n" + re.escape(INSTALL_MARK) + r".*?(?=^# %%)", re.M | re.S)
+_PARAMETERS = re.compile(r"^" + re.escape(parameters.CELL_MARK) + r"\n.*?(?=^# %%|\Z)", re.M | re.S)
+
+
+def parameters_cell_of(text: str) -> str | None:
+    """The parameters cell of a chapter's py:percent text (its marker line to the last non-blank line), or None."""
+    found = _PARAMETERS.search(text)
+    return found.group(0).rstrip("\n") + "\n" if found else None
 
 
 def synced_source(chapter: str, text: str) -> str:
-    """A chapter's py:percent text with its badge and install cell regenerated."""
+    """A chapter's py:percent text with its badge, install cell and (for a declared chapter) parameters cell
+    regenerated."""
     if not _BADGE.search(text) or not _INSTALL.search(text):
         raise RuntimeError(f"notebooks/{chapter}.py: no Colab badge line or install cell to regenerate")
     text = _BADGE.sub(lambda _: badge(chapter), text, count=1)
-    return _INSTALL.sub(lambda _: install_cell(chapter) + "\n", text, count=1)
+    text = _INSTALL.sub(lambda _: install_cell(chapter) + "\n", text, count=1)
+    if chapter in parameters.CHAPTERS:
+        if len(_PARAMETERS.findall(text)) != 1:
+            raise RuntimeError(f"notebooks/{chapter}.py: expected one {parameters.CELL_MARK} cell to regenerate")
+        text = _PARAMETERS.sub(lambda _: parameters.parameters_cell(chapter) + "\n", text, count=1)
+    return text
 
 
 def synced_config(text: str) -> str:
@@ -107,12 +123,14 @@ def _targets(notebook_dir: Path = NOTEBOOK_DIR, config: Path = CONFIG):
 
 
 def out_of_step(notebook_dir: Path = NOTEBOOK_DIR, config: Path = CONFIG) -> list[Path]:
-    """Files whose repository address disagrees with pyproject.toml (run ``make sync``)."""
+    """Files whose repository address disagrees with pyproject.toml, or whose parameters cell disagrees with
+    :mod:`mtlib.parameters` (run ``make sync``)."""
     return [path for path, text in _targets(notebook_dir, config) if path.read_text(encoding="utf-8") != text]
 
 
 def sync(notebook_dir: Path = NOTEBOOK_DIR, config: Path = CONFIG) -> list[Path]:
-    """Rewrite the chapters' badges and install cells and ``_config.yml`` from pyproject.toml; returns what changed.
+    """Rewrite the chapters' badges and install cells and ``_config.yml`` from pyproject.toml, and the chapters'
+    parameters cells from :mod:`mtlib.parameters`; returns what changed.
 
     The chapters' ``.ipynb`` twins follow with ``jupytext --sync`` (``make sync`` runs both)."""
     changed = []
@@ -124,12 +142,14 @@ def sync(notebook_dir: Path = NOTEBOOK_DIR, config: Path = CONFIG) -> list[Path]
 
 
 def main(argv=None) -> int:
-    """``python -m mtlib.project``: regenerate what follows from the address; ``--check``: only list it (exit 1)."""
+    """``python -m mtlib.project``: regenerate what follows from the address and the parameters' declaration;
+    ``--check``: only list what is out of step (exit 1)."""
     argv = sys.argv[1:] if argv is None else argv
     if "--check" in argv:
         stale = out_of_step()
         for path in stale:
-            print(f"out of step with pyproject.toml's Repository URL: {path.relative_to(REPO_ROOT)} (run make sync)")
+            print(f"out of step with pyproject.toml's Repository URL or mtlib/parameters.py: "
+                  f"{path.relative_to(REPO_ROOT)} (run make sync)")
         return 1 if stale else 0
     for path in sync():
         print(f"updated {path.relative_to(REPO_ROOT)}")

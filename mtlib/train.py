@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .data import pair_columns
 from .errors import ConfigError, MtlibError, TrainingError
-from .profiles import LOSS_TYPES, SCHEDULERS
+from . import parameters
+from .parameters import LOSS_TYPES, SCHEDULERS  # noqa: F401 (tests compare them with the schema)
 from .prompts import template_date
 from .modeling import TrainedModel, _cuda, add_lora, backend_of, base_name_of, save_adapter, trainable_summary
 from .rewards import build_rewards
@@ -28,30 +29,41 @@ def _default_optim() -> str:
     return "adamw_8bit" if _cuda() else "adamw_torch"
 
 
+def _book(stage: str, name: str):
+    """A field that holds a book parameter: its default is the chapter's (declared once, in mtlib.parameters)."""
+    value = parameters.trainer_defaults(stage)[name]
+    if isinstance(value, list):
+        return field(default_factory=lambda: list(value))
+    return field(default=value)
+
+
 @dataclass
 class SFTParams:
-    """Supervised fine-tuning: the original study's values (Unsloth's Llama 3.2 recipe)."""
-    lr: float = 2e-4
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 4
-    warmup_steps: int = 5
-    weight_decay: float = 0.01
-    lr_scheduler_type: str = "linear"
+    """Supervised fine-tuning: the original study's values (Unsloth's Llama 3.2 recipe), chapter 3's defaults.
+
+    The fields marked ``_book`` are chapter 3's parameters (``mtlib.parameters``: defaults, bounds, names such
+    as ``num_steps`` -> ``max_steps``); the rest are the trainer's own."""
+    lr: float = _book("sft", "lr")
+    per_device_train_batch_size: int = _book("sft", "per_device_train_batch_size")
+    gradient_accumulation_steps: int = _book("sft", "gradient_accumulation_steps")
+    warmup_steps: int = _book("sft", "warmup_steps")
+    weight_decay: float = _book("sft", "weight_decay")
+    lr_scheduler_type: str = _book("sft", "lr_scheduler_type")
     optim: str = field(default_factory=_default_optim)  # 8-bit AdamW needs bitsandbytes + CUDA
-    max_steps: int = 200
-    seed: int = 3407
-    logging_steps: int = 1
-    max_seq_length: int = 512
+    max_steps: int = _book("sft", "max_steps")
+    seed: int = _book("sft", "seed")
+    logging_steps: int = _book("sft", "logging_steps")
+    max_seq_length: int = _book("sft", "max_seq_length")
     packing: bool = False
-    padding_free: bool | None = None                    # None: the backend decides (Unsloth: padding-free)
-    train_sampling_strategy: str = "random"             # "group_by_length": batches of similar lengths
+    padding_free: bool | None = _book("sft", "padding_free")        # None: the backend decides (Unsloth: padding-free)
+    train_sampling_strategy: str = _book("sft", "train_sampling_strategy")  # "group_by_length": similar lengths
     pad_to_multiple_of: int | None = None               # fewer distinct shapes for compiled blocks
     save_steps: int = 50                                # checkpoints (for resume) every N steps
     save_total_limit: int | None = 2
 
     def validate(self) -> "SFTParams":
-        _validate_common(self)
-        _positive(self, "max_seq_length")
+        parameters.check_trainer(self, "sft")
+        _validate_trainer_only(self)
         if self.train_sampling_strategy not in ("random", "sequential", "group_by_length"):
             raise ConfigError("SFTParams.train_sampling_strategy must be 'random', 'sequential' or "
                               f"'group_by_length', got {self.train_sampling_strategy!r}")
@@ -62,65 +74,49 @@ class SFTParams:
 
 @dataclass
 class GRPOParams:
-    """GRPO/DAPO: the original study's values. Each optimisation step sees one prompt x num_generations."""
-    loss_type: str = "bnpo"
-    beta: float = 0.0                   # no KL term: no reference model in memory
-    epsilon: float = 0.2
-    epsilon_high: float = 0.28          # DAPO's clip-higher
-    num_generations: int = 4
-    max_completion_length: int = 76
-    temperature: float = 0.9
+    """GRPO/DAPO: the original study's values, chapter 4's defaults. Each optimisation step sees one prompt x
+    num_generations.
+
+    The fields marked ``_book`` are chapter 4's parameters (``mtlib.parameters``); the rest are the trainer's own.
+    TRL 1.14: generation_batch_size = per_device_train_batch_size x gradient_accumulation_steps (one GPU) must be
+    a multiple of num_generations; 2 x 2 = 4 = one prompt's group per step, as in the original."""
+    loss_type: str = _book("grpo", "loss_type")
+    beta: float = _book("grpo", "beta")                 # 0: no KL term, no reference model in memory
+    epsilon: float = _book("grpo", "epsilon")
+    epsilon_high: float = _book("grpo", "epsilon_high")  # DAPO's clip-higher
+    num_generations: int = _book("grpo", "num_generations")
+    max_completion_length: int = _book("grpo", "max_completion_length")
+    temperature: float = _book("grpo", "temperature")
     top_k: int = 50
     top_p: float = 0.95
     repetition_penalty: float = 1.2
-    fast_generation: bool = False       # completions from a merged bf16 copy (mtlib.fastgen.route_generate)
-    lr: float = 5e-6
-    max_steps: int = 500
-    # TRL 1.14: generation_batch_size = per_device_train_batch_size x gradient_accumulation_steps (one GPU)
-    # must be a multiple of num_generations; 2 x 2 = 4 = one prompt's group per step, as in the original.
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 2
-    rewards: list = field(default_factory=lambda: ["bleu", "length"])   # BLEU + length penalty, as the original
-    reward_weights: list = field(default_factory=lambda: [1.0, 1.0])
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    lr_scheduler_type: str = "linear"
+    fast_generation: bool = _book("grpo", "fast_generation")  # completions from a merged bf16 copy (fastgen)
+    lr: float = _book("grpo", "lr")
+    max_steps: int = _book("grpo", "max_steps")
+    per_device_train_batch_size: int = _book("grpo", "per_device_train_batch_size")
+    gradient_accumulation_steps: int = _book("grpo", "gradient_accumulation_steps")
+    rewards: list = _book("grpo", "rewards")            # names in mtlib.rewards.REWARDS, or functions
+    reward_weights: list = _book("grpo", "reward_weights")
+    warmup_steps: int = _book("grpo", "warmup_steps")
+    weight_decay: float = _book("grpo", "weight_decay")
+    lr_scheduler_type: str = _book("grpo", "lr_scheduler_type")
     optim: str = field(default_factory=_default_optim)
-    seed: int = 3407
-    logging_steps: int = 1
+    seed: int = _book("grpo", "seed")
+    logging_steps: int = _book("grpo", "logging_steps")
     save_steps: int = 50
     save_total_limit: int | None = 2
 
     def validate(self) -> "GRPOParams":
-        _validate_common(self)
-        if self.loss_type not in LOSS_TYPES:
-            raise ConfigError(f"GRPOParams.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        _positive(self, "num_generations", minimum=2)
-        _positive(self, "max_completion_length")
-        if self.beta < 0:
-            raise ConfigError(f"GRPOParams.beta must be >= 0, got {self.beta!r}")
-        if not self.epsilon > 0:
-            raise ConfigError(f"GRPOParams.epsilon must be > 0, got {self.epsilon!r}")
-        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
-            raise ConfigError(f"GRPOParams.epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon})")
-        if not self.temperature > 0:
-            raise ConfigError(f"GRPOParams.temperature must be > 0, got {self.temperature!r}")
+        parameters.check_trainer(self, "grpo")  # bounds, choices, epsilon_high >= epsilon, whole groups, weights
+        _validate_trainer_only(self)
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"GRPOParams.top_p must be in (0, 1], got {self.top_p!r}")
-        gen_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if gen_batch % self.num_generations:
-            raise ConfigError(
-                f"GRPOParams: per_device_train_batch_size x gradient_accumulation_steps ({gen_batch}) must be a "
-                f"multiple of num_generations ({self.num_generations})")
         if not self.rewards:
             raise ConfigError("GRPOParams.rewards must name at least one reward")
         from .rewards import REWARDS
         unknown = [r for r in self.rewards if not callable(r) and r not in REWARDS]
         if unknown:
             raise ConfigError(f"GRPOParams.rewards: unknown {unknown}; choose from {sorted(REWARDS)}")
-        if len(self.reward_weights) != len(self.rewards):
-            raise ConfigError(f"GRPOParams.reward_weights has {len(self.reward_weights)} values for "
-                              f"{len(self.rewards)} rewards {self.rewards}")
         return self
 
 
@@ -130,18 +126,9 @@ def _positive(params, name, minimum=1):
         raise ConfigError(f"{type(params).__name__}.{name} must be an integer >= {minimum}, got {v!r}")
 
 
-def _validate_common(p):
-    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps",
-                 "save_steps"):
-        _positive(p, name)
-    _positive(p, "warmup_steps", minimum=0)
-    if not isinstance(p.lr, (int, float)) or isinstance(p.lr, bool) or not (0 < p.lr <= 1) or not math.isfinite(p.lr):
-        raise ConfigError(f"{type(p).__name__}.lr must be a number in (0, 1], got {p.lr!r}")
-    if p.weight_decay < 0:
-        raise ConfigError(f"{type(p).__name__}.weight_decay must be >= 0, got {p.weight_decay!r}")
-    if p.lr_scheduler_type not in SCHEDULERS:
-        raise ConfigError(f"{type(p).__name__}.lr_scheduler_type must be one of {SCHEDULERS}, "
-                          f"got {p.lr_scheduler_type!r}")
+def _validate_trainer_only(p):
+    """Rules for the fields that are not book parameters (theirs are in mtlib.parameters)."""
+    _positive(p, "save_steps")
     if p.optim in ("adamw_8bit", "paged_adamw_8bit") and not _cuda():
         raise ConfigError(f"{type(p).__name__}.optim={p.optim!r} needs CUDA (bitsandbytes); use 'adamw_torch'")
 

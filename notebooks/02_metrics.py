@@ -40,7 +40,7 @@ if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.envir
 
 # %% tags=["parameters"]
 profile = None                     # name of the profile the runner used (display only)
-dataset = "multi30k"                # "multi30k" (shipped: en/de; fr/cs downloaded), a local folder or file, or a Hub id
+dataset = "multi30k"               # "multi30k" (en/de shipped; fr/cs downloaded), a local path or a Hub id
 dataset_revision = None            # Hub dataset commit/tag to pin (None: newest)
 src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language

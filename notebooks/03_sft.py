@@ -40,13 +40,15 @@ if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.envir
 
 # %% tags=["parameters"]
 profile = None                     # name of the profile the runner used (display only)
-model = "meta-llama/Llama-3.2-3B-Instruct"  # Hub id or local path ("tiny": tiny random model; "twin:<id>": random weights, same shape)
+model = "meta-llama/Llama-3.2-3B-Instruct"  # Hub id or local path; "tiny": tiny random model,
+                                            # "twin:<id>": that model's shape with random weights
 model_revision = None              # Hub model commit/tag to pin (None: newest)
-dataset = "multi30k"                # "multi30k" (shipped: en/de; fr/cs downloaded), a local folder or file, or a Hub id
+dataset = "multi30k"               # "multi30k" (en/de shipped; fr/cs downloaded), a local path or a Hub id
 dataset_revision = None            # Hub dataset commit/tag to pin (None: newest)
 src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
-runs_root = None                   # where run records (config, scores, translations, adapter) go (None: Google Drive if mounted, else ./runs)
+runs_root = None                   # where run records (config, scores, translations, adapter) go
+                                   # (None: Google Drive if mounted, else ./runs)
 build_id = None                    # the build these runs belong to (set by the book runner; None: no build)
 seed = 3407                        # seed for the data sample, LoRA initialisation and training
 max_seq_length = 512               # longest training example, in tokens

@@ -40,14 +40,17 @@ if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.envir
 
 # %% tags=["parameters"]
 profile = None                     # name of the profile the runner used (display only)
-model = "meta-llama/Llama-3.2-3B-Instruct"  # Hub id or local path ("tiny": tiny random model; "twin:<id>": random weights, same shape)
+model = "meta-llama/Llama-3.2-3B-Instruct"  # Hub id or local path; "tiny": tiny random model,
+                                            # "twin:<id>": that model's shape with random weights
 model_revision = None              # Hub model commit/tag to pin (None: newest)
-dataset = "multi30k"                # "multi30k" (shipped: en/de; fr/cs downloaded), a local folder or file, or a Hub id
+dataset = "multi30k"               # "multi30k" (en/de shipped; fr/cs downloaded), a local path or a Hub id
 dataset_revision = None            # Hub dataset commit/tag to pin (None: newest)
 src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
-runs_root = None                   # where run records go; the SFT adapter is looked up here (None: Google Drive if mounted, else ./runs)
-build_id = None                    # this build: only its SFT adapter is continued (None: any run in runs_root)
+runs_root = None                   # where run records go; the SFT adapter is looked up here
+                                   # (None: Google Drive if mounted, else ./runs)
+build_id = None                    # this build: only its SFT adapter is continued
+                                   # (None: any run in runs_root)
 from_sft = True                    # continue the newest SFT adapter in runs_root (trained here first if none)
 sft_steps = 200                    # SFT steps when no SFT adapter is found (the seed recipe's 200)
 seed = 3407                        # seed for the data sample, LoRA initialisation and training

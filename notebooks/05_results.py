@@ -40,7 +40,7 @@ if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.envir
 
 # %% tags=["parameters"]
 profile = None                     # name of the profile the runner used (display only)
-runs_root = None                   # the runs folder of this build (None: Google Drive if mounted, else ./runs)
+runs_root = None                   # this build's runs folder (None: Google Drive if mounted, else ./runs)
 build_id = None                    # read only this build's runs (set by the book runner; None: every run)
 n_bootstrap = 1000                 # paired-bootstrap resamples per comparison
 n_examples = 5                     # translations to show side by side

@@ -58,10 +58,10 @@ if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.envir
     sys.path.insert(0, folder)
 
 # %% tags=["parameters"]
-profile = None                          # name of the profile the runner used (display only)
-benchmark_files = ["h100_run6.json"]    # measured results, in benchmarks/results/ (names there, or paths)
-paths_file = "h100_translate_paths.json"
-grpo_file = "h100_grpo_breakdown.json"
+profile = None                            # name of the profile the runner used (display only)
+benchmark_files = ["h100_run6.json"]      # measured results, in benchmarks/results/ (names there, or paths)
+paths_file = "h100_translate_paths.json"  # measured translation paths (a name there, or a path)
+grpo_file = "h100_grpo_breakdown.json"    # measured GRPO step phases (a name there, or a path)
 
 # %%
 import pandas as pd

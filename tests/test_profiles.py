@@ -45,6 +45,39 @@ def test_gpu_check_is_the_fast_profile_on_the_shape_twin():
     assert check["parameters"] == fast["parameters"] and check["chapters"] == fast["chapters"]
 
 
+# The original study's recipe (Unsloth's Llama 3.2 SFT recipe, then GRPO/DAPO), written out here on purpose:
+# the seed profile leaves these to the chapters' defaults, and a changed default must not change it silently.
+ORIGINAL_STUDY = {
+    "03_sft": dict(model="meta-llama/Llama-3.2-3B-Instruct", dataset="multi30k", load_in_4bit=True,
+                   max_seq_length=512, lora_r=16, lora_alpha=16, lora_dropout=0.0, seed=3407, train_size=None,
+                   test_size=None, num_steps=200, batch_size=4, grad_accum=4, lr=2e-4, warmup_steps=5,
+                   weight_decay=0.01, lr_scheduler="linear", eval_batch_size=64, max_new_tokens=128),
+    "04_grpo": dict(model="meta-llama/Llama-3.2-3B-Instruct", dataset="multi30k", load_in_4bit=True,
+                    max_seq_length=512, lora_r=16, lora_alpha=16, lora_dropout=0.0, seed=3407, train_size=None,
+                    test_size=None, num_steps=500, batch_size=2, grad_accum=2, num_generations=4, lr=5e-6,
+                    warmup_steps=0, weight_decay=0.0, lr_scheduler="linear", loss_type="bnpo", beta=0.0,
+                    epsilon=0.2, epsilon_high=0.28, max_completion_length=76, temperature=0.9,
+                    rewards=["bleu", "length"], reward_weights=[1.0, 1.0], eval_batch_size=64, max_new_tokens=128),
+    "05_results": dict(n_bootstrap=1000),
+}
+
+
+@pytest.mark.parametrize("section", sorted(ORIGINAL_STUDY))
+def test_seed_profile_runs_the_original_study(section):
+    prof = profiles.load_profile("seed", check_device=False)
+    effective = profiles.effective_parameters(prof, section)
+    assert {k: effective[k] for k in ORIGINAL_STUDY[section]} == ORIGINAL_STUDY[section]
+    assert effective["profile"] == "seed"
+
+
+def test_seed_profile_does_not_repeat_the_defaults():
+    """Its values are the chapters' defaults; it names only the model and the data (the build records them)."""
+    prof = profiles.load_profile("seed", check_device=False)
+    assert prof["chapters"] == {} and set(prof["parameters"]) == {"model", "dataset"}
+    for name, value in prof["parameters"].items():
+        assert all(profiles.SCHEMA[name].default_for(c) == value for c in profiles.SCHEMA[name].chapters)
+
+
 @pytest.mark.parametrize("name", ["seed", "fast", "gpu-check"])
 def test_gpu_profiles_require_cuda(name):
     assert profiles.load_profile(name, check_device=False)["requires_cuda"] is True

@@ -7,7 +7,8 @@ FORK = "https://github.com/someone/my-mt-book"
 
 
 def test_badges_install_cells_and_config_are_in_step():
-    assert project.out_of_step() == [], "run `make sync` after changing pyproject.toml's Repository URL"
+    assert project.out_of_step() == [], \
+        "run `make sync` after changing pyproject.toml's Repository URL or mtlib/parameters.py"
 
 
 def test_config_names_the_repository_of_pyproject():
