@@ -108,3 +108,24 @@ def grpo_phases(path) -> pd.DataFrame:
         raise DataError(f"{path}: not a GRPO breakdown (benchmarks/gpu_grpo_breakdown.py); missing {missing or 'rows'}")
     df = pd.DataFrame(rows).set_index("shape")
     return df[["seconds_per_step", "completions_per_s", *GRPO_PHASES]].rename(columns=GRPO_PHASES)
+
+
+def multi_gpu(path):
+    """One GPU against several (benchmarks/gpu_multi.py's ``multi_gpu.json``): ``(summary, rows, env)`` as two
+    DataFrames and a dict, or None when the file does not exist (nothing measured yet).
+
+    ``summary``: one line per stage and comparison, the speedup and the goal; ``rows``: each configuration's
+    throughput, time and peak memory per card (GiB), or its error.
+    """
+    import pandas as pd
+    path = Path(path) if Path(path).exists() else RESULTS_DIR / path
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    rows = [r for r in result.get("rows", []) if r.get("stage") in STAGES or "error" in r or "skipped" in r]
+    cols = ["stage", "config", "processes", "backend", "batch", "throughput", "unit", "seconds",
+            "peak_gib_per_card", "error", "skipped"]
+    table = pd.DataFrame(rows).reindex(columns=cols)
+    table = table.dropna(axis=1, how="all")
+    summary = pd.DataFrame(result.get("summary", []))
+    return summary, table, result.get("env", {})

@@ -99,6 +99,8 @@ def header(chapter: str, namespace: dict) -> dict:
     params = chapter_params(chapter, namespace)
     if "runs_root" in params:
         params["runs_root"] = namespace["runs_root"] = runs_folder(params["runs_root"])
+    if "num_gpus" in params:  # more GPUs than the machine has: fail here, before any model loads
+        num_gpus(params)
     show_figures()
     pd.set_option("display.max_colwidth", 200)  # translations and explanations in full, not cut at 50
     box = notice(params, chapter)
@@ -182,8 +184,7 @@ def train_sft_first(params: dict, pairs, model_path: str):
                              seed=params["seed"], gradient_checkpointing=params["gradient_checkpointing"])
     sft = train.SFTParams(max_steps=params["sft_steps"], seed=params["seed"], max_seq_length=params["max_seq_length"],
                           logging_steps=params["logging_steps"]).validate()
-    train.run_sft(lora, tokenizer, pairs["train"], sft, runs_root=params["runs_root"], src_lang=params["src_lang"],
-                  tgt_lang=params["tgt_lang"], config=run_config(params, trained_by="04_grpo"))
+    run_sft(lora, tokenizer, pairs["train"], sft, params, config=run_config(params, trained_by="04_grpo"))
     del base, lora
     return latest_run(params["runs_root"], "sft", params.get("build_id"))
 
@@ -253,14 +254,27 @@ def run_config(params: dict, **extra) -> dict:
 
 
 def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
-    """Translate and score every test set of ``pairs`` with ``trained`` (one run record each); {split: Evaluation}."""
+    """Translate and score every test set of ``pairs`` with ``trained`` (one run record each); {split: Evaluation}.
+
+    With ``num_gpus`` > 1 each test set is split across that many processes (:func:`mtlib.parallel.evaluate_splits`).
+    """
     from . import generate
+    n = num_gpus(params)
+    config = run_config(params, num_processes=n)
+    if n > 1:
+        from . import parallel
+        return parallel.evaluate_splits(
+            trained, {split: pairs[split] for split in test_splits(pairs)}, num_processes=n,
+            runs_root=params["runs_root"], name=name, src_lang=params["src_lang"], tgt_lang=params["tgt_lang"],
+            batch_size=params["eval_batch_size"], max_new_tokens=params["max_new_tokens"], config=config,
+            max_seq_length=params["max_seq_length"], load_in_4bit=params["load_in_4bit"],
+            fast_decode=params.get("fast_decode", False))
     out = {}
     for split in test_splits(pairs):
         out[split] = generate.evaluate(
             trained, pairs[split], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"], name=name,
             runs_root=params["runs_root"], batch_size=params["eval_batch_size"],
-            max_new_tokens=params["max_new_tokens"], split_name=split, config=run_config(params),
+            max_new_tokens=params["max_new_tokens"], split_name=split, config=config,
             fast_decode=params.get("fast_decode", False))
     return out
 
@@ -272,6 +286,64 @@ def no_runs_notice(runs_root, build_id=None):
                f"(GRPO) first with the same runs_root; on Colab, mount Google Drive in each chapter so the runs "
                f"outlive the runtime (runs_root None then uses it). The tables below stay empty until then.",
                kind="warning")
+
+
+# -- several GPUs -----------------------------------------------------------------------------------------
+
+def num_gpus(params: dict) -> int:
+    """The chapter's ``num_gpus`` as a number of processes (``"auto"``: every visible GPU); 1 when absent."""
+    from . import parallel
+    return parallel.resolve_num_gpus(params.get("num_gpus", 1))
+
+
+def _train_launch_args(params: dict) -> dict:
+    return dict(max_seq_length=params["max_seq_length"], load_in_4bit=params["load_in_4bit"],
+                gradient_checkpointing=params.get("gradient_checkpointing"))
+
+
+def _run_training(stage, model, tokenizer, train_split, train_params, params: dict, config: dict | None):
+    from . import parallel, train
+    n = num_gpus(params)
+    common = dict(runs_root=params["runs_root"], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"],
+                  config={**(config or {}), "num_processes": n})
+    if n == 1:
+        return getattr(train, f"run_{stage}")(model, tokenizer, train_split, train_params, **common)
+    return getattr(parallel, f"run_{stage}")(model, tokenizer, train_split, train_params, num_processes=n, **common,
+                                             **_train_launch_args(params))
+
+
+def run_sft(model, tokenizer, train_split, train_params, params: dict, config: dict | None = None):
+    """:func:`mtlib.train.run_sft` in this process (``num_gpus`` 1), or on ``num_gpus`` data-parallel processes
+    (:func:`mtlib.parallel.run_sft`); either way the same run record, adapter and returned TrainedModel."""
+    return _run_training("sft", model, tokenizer, train_split, train_params, params, config)
+
+
+def run_grpo(start, tokenizer, train_split, train_params, params: dict, config: dict | None = None):
+    """:func:`mtlib.train.run_grpo` in this process (``num_gpus`` 1), or on ``num_gpus`` data-parallel processes
+    (:func:`mtlib.parallel.run_grpo`, on the plain backend: see :data:`mtlib.parallel.MULTI_PROCESS_BACKEND`)."""
+    return _run_training("grpo", start, tokenizer, train_split, train_params, params, config)
+
+
+def batch_table(train_params, params: dict, stage: str):
+    """How many GPUs train, the effective batch of one optimizer step and the learning rate, as a table."""
+    import pandas as pd
+    from . import parallel
+    n = num_gpus(params)
+    s = parallel.batch_summary(stage, train_params, n)
+    unit = "completions" if stage == "grpo" else "examples"
+    rows = {"GPUs (processes)": n,
+            "per-GPU batch x accumulation": f"{s['per_device_batch_size']} x {s['grad_accum']}",
+            f"effective batch ({unit} per optimizer step)": s["effective_batch_size"],
+            "learning rate": s["lr"], "optimizer steps": s["num_steps"]}
+    if stage == "grpo":
+        rows["prompts per step"] = s["prompts_per_step"]
+    else:
+        rows["examples seen"] = s["examples_seen"]
+    if n > 1:
+        backend = parallel.choose_backend(stage, n)
+        rows["backend of the training processes"] = backend
+        rows["why"] = parallel.backend_note(stage, backend, n)
+    return pd.DataFrame({"value": {k: str(v) for k, v in rows.items()}})
 
 
 def runs_are_smoke(runs) -> bool:

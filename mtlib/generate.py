@@ -209,12 +209,13 @@ class Evaluation:
 
 def evaluate(model_or_trained, split, src_lang: str = "en", tgt_lang: str = "de", name: str | None = None,
              runs_root="runs", batch_size: int = 64, max_new_tokens: int = 128, config: dict | None = None,
-             split_name: str | None = None, tokenizer=None, **translate_kwargs) -> Evaluation:
+             split_name: str | None = None, tokenizer=None, translator=None, **translate_kwargs) -> Evaluation:
     """Translate a split, score it with :func:`mtlib.metrics.corpus_scores` and write a run record.
 
     ``model_or_trained``: a :class:`~mtlib.modeling.TrainedModel` (its ``stage`` labels the run), or a
     ``(model, tokenizer)`` pair / model + ``tokenizer=`` (stage "base"). ``split_name`` defaults to the
-    Dataset's split name, else "test".
+    Dataset's split name, else "test". ``translator``: a function with :func:`translate`'s signature used in
+    its place (``mtlib.parallel`` passes one that splits the sentences across processes).
     """
     import pandas as pd
     from . import metrics as _metrics
@@ -231,9 +232,10 @@ def evaluate(model_or_trained, split, src_lang: str = "en", tgt_lang: str = "de"
                   "backend": backend_of(trained.model), "prompt_date": template_date(trained.tokenizer),
                   **translate_kwargs, **(config or {})}
     run = Run.create(trained.stage, run_config, root=runs_root, name=name or f"{trained.stage}")
+    translator = translator or translate
     try:
         with run.timer("translate"):
-            hyps, stats = translate(trained.model, trained.tokenizer, sources, tgt_lang=tgt_lang, src_lang=src_lang,
+            hyps, stats = translator(trained.model, trained.tokenizer, sources, tgt_lang=tgt_lang, src_lang=src_lang,
                                     batch_size=batch_size, max_new_tokens=max_new_tokens, return_stats=True,
                                     **translate_kwargs)
         with run.timer("score"):

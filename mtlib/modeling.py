@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,27 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+BACKEND_ENV = "MTLIB_BACKEND"  # "hf": backend="auto" means the plain backend, and Unsloth is never imported
+
+
+def _forced_backend() -> str | None:
+    value = os.environ.get(BACKEND_ENV, "").strip().lower()
+    return value if value in ("hf", "unsloth") else None
+
+
+def local_device_index() -> int:
+    """The CUDA device of this process: ``LOCAL_RANK`` under a launcher (accelerate launch, torchrun), else 0."""
+    return int(os.environ.get("LOCAL_RANK", 0) or 0)
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", 1) or 1) > 1
+
+
 def _import_unsloth_early() -> None:
     """On a CUDA machine with Unsloth installed, import it with this module, before transformers/trl load."""
+    if _forced_backend() == "hf":  # a process that must stay on the plain backend (mtlib.parallel's GRPO)
+        return
     try:
         if _cuda():
             import unsloth  # noqa: F401
@@ -50,9 +70,14 @@ def _unsloth_available() -> bool:
 
 
 def resolve_backend(backend: str = "auto") -> str:
-    """``"unsloth"`` when asked (or ``"auto"`` with CUDA and Unsloth installed), else ``"hf"``."""
+    """``"unsloth"`` when asked (or ``"auto"`` with CUDA and Unsloth installed), else ``"hf"``.
+
+    ``$MTLIB_BACKEND`` (``hf`` or ``unsloth``) decides what ``"auto"`` means in this process.
+    """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto" and _forced_backend():
+        backend = _forced_backend()
     if backend == "auto":
         return "unsloth" if _cuda() and _unsloth_available() else "hf"
     if backend == "unsloth" and not _unsloth_available():
@@ -111,7 +136,7 @@ def load_model(name_or_path, max_seq_length: int = 512, load_in_4bit: bool = Tru
         from unsloth import FastLanguageModel
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=str(name_or_path), max_seq_length=max_seq_length, dtype=dtype,
-            load_in_4bit=load_in_4bit, token=token, **pinned)
+            load_in_4bit=load_in_4bit, token=token, **pinned, **_unsloth_device_map())
         contiguous_head_input(model)
     else:
         import torch
@@ -119,7 +144,7 @@ def load_model(name_or_path, max_seq_length: int = 512, load_in_4bit: bool = Tru
         kwargs: dict[str, Any] = {**({"token": token} if token else {}), **pinned}
         if _cuda():
             dtype = dtype or (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = {"": local_device_index()}  # each data-parallel process: its own GPU
             if load_in_4bit:
                 from transformers import BitsAndBytesConfig
                 kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -134,6 +159,11 @@ def load_model(name_or_path, max_seq_length: int = 512, load_in_4bit: bool = Tru
         tokenizer.model_max_length = max_seq_length
     _set_backend(model, backend)
     return model, prepare_tokenizer(tokenizer)
+
+
+def _unsloth_device_map() -> dict:
+    """Under a data-parallel launcher each process loads onto its own GPU; otherwise Unsloth's default."""
+    return {"device_map": {"": local_device_index()}} if _distributed() else {}
 
 
 def _contiguous_input(module, args):
@@ -298,7 +328,8 @@ def load_trained(run_or_adapter_dir, max_seq_length: int = 512, load_in_4bit: bo
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=str(adapter_dir), max_seq_length=max_seq_length, dtype=_dtype(dtype),
             load_in_4bit=load_in_4bit, token=hf_token(),
-            use_gradient_checkpointing="unsloth" if trainable and gradient_checkpointing else False)
+            use_gradient_checkpointing="unsloth" if trainable and gradient_checkpointing else False,
+            **_unsloth_device_map())
         contiguous_head_input(model)
         _set_backend(model, "unsloth")
         tokenizer = prepare_tokenizer(tokenizer)

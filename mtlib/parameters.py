@@ -51,7 +51,7 @@ class Param:
     the comment of its line in the parameters cell (None: ``help``; a newline continues it on the next line,
     as does a comment longer than :data:`CELL_WIDTH` allows).
     """
-    kind: str                      # "str", "int", "float", "bool", "list[str]", "list[float]"
+    kind: str                      # "str", "int", "float", "bool", "list[str]", "list[float]", "gpus" (int or "auto")
     default: Any
     chapters: tuple[str, ...]
     help: str
@@ -167,6 +167,9 @@ SCHEMA: dict[str, Param] = {
     "logging_steps": Param("int", 1, _TRAIN, "log the loss/rewards every N steps",
                            {"03_sft": "log the loss every N steps", "04_grpo": "log rewards every N steps"},
                            min=1, train=_BOTH),
+    "num_gpus": Param("gpus", 1, _TRAIN, 'GPUs to train and translate on, data-parallel (1: this process; "auto": '
+                      "every visible GPU; more than one launches worker processes through Accelerate)",
+                      'GPUs, data-parallel (1: this process; "auto": every visible GPU)', min=1),
     "gradient_checkpointing": Param("bool", True, _TRAIN, "recompute activations in the backward pass (saves "
                                     "memory, costs time; the fast GPU profile turns it off)",
                                     "recompute activations in the backward pass (saves memory, costs time)"),
@@ -216,6 +219,9 @@ SCHEMA: dict[str, Param] = {
     "grpo_file": Param("str", "h100_grpo_breakdown.json", ("06_gpu_speed",),
                        "measured GRPO step phases: a name in benchmarks/results/ or a path",
                        "measured GRPO step phases (a name there, or a path)"),
+    "multi_gpu_file": Param("str", "multi_gpu.json", ("06_gpu_speed",),
+                            "one GPU against two (benchmarks/gpu_multi.py's output): a name in benchmarks/results/ "
+                            "or a path; shown only if it exists", "one GPU against two (shown if measured)"),
 }
 
 
@@ -244,6 +250,8 @@ def _type_ok(kind: str, value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if kind == "str":
         return isinstance(value, str) and value.strip() != ""
+    if kind == "gpus":  # a count, or "auto"
+        return value == "auto" or _type_ok("int", value)
     if kind.startswith("list["):
         item = kind[5:-1]
         return isinstance(value, (list, tuple)) and len(value) > 0 and all(_type_ok(item, v) for v in value)
@@ -263,7 +271,8 @@ def check_value(name: str, value: Any, where: str = "parameters", trainer: bool 
         raise ConfigError(f"{where}: parameter {name!r} must be set (a {p.kind}), got null/None")
     if not _type_ok(p.kind, value):
         finite = " (finite)" if "float" in p.kind else ""
-        raise ConfigError(f"{where}: parameter {name!r} must be a{finite} {p.kind} ({p.help}), "
+        kind = "positive integer or 'auto'" if p.kind == "gpus" else p.kind
+        raise ConfigError(f"{where}: parameter {name!r} must be a{finite} {kind} ({p.help}), "
                           f"got {value!r} ({type(value).__name__})")
     if p.kind == "float":
         value = float(value)

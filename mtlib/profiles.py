@@ -135,10 +135,15 @@ def load_profile(name_or_path: str | Path, check_device: bool = True) -> dict:
 
 
 def check_cuda(profile: dict) -> None:
-    """Raise ConfigError when the profile says ``requires_cuda: true`` and no CUDA device is visible."""
+    """Raise ConfigError when the profile says ``requires_cuda: true`` and no CUDA device is visible, or asks
+    for more GPUs (``num_gpus``) than the machine has."""
     if profile.get("requires_cuda") and not cuda_available():
         raise ConfigError(f"profile {profile['path']}: 'requires_cuda' is true but this machine has no CUDA "
                           f"device; use the smoke profile on CPU (--profile smoke)")
+    from .parallel import resolve_num_gpus
+    for section in [profile["parameters"], *profile["chapters"].values()]:
+        if "num_gpus" in section:
+            resolve_num_gpus(section["num_gpus"], where=f"profile {profile['path']}")
 
 
 def chapter_parameters(profile: dict, chapter: str) -> dict:

@@ -160,7 +160,14 @@ def _common_args(p, output_dir) -> dict:
                 gradient_checkpointing=False,  # add_lora() already set it up (Unsloth's or PEFT's)
                 logging_nan_inf_filter=False,  # log NaN losses as they are, for the NaN guard
                 dataloader_pin_memory=_cuda(),
-                **_precision())
+                **_data_parallel_args(), **_precision())
+
+
+def _data_parallel_args() -> dict:
+    """Under a data-parallel launcher (mtlib.parallel): every LoRA weight gets a gradient each step, so DDP
+    need not search the graph for unused parameters (a PEFT model would otherwise make the Trainer ask it to)."""
+    import os
+    return {"ddp_find_unused_parameters": False} if int(os.environ.get("WORLD_SIZE", 1) or 1) > 1 else {}
 
 
 def _ensure_lora(model):
@@ -334,12 +341,16 @@ def trainer_record(trainer) -> dict:
             "args": trainer.args.to_dict()}
 
 
-def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config, callbacks):
+def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config, callbacks, run=None):
+    """Train in a run folder. ``run``: a folder made by the caller (mtlib.parallel: the launching process made
+    it, rank 0 keeps it, the other ranks pass a record that writes nothing); otherwise a new one, or resume."""
     from transformers.trainer_utils import get_last_checkpoint
     from .results import Run
 
     base_name = base_name_of(model)
-    if resume:
+    if run is not None:
+        pass
+    elif resume:
         run_dir = Path(resume) if not isinstance(resume, bool) else _find_resumable(runs_root, stage)
         if run_dir is None or not (run_dir / "checkpoints").is_dir() \
                 or not get_last_checkpoint(str(run_dir / "checkpoints")):
@@ -362,7 +373,9 @@ def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config
         with run.timer("train"):
             result = trainer.train(resume_from_checkpoint=checkpoint)
         run.write_json("log_history.json", trainer.state.log_history)
-        adapter_dir = save_adapter(trainer.model, tokenizer, run.path / "adapter", stage=stage, base_name=base_name)
+        adapter_dir = run.path / "adapter"
+        if getattr(run, "records", True):  # rank 0 of a data-parallel run, or the only process
+            save_adapter(trainer.model, tokenizer, adapter_dir, stage=stage, base_name=base_name)
         run.write_json("train_result.json", {"global_step": trainer.state.global_step,
                                              "training_loss": result.training_loss, **(result.metrics or {})})
         run.finish()
@@ -382,10 +395,11 @@ def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config
 
 def run_sft(model, tokenizer, train_split, params: SFTParams | None = None, runs_root="runs", name: str = "sft",
             eval_split=None, resume=False, src_lang: str = "en", tgt_lang: str = "de", config: dict | None = None,
-            callbacks=None) -> TrainedModel:
+            callbacks=None, run=None) -> TrainedModel:
     """Train with SFT in a new run folder (or ``resume=True``: continue the last interrupted SFT run).
 
     Writes config, log_history.json (loss per step), timings, the adapter (``<run>/adapter``) and status.
+    ``run``: an existing :class:`~mtlib.results.Run` to train in (``mtlib.parallel``'s worker processes).
     """
     params = (params or SFTParams()).validate()
     if isinstance(model, TrainedModel):
@@ -396,13 +410,16 @@ def run_sft(model, tokenizer, train_split, params: SFTParams | None = None, runs
                                  src_lang=src_lang, tgt_lang=tgt_lang, callbacks=cbs)
     return _run("sft", build, model, tokenizer, params, runs_root, name, resume,
                 {"n_train": len(train_split), "src_lang": src_lang, "tgt_lang": tgt_lang, **(config or {})},
-                callbacks)
+                callbacks, run=run)
 
 
 def run_grpo(model, tokenizer, train_split, params: GRPOParams | None = None, runs_root="runs", name: str = "grpo",
              rewards=None, resume=False, src_lang: str = "en", tgt_lang: str = "de", config: dict | None = None,
-             callbacks=None) -> TrainedModel:
-    """Train with GRPO in a new run folder; ``model`` may be a TrainedModel from SFT (its adapter is continued)."""
+             callbacks=None, run=None) -> TrainedModel:
+    """Train with GRPO in a new run folder; ``model`` may be a TrainedModel from SFT (its adapter is continued).
+
+    ``run``: an existing :class:`~mtlib.results.Run` to train in (``mtlib.parallel``'s worker processes).
+    """
     params = (params or GRPOParams()).validate()
     extra = {}
     if isinstance(model, TrainedModel):
@@ -418,4 +435,4 @@ def run_grpo(model, tokenizer, train_split, params: GRPOParams | None = None, ru
                                   src_lang=src_lang, tgt_lang=tgt_lang, callbacks=cbs)
     return _run("grpo", build, model, tokenizer, params, runs_root, name, resume,
                 {"n_train": len(train_split), "src_lang": src_lang, "tgt_lang": tgt_lang, **extra, **(config or {})},
-                callbacks)
+                callbacks, run=run)

@@ -66,6 +66,7 @@ warmup_steps = 5                   # linear warm-up steps
 weight_decay = 0.01                # AdamW weight decay
 lr_scheduler = "linear"            # learning-rate schedule after warm-up
 logging_steps = 1                  # log the loss every N steps
+num_gpus = 1                       # GPUs, data-parallel (1: this process; "auto": every visible GPU)
 gradient_checkpointing = True      # recompute activations in the backward pass (saves memory, costs time)
 padding_free = None                # batches without pad tokens (None: the backend decides)
 group_by_length = False            # batch examples of similar length (less padding)
@@ -79,7 +80,7 @@ import mtlib.modeling as modeling  # first: on a GPU it imports Unsloth before t
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import chapter, plots, prompts, train
+from mtlib import chapter, plots, prompts
 
 params = chapter.header("03_sft", globals())
 
@@ -172,11 +173,22 @@ print(tokenizer.apply_chat_template(example, tokenize=False))
 # TRL's `SFTTrainer` with AdamW (8-bit on a GPU), a linear warm-up and the schedule from the
 # parameters. With gradient accumulation the effective batch is `batch_size × grad_accum` examples per
 # optimizer step. The run folder keeps the configuration, the loss log, checkpoints and the adapter.
+#
+# **On several GPUs** (`num_gpus: 2`, or `auto`, in the profile) the same call trains *data-parallel*:
+# `mtlib.parallel` starts one process per GPU with `accelerate launch`, each holds a copy of the 4-bit
+# model and a different share of every batch, and their gradients are averaged before each optimizer
+# step. Each GPU keeps the per-GPU batch, so the effective batch is `batch_size × grad_accum × num_gpus`
+# at the same learning rate: to keep the one-GPU recipe, divide `batch_size` or `grad_accum` by the
+# number of GPUs in the profile. The table says what this run does; the run record keeps it
+# (`num_processes`, and `parallel` in its `config.json`). The evaluations below split each test set
+# across the GPUs the same way.
 
 # %%
 sft_params = chapter.sft_params(params)
-sft = train.run_sft(peft_model, tokenizer, pairs["train"], sft_params, runs_root=runs_root,
-                    src_lang=src_lang, tgt_lang=tgt_lang, config=chapter.run_config(params))
+chapter.batch_table(sft_params, params, "sft")
+
+# %%
+sft = chapter.run_sft(peft_model, tokenizer, pairs["train"], sft_params, params, config=chapter.run_config(params))
 plots.training_curves(chapter.log_history(sft), ["loss", "learning_rate", "grad_norm"], title="SFT training")
 
 # %% [markdown]

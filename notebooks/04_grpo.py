@@ -70,6 +70,7 @@ warmup_steps = 0                   # linear warm-up steps
 weight_decay = 0.0                 # AdamW weight decay
 lr_scheduler = "linear"            # learning-rate schedule
 logging_steps = 1                  # log rewards every N steps
+num_gpus = 1                       # GPUs, data-parallel (1: this process; "auto": every visible GPU)
 gradient_checkpointing = True      # recompute activations in the backward pass (saves memory, costs time)
 loss_type = "bnpo"                 # token-level loss aggregation (DAPO)
 beta = 0.0                         # KL coefficient (0: no reference model)
@@ -90,7 +91,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import chapter, plots, prompts, rewards as reward_fns, train
+from mtlib import chapter, plots, prompts, rewards as reward_fns
 
 params = chapter.header("04_grpo", globals())
 
@@ -219,10 +220,19 @@ pd.DataFrame({f.__name__: f(prompts=[None] * len(completions), completions=compl
 #
 # Every optimizer step samples `batch_size × grad_accum` completions, that is
 # `batch_size × grad_accum / num_generations` prompts with `num_generations` completions each.
+#
+# On several GPUs (`num_gpus` in the profile) each GPU samples and scores that many completions for
+# its own prompts, so a step sees `num_gpus` times as many at the same learning rate (second table).
+# The GRPO processes then load the model with the plain transformers + PEFT + bitsandbytes backend
+# rather than Unsloth: Unsloth's GRPO patches have not been verified with several processes, while its
+# SFT has. The run record names the backend and the reason.
 
 # %%
 grpo_params = chapter.grpo_params(params)
 chapter.params_table(grpo_params)
+
+# %%
+chapter.batch_table(grpo_params, params, "grpo")
 
 # %% [markdown]
 # ## Training
@@ -231,8 +241,8 @@ chapter.params_table(grpo_params)
 # were all equal (no signal, what DAPO's dynamic sampling would replace), and the completion length.
 
 # %%
-grpo = train.run_grpo(start, tokenizer, pairs["train"], grpo_params, runs_root=runs_root, src_lang=src_lang,
-                      tgt_lang=tgt_lang, config=chapter.run_config(params, from_sft_run=None if sft_run is None else sft_run["run_id"]))
+grpo = chapter.run_grpo(start, tokenizer, pairs["train"], grpo_params, params,
+                        config=chapter.run_config(params, from_sft_run=None if sft_run is None else sft_run["run_id"]))
 history = chapter.log_history(grpo)
 plots.training_curves(history, ["reward", *[f"rewards/{name}/mean" for name in rewards], "frac_reward_zero_std",
                                 "completions/mean_length", "loss"], title="GRPO training")

@@ -62,6 +62,7 @@ profile = None                            # name of the profile the runner used 
 benchmark_files = ["h100_run6.json"]      # measured results, in benchmarks/results/ (names there, or paths)
 paths_file = "h100_translate_paths.json"  # measured translation paths (a name there, or a path)
 grpo_file = "h100_grpo_breakdown.json"    # measured GRPO step phases (a name there, or a path)
+multi_gpu_file = "multi_gpu.json"         # one GPU against two (shown if measured)
 
 # %%
 import pandas as pd
@@ -257,3 +258,78 @@ pd.DataFrame(agree)[["recipe", "throughput", "median_margin", "median_margin_whe
 # lead it overturned was 0.81 logits in this run (0.56 in the previous one); no position with a clear
 # lead of a logit or more changed. The merged copy in a process with Unsloth and without it produced
 # identical translations (1,000 of 1,000).
+
+# %% [markdown]
+# ## Several GPUs
+#
+# Every training and translation chapter takes one more parameter, `num_gpus` (1 by default; `auto`
+# means every GPU the machine shows; more than the machine has stops the build before anything runs).
+# Set it in a profile and build the book with the same command as ever. The shipped `fast_2gpu` profile
+# is the fast recipe on two GPUs: the same effective batches, learning rates and steps, each step's
+# batch split over the two (SFT 64 pairs per GPU instead of 128 on one; GRPO 32 x 2 completions per GPU
+# instead of 32 x 4):
+#
+# ```bash
+# python -m mtlib.book --profile fast_2gpu --out build/fast-2gpu
+# ```
+#
+# With one GPU nothing changes. With more, `mtlib.parallel` does the work in fresh processes, started
+# from the chapter's own process (so papermill, Jupyter and Colab drive it alike):
+#
+# ```bash
+# accelerate launch --multi_gpu --num_processes 2 -m mtlib.parallel sft --spec <run>/launch/spec.json
+# ```
+#
+# * **Training** (`sft`, `grpo`) is data-parallel: each process loads the 4-bit model onto its own GPU,
+#   TRL's trainer runs under DistributedDataParallel, and the LoRA gradients are averaged every step.
+#   Rank 0 writes the usual run folder and adapter; the chapter loads the adapter back into its model and
+#   goes on. Each GPU keeps the profile's per-GPU batch, so one optimizer step sees `num_gpus` times as
+#   many examples at the same learning rate. The chapters show the effective batch and the learning rate
+#   before training, and the run record keeps them (`config.json`: `num_processes`, `parallel`;
+#   `parallel.json`: each process's device and peak memory). To keep a one-GPU recipe exactly, divide
+#   `batch_size` or `grad_accum` by the number of GPUs, as `fast_2gpu` does.
+# * **Translation** (`evaluate`) splits each test set into one contiguous shard per process; the shards
+#   are gathered, put back in order and scored by rank 0, which writes one evaluation record per test
+#   set, exactly as on one GPU (plus the shard bounds).
+# * **Backends.** Unsloth's 4-bit QLoRA SFT runs data-parallel (seen in a trial on two H200s whose
+#   numbers are not in this repository's results, so not shown here). Its GRPO patches have not been verified with
+#   several processes, so multi-GPU GRPO loads the model with the plain transformers + PEFT +
+#   bitsandbytes backend (`mtlib.parallel.MULTI_PROCESS_BACKEND`); the run record says which backend ran
+#   and why.
+#
+# **Several machines**, on paper: the same entry point runs under Accelerate's multi-node settings. Each
+# node runs the launcher with the whole job's size and its own rank, for example on two nodes of 8 GPUs,
+#
+# ```bash
+# accelerate launch --multi_gpu --num_machines 2 --num_processes 16 --machine_rank $NODE_RANK \
+#     --main_process_ip $NODE0_ADDR --main_process_port 29500 -m mtlib.parallel sft --spec spec.json
+# ```
+#
+# with `NODE_RANK` 0 on the first node and 1 on the second, `NODE0_ADDR` the first node's address (or the
+# same values in an `accelerate config` file; `torchrun --nnodes 2 --nproc_per_node 8
+# --rdzv_backend c10d --rdzv_endpoint $NODE0_ADDR:29500 -m mtlib.parallel ...` is equivalent). The spec and
+# the data it names must be on a filesystem every node sees, and the run folder too, since rank 0 writes
+# it. The book's runner launches on one node only; a multi-node run means starting these commands on
+# each node by hand or through the cluster's scheduler.
+#
+# **Measured**: `benchmarks/gpu_multi.py` compares one GPU with two in one invocation (SFT non-padding
+# tokens/s, GRPO completions/s, translating the four test sets, peak memory per card), on the same
+# shape twin, with the fast profile's batches:
+#
+# ```bash
+# python -m benchmarks.gpu_multi --data <multi30k raw folder> --out <out dir>
+# ```
+#
+# Its goals: two GPUs give at least 1.8 times one GPU's SFT tokens/s, 1.7 times its GRPO completions/s,
+# and translate the four test sets 1.8 times as fast.
+
+# %%
+measured = bench.multi_gpu(multi_gpu_file)
+if measured is None:
+    display(Markdown(f"**Not measured yet**: `{multi_gpu_file}` is not in `benchmarks/results/`. Run "
+                     "`benchmarks/gpu_multi.py` on a machine with two GPUs and copy its `multi_gpu.json` there."))
+else:
+    summary, per_config, measured_env = measured
+    display(pd.DataFrame({"value": measured_env}).rename_axis("measured with"))
+    display(summary)
+    display(per_config)

@@ -159,7 +159,7 @@ def test_grpo_rejects_frozen_model_and_unknown_reward(tmp_path, tiny_dir, train_
         build_grpo_trainer(model, tok, train_split, GRPOParams(max_steps=1), tmp_path)
 
 
-def test_max_seq_length_that_cuts_every_translation_names_it_and_the_minimum_works(tiny_dir, train_split, tmp_path):  # noqa: F811
+def test_max_seq_length_that_cuts_every_translation_names_it_and_the_minimum_works(tiny_dir, train_split, tmp_path):
     """16 tokens: TRL drops every example (each is cut inside its prompt) and torch later fails with
     "num_samples=0"; mtlib says which parameter to raise. The schema's minimum keeps every example."""
     from mtlib.profiles import MIN_SEQ_LENGTH
