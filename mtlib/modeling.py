@@ -309,42 +309,68 @@ def find_adapter_dir(run_or_adapter_dir) -> Path:
 
 def load_trained(run_or_adapter_dir, max_seq_length: int = 512, load_in_4bit: bool = True, dtype=None,
                  backend: str = "auto", trainable: bool = False, base_name: str | None = None,
-                 gradient_checkpointing: bool = True) -> TrainedModel:
+                 gradient_checkpointing: bool = True, revision: str | None = None) -> TrainedModel:
     """Load base model + saved adapter (from a run folder or adapter folder) as a TrainedModel.
 
     ``trainable=True`` keeps the adapter's weights trainable, to continue training it (SFT -> GRPO), with
     gradient checkpointing as in :func:`add_lora` when ``gradient_checkpointing``.
     ``base_name`` overrides the base model recorded in adapter_config.json (e.g. a moved local folder).
+    ``revision`` pins the Hub commit, tag or branch of the base model (a profile's ``model_revision``); None: the
+    revision recorded in adapter_config.json (PEFT's ``revision`` field), else the newest. A base model that is a
+    local folder has one version: a revision is then ignored, with a warning. The revision actually used is set
+    as the adapter's ``revision`` (so an adapter trained further records it in its adapter_config.json) and kept in
+    ``TrainedModel.extra["model_revision"]``.
     """
     adapter_dir = find_adapter_dir(run_or_adapter_dir)
     info = json.loads((adapter_dir / ADAPTER_INFO).read_text()) if (adapter_dir / ADAPTER_INFO).exists() else {}
     acfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     base = base_name or info.get("base_name") or acfg.get("base_model_name_or_path")
+    recorded = acfg.get("revision")
+    if revision and recorded and revision != recorded:
+        log.warning("the adapter in %s was trained on revision %s of %s; loading revision %s as asked",
+                    adapter_dir, recorded, base, revision)
+    revision = revision or recorded
+    if revision and base and Path(str(base)).is_dir():
+        import warnings
+        warnings.warn(f"revision {revision!r} ignored: the base model {base} is a local folder (a folder has one "
+                      f"version; the run records its path)", stacklevel=2)
+        revision = None
     backend = resolve_backend(backend)
     if backend == "unsloth":
         from unsloth import FastLanguageModel
         if base_name:
             raise ConfigError("base_name override is not supported on the unsloth backend")
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=str(adapter_dir), max_seq_length=max_seq_length, dtype=_dtype(dtype),
-            load_in_4bit=load_in_4bit, token=hf_token(),
-            use_gradient_checkpointing="unsloth" if trainable and gradient_checkpointing else False,
-            **_unsloth_device_map())
+        checkpointing = "unsloth" if trainable and gradient_checkpointing else False
+        if revision:  # Unsloth drops the revision when it loads a base through an adapter: load the base pinned
+            from peft import PeftModel
+            model, tokenizer = load_model(base, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
+                                          dtype=dtype, backend="unsloth", revision=revision)
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+            model = FastLanguageModel.patch_peft_model(model, use_gradient_checkpointing=checkpointing)
+        else:
+            model, tokenizer = FastLanguageModel.from_pretrained(
+                model_name=str(adapter_dir), max_seq_length=max_seq_length, dtype=_dtype(dtype),
+                load_in_4bit=load_in_4bit, token=hf_token(), use_gradient_checkpointing=checkpointing,
+                **_unsloth_device_map())
+            tokenizer = prepare_tokenizer(tokenizer)
         contiguous_head_input(model)
         _set_backend(model, "unsloth")
-        tokenizer = prepare_tokenizer(tokenizer)
     else:
         from peft import PeftModel
         model, tokenizer = load_model(base, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
-                                      dtype=dtype, backend="hf")
+                                      dtype=dtype, backend="hf", revision=revision)
         if trainable:
             _prepare_for_training(model, gradient_checkpointing)
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
         _set_backend(model, "hf")
+    for cfg in getattr(model, "peft_config", {}).values():
+        cfg.revision = revision  # the base revision actually loaded, saved with an adapter trained further
     if trainable:
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.requires_grad_(True)
     stage = info.get("stage") or "sft"
     run_dir = adapter_dir.parent if adapter_dir.name == "adapter" else None
-    return TrainedModel(model, tokenizer, stage=stage, run_dir=run_dir, adapter_dir=adapter_dir, base_name=base)
+    trained = TrainedModel(model, tokenizer, stage=stage, run_dir=run_dir, adapter_dir=adapter_dir, base_name=base)
+    trained.extra["model_revision"] = revision
+    return trained

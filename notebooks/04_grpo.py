@@ -152,7 +152,7 @@ if from_sft and sft_run is None:
     sft_run = chapter.train_sft_first(params, pairs, model_path)
 if sft_run is not None:
     start = modeling.load_trained(sft_run["path"], max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
-                                  trainable=True, gradient_checkpointing=gradient_checkpointing)
+                                  trainable=True, gradient_checkpointing=gradient_checkpointing, revision=model_revision)
     display(Markdown(f"Starting from the SFT adapter of run `{sft_run['run_id']}`."))
 else:
     base, tokenizer = modeling.load_model(model_path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,

@@ -100,3 +100,45 @@ def test_trained_model_stage_is_checked(tiny):
     m, t = TrainedModel(*tiny)
     assert m is tiny[0] and t is tiny[1]
 
+
+
+def _saved_adapter(tmp_path, tiny, base_name=None):
+    model, tok = tiny
+    save_adapter(add_lora(model, r=4, gradient_checkpointing=False), tok, tmp_path / "run" / "adapter", stage="sft",
+                 base_name=base_name)
+    return tmp_path / "run"
+
+
+def test_load_trained_ignores_a_revision_for_a_local_base_with_a_warning(tmp_path, tiny, tiny_dir):
+    """A local folder has one version: a pinned revision is ignored (warned), and none is recorded as used."""
+    run = _saved_adapter(tmp_path, tiny)
+    with pytest.warns(UserWarning, match=r"revision 'v1\.0' ignored: the base model .* is a local folder"):
+        loaded = load_trained(run, backend="hf", revision="v1.0")
+    assert loaded.base_name == str(tiny_dir)
+    assert loaded.extra["model_revision"] is None
+    assert all(cfg.revision is None for cfg in loaded.model.peft_config.values())
+
+
+def test_load_trained_loads_the_pinned_revision_of_a_hub_base_and_records_it(tmp_path, tiny, tiny_dir, monkeypatch):
+    """Chapter 4 passes the profile's model_revision: the base model is loaded at it (not the newest), the
+    adapter trained further records it in its adapter_config.json, and a reload without one uses that record."""
+    import mtlib.modeling as modeling
+    run = _saved_adapter(tmp_path, tiny, base_name="some-org/some-model")
+    asked, real_load = [], modeling.load_model
+
+    def hub_load(name, **kw):  # the Hub, offline: the tiny model stands in for some-org/some-model
+        asked.append((name, kw.get("revision")))
+        return real_load(tiny_dir, **{**kw, "revision": None})
+    monkeypatch.setattr(modeling, "load_model", hub_load)
+
+    loaded = load_trained(run, backend="hf", trainable=True, revision="abc123")
+    assert asked == [("some-org/some-model", "abc123")]
+    assert loaded.extra["model_revision"] == "abc123"
+    save_adapter(loaded.model, loaded.tokenizer, tmp_path / "grpo" / "adapter", stage="grpo")
+    cfg = json.loads((tmp_path / "grpo" / "adapter" / "adapter_config.json").read_text())
+    assert (cfg["base_model_name_or_path"], cfg["revision"]) == ("some-org/some-model", "abc123")
+
+    again = load_trained(tmp_path / "grpo", backend="hf")  # no revision given: the recorded one
+    assert asked[-1] == ("some-org/some-model", "abc123") and again.extra["model_revision"] == "abc123"
+    load_trained(run, backend="hf")  # the SFT adapter recorded none: the newest, as before
+    assert asked[-1] == ("some-org/some-model", None)
