@@ -43,7 +43,7 @@ RECIPES = {
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="Multi30k raw folder")
+    ap.add_argument("--data", default="multi30k", help="the dataset (default: the Multi30k release mtlib ships) or a raw folder")
     ap.add_argument("--out", required=True)
     ap.add_argument("--tiny", action="store_true", help="CPU check with the tiny model and small sizes")
     ap.add_argument("--recipes", default="seed,fast,fast-eager,fast-unsloth-decode")

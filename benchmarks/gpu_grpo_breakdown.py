@@ -6,8 +6,8 @@ the trainer's phases: sampling the completions (``generate``, through the merged
 ``_generate_and_score_completions``), the loss forward (``compute_loss``) and the backward pass plus
 optimizer (the rest of the step).
 
-    python -m benchmarks.gpu_grpo_breakdown --data DATA_DIR --out OUT_DIR [--shapes 32x4,64x2,128x1]
-    python -m benchmarks.gpu_grpo_breakdown --data DATA_DIR --out OUT_DIR --tiny     (CPU check)
+    python -m benchmarks.gpu_grpo_breakdown --out OUT_DIR [--shapes 32x4,64x2,128x1]
+    python -m benchmarks.gpu_grpo_breakdown --out OUT_DIR --tiny     (CPU check)
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", default="multi30k", help="the dataset (default: the Multi30k release mtlib ships) or a raw folder")
     ap.add_argument("--out", required=True)
     ap.add_argument("--twin", default=None, help="reuse a shape twin built earlier")
     ap.add_argument("--shapes", default="32x4,64x2,128x1", help="per-device batch x accumulation")

@@ -17,8 +17,8 @@ translation in batches of 1,024 with the merged copy, 64 new tokens per sentence
 early). Rates exclude the first steps (warm-up, compilation). Every stage's failure is recorded and the
 others go on. Writes ``--out/multi_gpu.json`` (rows, summary against the goals, environment) and prints a table.
 
-    python -m benchmarks.gpu_multi --data <multi30k raw folder> --out <dir>              (CUDA host, 2 GPUs)
-    python -m benchmarks.gpu_multi --data <raw> --out <dir> --tiny                       (CPU check: gloo, tiny model)
+    python -m benchmarks.gpu_multi --out <dir>                                       (CUDA host, 2 GPUs)
+    python -m benchmarks.gpu_multi --out <dir> --tiny                                   (CPU check: gloo, tiny model)
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def say(msg):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="Multi30k raw folder (train.en.gz, test_2016_flickr.de.gz, ...)")
+    ap.add_argument("--data", default="multi30k", help="the dataset (default: the Multi30k release mtlib ships) or a raw folder")
     ap.add_argument("--out", required=True)
     ap.add_argument("--gpus", type=int, default=2, help="processes of the multi-GPU configurations")
     ap.add_argument("--configs", default="1gpu,2gpu,2gpu-hf,1gpu-hf", help=f"of {', '.join(CONFIGS)}")

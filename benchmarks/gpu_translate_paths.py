@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--data", required=True)
+ap.add_argument("--data", default="multi30k", help="the dataset (default: the Multi30k release mtlib ships) or a raw folder")
 ap.add_argument("--out", required=True)
 ap.add_argument("--twin", required=True)
 ap.add_argument("--adapter", required=True)

@@ -270,12 +270,14 @@ def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
             max_seq_length=params["max_seq_length"], load_in_4bit=params["load_in_4bit"],
             fast_decode=params.get("fast_decode", False))
     out = {}
-    for split in test_splits(pairs):
-        out[split] = generate.evaluate(
-            trained, pairs[split], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"], name=name,
-            runs_root=params["runs_root"], batch_size=params["eval_batch_size"],
-            max_new_tokens=params["max_new_tokens"], split_name=split, config=config,
-            fast_decode=params.get("fast_decode", False))
+    fast = params.get("fast_decode", False)
+    with generate.decoder(trained.model, fast) as runner:  # one merged copy for every test set
+        for split in test_splits(pairs):
+            out[split] = generate.evaluate(
+                trained, pairs[split], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"], name=name,
+                runs_root=params["runs_root"], batch_size=params["eval_batch_size"],
+                max_new_tokens=params["max_new_tokens"], split_name=split, config=config, fast_decode=fast,
+                decoder=runner)
     return out
 
 

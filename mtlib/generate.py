@@ -113,16 +113,56 @@ def _restore_training(model, was_training: bool):
         model.train()
 
 
+def drop_max_length(model) -> None:
+    """Clear ``max_length`` in the generation configs of ``model`` (and the model it wraps).
+
+    Every call here and in TRL sets ``max_new_tokens``; a ``max_length`` left in the model's own config (Unsloth
+    writes one) only makes transformers warn on every ``generate`` that both are set.
+    """
+    models = [model, model.get_base_model() if hasattr(model, "get_base_model") else None]
+    for m in models:
+        config = getattr(m, "generation_config", None)
+        if config is not None and getattr(config, "max_length", None) is not None:
+            config.max_length = None
+
+
+@contextlib.contextmanager
+def decoder(model, fast_decode: bool = True):
+    """The model that decodes several :func:`translate` calls (``translate(..., decoder=...)``).
+
+    With ``fast_decode`` one merged copy (:func:`mtlib.fastgen.merged_copy`) is built on entry, for every test set
+    of an evaluation, and freed on exit; without, ``model`` itself. Its ``setup_seconds`` says how long the copy took.
+    """
+    import torch
+    if not fast_decode:
+        yield model
+        return
+    was_training = model.training
+    _for_inference(model)
+    t = time.time()
+    runner = merged_copy(model)
+    runner.setup_seconds = time.time() - t
+    try:
+        yield runner
+    finally:
+        del runner
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _restore_training(model, was_training)
+
+
 def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "en", batch_size: int = 64,
               max_new_tokens: int = 128, do_sample: bool = False, max_input_tokens: int = 256,
-              return_stats: bool = False, progress: bool = True, fast_decode: bool = False, **gen_kwargs):
+              return_stats: bool = False, progress: bool = True, fast_decode: bool = False, decoder=None,
+              **gen_kwargs):
     """Translate ``sources`` with the chat template; greedy unless ``do_sample=True``.
 
     Prompts are sorted by length into left-padded batches, only the new tokens are decoded, and the
     outputs come back in input order. On out-of-memory the batch is halved and retried (down to 1).
     With ``return_stats=True`` returns ``(outputs, TranslateStats)``. ``fast_decode=True`` decodes with
     a merged dense copy of the model (:func:`mtlib.fastgen.merged_copy`: 4-bit base dequantized, LoRA
-    folded in, plain transformers) that is built for this call and freed after it. Adding
+    folded in, plain transformers) that is built for this call and freed after it; ``decoder``: a model from
+    :func:`decoder` to decode with instead (built once for several calls, freed by its caller). Adding
     ``cache_implementation="static"`` lets transformers compile the decode step on CUDA: about twice as
     fast per call, but the first call of each batch shape spends ~35 s compiling (worth it only when the
     same shape is translated again and again, as in a benchmark).
@@ -151,12 +191,14 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
     outputs: list[str | None] = [None] * len(prompts)
     was_training = model.training
     _for_inference(model)
-    runner = model
+    runner = model if decoder is None else decoder
+    own_copy = fast_decode and decoder is None  # built here, so freed here
     try:
-        if fast_decode:
+        if own_copy:
             t = time.time()
             runner = merged_copy(model)
             stats.setup_seconds = time.time() - t
+        drop_max_length(runner)
         device = next(runner.parameters()).device
         size, start = batch_size, 0
         with tqdm(total=len(prompts), desc="translate", unit="sent", disable=not progress) as bar:
@@ -170,7 +212,7 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
                         out = runner.generate(**enc, generation_config=gen_config)
                 except Exception as exc:
                     if not _is_oom(exc) or size == 1:
-                        if runner is not model:
+                        if own_copy:
                             traceback.clear_frames(exc.__traceback__)  # frames would keep the copy alive
                         raise
                     if torch.cuda.is_available():
@@ -187,7 +229,7 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
                 start += len(idx)
                 bar.update(len(idx))
     finally:
-        if runner is not model:
+        if own_copy:
             del runner
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -209,13 +251,15 @@ class Evaluation:
 
 def evaluate(model_or_trained, split, src_lang: str = "en", tgt_lang: str = "de", name: str | None = None,
              runs_root="runs", batch_size: int = 64, max_new_tokens: int = 128, config: dict | None = None,
-             split_name: str | None = None, tokenizer=None, translator=None, **translate_kwargs) -> Evaluation:
+             split_name: str | None = None, tokenizer=None, translator=None, decoder=None,
+             **translate_kwargs) -> Evaluation:
     """Translate a split, score it with :func:`mtlib.metrics.corpus_scores` and write a run record.
 
     ``model_or_trained``: a :class:`~mtlib.modeling.TrainedModel` (its ``stage`` labels the run), or a
     ``(model, tokenizer)`` pair / model + ``tokenizer=`` (stage "base"). ``split_name`` defaults to the
     Dataset's split name, else "test". ``translator``: a function with :func:`translate`'s signature used in
-    its place (``mtlib.parallel`` passes one that splits the sentences across processes).
+    its place (``mtlib.parallel`` passes one that splits the sentences across processes). ``decoder``: the
+    model from :func:`decoder` that decodes every split of an evaluation (not recorded).
     """
     import pandas as pd
     from . import metrics as _metrics
@@ -237,7 +281,7 @@ def evaluate(model_or_trained, split, src_lang: str = "en", tgt_lang: str = "de"
         with run.timer("translate"):
             hyps, stats = translator(trained.model, trained.tokenizer, sources, tgt_lang=tgt_lang, src_lang=src_lang,
                                     batch_size=batch_size, max_new_tokens=max_new_tokens, return_stats=True,
-                                    **translate_kwargs)
+                                    **({"decoder": decoder} if decoder is not None else {}), **translate_kwargs)
         with run.timer("score"):
             scores = _metrics.corpus_scores(hyps, refs)
         df = pd.DataFrame({"source": sources, "reference": refs, "hypothesis": hyps})

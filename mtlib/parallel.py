@@ -581,8 +581,8 @@ def _evaluate_worker(spec, state):
     from datasets import load_from_disk
 
     from . import modeling
-    from .generate import evaluate
-    from .results import Run, write_json
+    from .generate import decoder
+    from .results import write_json
 
     load, record = spec["load"], spec["record"]
     if spec["adapter"]:
@@ -599,6 +599,18 @@ def _evaluate_worker(spec, state):
     kwargs = dict(src_lang=spec["src_lang"], tgt_lang=spec["tgt_lang"], batch_size=spec["batch_size"],
                   max_new_tokens=spec["max_new_tokens"], **spec["translate_kwargs"])
     result = {}
+    with decoder(model, kwargs.get("fast_decode", False)) as runner:  # one merged copy for every test set
+        kwargs["decoder"] = runner
+        _evaluate_each(spec, state, trained, splits, translator, kwargs, result)
+    if state.is_main_process:
+        write_json(spec["result"], result)
+
+
+def _evaluate_each(spec, state, trained, splits, translator, kwargs, result):
+    from . import modeling
+    from .generate import evaluate
+    from .results import Run
+    model, tokenizer = trained.model, trained.tokenizer
     for name in spec["split_names"]:
         split = splits[name]
         n = len(split)
@@ -615,8 +627,6 @@ def _evaluate_worker(spec, state):
             from .data import pair_columns
             sources, _ = pair_columns(split, spec["src_lang"], spec["tgt_lang"])
             translator(model, tokenizer, sources, return_stats=True, **kwargs)
-    if state.is_main_process:
-        write_json(spec["result"], result)
 
 
 def main(argv=None) -> int:

@@ -287,6 +287,8 @@ def build_grpo_trainer(model, tokenizer, train_split, params: GRPOParams | None 
                       repetition_penalty=params.repetition_penalty, reward_weights=list(params.reward_weights))
     funcs = build_rewards(params.rewards, tokenizer)
     tokenizer.padding_side = "left"
+    from .generate import drop_max_length
+    drop_max_length(model)  # TRL sets max_new_tokens: a max_length beside it only adds a warning per step
     from .fastgen import route_generate, unroute_generate
     if params.fast_generation:
         route_generate(model)

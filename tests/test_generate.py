@@ -132,3 +132,37 @@ def test_evaluate_failure_marks_run_failed(tmp_path, tiny, monkeypatch):
     with pytest.raises(DataError, match="'fr'"):
         evaluate((model, tok), Dataset.from_dict({"en": ["A dog."], "de": ["Ein Hund."]}), tgt_lang="fr",
                  runs_root=tmp_path)
+
+
+def test_one_merged_copy_decodes_every_test_set_of_an_evaluation(tiny, pairs, tmp_path, monkeypatch):
+    """chapter.evaluate_splits with fast_decode builds the merged copy once for all test sets, and its
+    translations are the model's own greedy ones."""
+    from datasets import Dataset, DatasetDict
+    from mtlib import chapter, fastgen, generate, modeling, parameters
+
+    model, tok = tiny
+    built = []
+    real = fastgen.merged_copy
+    monkeypatch.setattr(generate, "merged_copy", lambda m, *a, **k: built.append(m) or real(m, *a, **k))
+    def split(rows):
+        return Dataset.from_dict({"en": [en for en, _ in rows], "de": [de for _, de in rows]})
+    splits = DatasetDict({"train": split(pairs[:4]), "test": split(pairs[4:9]), "test_2017_flickr": split(pairs[9:13])})
+    params = {**parameters.defaults("03_sft"), "runs_root": str(tmp_path), "eval_batch_size": 4, "max_new_tokens": 6,
+              "fast_decode": True}
+    trained = modeling.TrainedModel(model, tok, stage="base", base_name="tiny")
+    fast = chapter.evaluate_splits(trained, splits, params, name="base")
+    assert len(built) == 1 and list(fast) == ["test", "test_2017_flickr"]
+    slow = chapter.evaluate_splits(trained, splits, {**params, "fast_decode": False}, name="base")
+    assert len(built) == 1
+    for split in fast:
+        assert fast[split].translations["hypothesis"].tolist() == slow[split].translations["hypothesis"].tolist()
+
+
+def test_a_max_length_in_the_model_config_gives_no_length_warning(tiny, pairs, capfd):
+    from mtlib.generate import translate
+
+    model, tok = tiny
+    model.generation_config.max_length = 300  # as Unsloth leaves it
+    translate(model, tok, [en for en, _ in pairs[:2]], max_new_tokens=4, progress=False)
+    assert "seem to have been set" not in capfd.readouterr().err
+    assert model.generation_config.max_length is None
