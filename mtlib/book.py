@@ -562,14 +562,15 @@ def _profile_digest(prof: dict) -> str:
 
 
 def new_build(prof: dict) -> dict:
-    """A new build record: id, profile, model, dataset, start time."""
+    """A new build record: id, profile, model and dataset with their pinned revisions (None: the newest), start
+    time."""
     from .results import git_commit
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    sft = profiles.chapter_parameters(prof, "03_sft")
+    sft = profiles.chapter_parameters(prof, "03_sft")  # a revision not pinned is None, its default: the newest
     return {"build_id": f"{stamp}-{prof['name']}-{_secrets.token_hex(3)}", "profile": prof["name"],
             "profile_path": prof["path"], "profile_digest": _profile_digest(prof),
-            "model": sft.get("model", "(the chapters' default)"),
-            "dataset": sft.get("dataset", "(the chapters' default)"),
+            "model": sft.get("model", "(the chapters' default)"), "model_revision": sft.get("model_revision"),
+            "dataset": sft.get("dataset", "(the chapters' default)"), "dataset_revision": sft.get("dataset_revision"),
             "started": _now(), "updated": _now(), "status": "new", "git_commit": git_commit(), "chapters": {}}
 
 
