@@ -46,3 +46,39 @@ def test_gpu_bundle_reads_pins_from_pyproject():
     """The GPU wheel bundle takes its versions from pyproject.toml, not from a second list."""
     script = (ROOT / "scripts" / "gpu_wheels.sh").read_text()
     assert "pyproject.toml" in script and "==" not in script.split("specs=(")[1].split(")")[0]
+
+
+def test_the_wheel_carries_the_shipped_corpus_and_loads_it_outside_the_repository(tmp_path):
+    """`pip install .` must bring mtlib/corpora (package-data in pyproject.toml): built from a copy of the sources,
+    the wheel holds every shipped file byte for byte, and, unpacked away from the repository, loads all four tests."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"  # a copy: an in-tree build would leave build/ and *.egg-info in the repository
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "mtlib", src / "mtlib", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("mtlib-*.whl")
+    shipped = ROOT / "mtlib" / "corpora"
+    want = {p.relative_to(ROOT).as_posix(): p.read_bytes() for p in shipped.rglob("*") if p.is_file()}
+    assert {"mtlib/corpora/multi30k/README.md", "mtlib/corpora/multi30k/SHA256SUMS",
+            "mtlib/corpora/multi30k/train.en.gz"} <= set(want)
+    with zipfile.ZipFile(wheel) as zf:
+        got = {n: zf.read(n) for n in zf.namelist() if n.startswith("mtlib/corpora/")}
+        zf.extractall(tmp_path / "site")  # a pure-Python wheel, unpacked: what pip install puts in site-packages
+    assert got == want
+
+    code = ("import mtlib, mtlib.data as d; print(mtlib.__file__); "
+            "print(sorted(s for s in d.load_pairs('multi30k') if s.startswith('test')))")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.pop("MULTI30K_DIR", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         check=True, timeout=300).stdout.splitlines()
+    assert out[0].startswith(str(tmp_path / "site"))
+    assert out[-1] == "['test', 'test_2017_flickr', 'test_2017_mscoco', 'test_2018_flickr']"
