@@ -7,11 +7,18 @@
 #   usage:  benchmarks/gpu_check.sh WHEELS_DIR OUT_DIR [book arguments, e.g. --only 03_sft --no-html]
 set -euo pipefail
 wheels=${1:?usage: gpu_check.sh WHEELS_DIR OUT_DIR [book arguments]}; out=${2:?OUT_DIR}; shift 2
-python3 -m pip install -q --no-index --no-deps --target /tmp/site "$wheels"/*.whl "$wheels"/book/*.whl 2>&1 \
-  | grep -v -i "warning\|already exists" || true
+# once per machine: a later call on the same machine (e.g. --resume of the next chapters) reuses the install
+[ -f /tmp/site/.mtlib-wheels ] || { python3 -m pip install -q --no-index --no-deps --target /tmp/site "$wheels"/*.whl \
+  "$wheels"/book/*.whl 2>&1 | grep -v -i "warning\|already exists"; touch /tmp/site/.mtlib-wheels; } || true
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, trl, unsloth; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'unsloth', unsloth.__version__)" 2>&1 | tail -1
 start=$(date +%s)
-python3 -m mtlib.book --profile gpu-check --out "$out" "$@"
-echo "[gpu_check] book command: $(( $(date +%s) - start )) s"
+status=0
+python3 -m mtlib.book --profile gpu-check --out "$out" "$@" || status=$?
+echo "[gpu_check] book command: $(( $(date +%s) - start )) s (exit $status)"
+# the records worth keeping (no adapters or checkpoints): into $RECORDS_DIR when set (e.g. the device's $OUT)
+if [ -n "${RECORDS_DIR:-}" ]; then
+  cp "$out/build.json" "$RECORDS_DIR/" 2>/dev/null || true
+  (cd "$out" && tar czf "$RECORDS_DIR/runs_records.tgz" --exclude='adapter' --exclude='checkpoints' --exclude='*.safetensors' runs 2>/dev/null) || true
+fi
+exit $status
