@@ -3,8 +3,13 @@ matplotlib Figure sized for the book's page.
 
 A chapter shows a figure at most about 700 px wide (``chapter.show_figures``: 110 dpi, scaled down to the
 page). Figures here are at most ``PAGE_WIDTH`` inches wide, so they are shown at about their natural
-size, and no text is smaller than ``MIN_FONT`` points; panels go at most two to a row. Titles and axis
-labels are words, not log keys (:func:`log_label` translates TRL's keys).
+size, and no text is smaller than ``MIN_FONT`` points; a figure of several panels has one panel a row, each
+the page's width. Titles and axis labels are words, not log keys (:func:`log_label` translates TRL's keys).
+
+Every figure carries a caption and an alt text (:func:`describe`, read back by :func:`caption_of` and
+:func:`alt_text`): the functions here write both from what they drew; a figure made elsewhere gets an alt text
+derived from its titles and axis labels. ``chapter.show_figures`` puts them into the notebook output's metadata,
+and the book runner turns them into the page's ``<img alt>`` and figure caption.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from .errors import DataError
 
 PAGE_WIDTH = 7.0   # inches: the widest figure, shown at ~700 px without shrinking its text below MIN_FONT
 MIN_FONT = 10      # points, at that width
-MAX_COLUMNS = 2    # panels per row
+MAX_COLUMNS = 1    # panels per row: one, each the width of the page
 STYLE = {"font.size": MIN_FONT, "axes.titlesize": 11, "axes.labelsize": MIN_FONT, "xtick.labelsize": MIN_FONT,
          "ytick.labelsize": MIN_FONT, "legend.fontsize": MIN_FONT, "legend.title_fontsize": MIN_FONT,
          "figure.titlesize": 12, "axes.grid": True, "grid.alpha": 0.3}
@@ -43,6 +48,62 @@ def _styled(fn):
 
 def _figure(height: float, width: float = PAGE_WIDTH) -> Figure:
     return Figure(figsize=(min(width, PAGE_WIDTH), height), layout="constrained")
+
+
+def _fmt(value: float) -> str:
+    """A value for an alt text: three significant digits (``7.69``, ``0.0002``, ``1.2e-06``)."""
+    return f"{value:.3g}" if np.isfinite(value) else "none"
+
+
+def _series(names: Sequence[str]) -> str:
+    names = [str(n) for n in names]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _lower_first(text: str) -> str:
+    """"Training loss" -> "training loss" inside a sentence; "KL divergence", "BLEU" stay as they are."""
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
+
+
+def describe(fig: Figure, caption: str | None = None, alt: str | None = None) -> Figure:
+    """Give ``fig`` a caption (shown under it in the book) and an alt text (what a screen reader says, and
+    what a reader sees when the image cannot load); returns ``fig``. Either left None keeps what it had."""
+    if caption is not None:
+        fig.mtlib_caption = " ".join(str(caption).split())
+    if alt is not None:
+        fig.mtlib_alt = " ".join(str(alt).split())
+    return fig
+
+
+def caption_of(fig: Figure) -> str:
+    """The figure's caption: the one :func:`describe` gave it, else its title (the suptitle or the first
+    panel's title); "" when it has none."""
+    caption = getattr(fig, "mtlib_caption", None)
+    if caption:
+        return caption
+    title = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+    if not title:
+        title = next((ax.get_title() for ax in fig.axes if ax.get_title()), "")
+    return " ".join(title.split())
+
+
+def alt_text(fig: Figure) -> str:
+    """The figure's alt text: the one :func:`describe` gave it, else one written from its titles and axis
+    labels ("Figure with 2 panels: Training loss (loss against training step); ..."). Never empty."""
+    alt = getattr(fig, "mtlib_alt", None)
+    if alt:
+        return alt
+    panels = []
+    for ax in fig.axes:
+        title, x, y = (" ".join(t.split()) for t in (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()))
+        axes = f"{y} against {x}" if x and y else (x or y)
+        panels.append(f"{title} ({axes})" if title and axes else title or axes)
+    panels = [p for p in panels if p]
+    head = caption_of(fig) or "Figure"
+    if not panels:
+        return head
+    what = f"{len(fig.axes)} panels" if len(fig.axes) > 1 else "one panel"
+    return f"{head}. Chart with {what}: {'; '.join(panels)}."
 
 
 def _sizes(ax) -> None:
@@ -112,7 +173,7 @@ LOWER_IS_BETTER = {"ter"}
 
 
 def _grid(n: int, ncols: int, row_height: float) -> tuple[Figure, list]:
-    """``n`` panels, at most ``MAX_COLUMNS`` to a row, filling the page width."""
+    """``n`` panels, at most ``MAX_COLUMNS`` to a row (one), each filling the page width."""
     ncols = max(1, min(ncols, MAX_COLUMNS, n))
     nrows = math.ceil(n / ncols)
     fig = _figure(row_height * nrows)
@@ -137,7 +198,13 @@ def brevity_penalty_curve(points: Sequence[tuple[float, str]] = ()) -> Figure:
     ax.set_title("BLEU's brevity penalty")
     ax.set_ylim(0, 1.05)
     _sizes(ax)
-    return fig
+    marked = "; ".join(f"{label}: ratio {r:g}, penalty {1.0 if r >= 1 else math.exp(1 - 1 / r):.3f}"
+                       for r, label in points)
+    return describe(fig, "BLEU's brevity penalty against the ratio of output length to reference length."
+                    + (" The points mark the examples of the text." if points else ""),
+                    "Line chart of BLEU's brevity penalty (0 to 1) against output length divided by reference "
+                    "length (0 to 1.5): the penalty is 1 from a ratio of 1 on and falls ever more steeply "
+                    "below it." + (f" Marked points: {marked}." if marked else ""))
 
 
 def log_history_frame(log_history: Sequence[dict]) -> pd.DataFrame:
@@ -152,7 +219,9 @@ def log_history_frame(log_history: Sequence[dict]) -> pd.DataFrame:
 def training_curves(log_history: Sequence[dict] | pd.DataFrame, columns: Sequence[str],
                     title: str = "", ncols: int = 2) -> Figure:
     """One panel per logged quantity (``loss``, ``reward``, ``rewards/bleu/mean`` ...) against the optimizer
-    step, at most two panels to a row, titled and labelled in words (:func:`log_label`), whole-number steps.
+    step, one panel a row (``ncols`` is capped at ``MAX_COLUMNS``), titled and labelled in words
+    (:func:`log_label`), whole-number steps. Its caption names the quantities; its alt text gives each one's
+    first and last value.
 
     Columns the log does not hold are left out; a log holding none of them raises DataError.
     """
@@ -160,7 +229,8 @@ def training_curves(log_history: Sequence[dict] | pd.DataFrame, columns: Sequenc
     present = [c for c in columns if c in df and df[c].notna().any()]
     if not present:
         raise DataError(f"the training log has none of {list(columns)}; it has {sorted(df.columns)}")
-    fig, axes = _grid(len(present), ncols, 2.6)
+    fig, axes = _grid(len(present), ncols, 2.3)
+    described = []
     for ax, col in zip(axes, present):
         rows = df[["step", col]].dropna()
         ax.plot(rows["step"], rows[col], marker="o" if len(rows) < 30 else None, ms=4)
@@ -174,9 +244,16 @@ def training_curves(log_history: Sequence[dict] | pd.DataFrame, columns: Sequenc
         if col in SHARE_KEYS:
             ax.set_ylim(-0.05, 1.05)
         _sizes(ax)
+        first, last = rows.iloc[0], rows.iloc[-1]
+        described.append(f"{name}, in {unit}: {_fmt(float(first[col]))} at step {int(first['step'])}, "
+                         f"{_fmt(float(last[col]))} at step {int(last['step'])}")
     if title:
         fig.suptitle(title)
-    return fig
+    names = _series([_lower_first(log_label(c)[0]) if i else log_label(c)[0] for i, c in enumerate(present)])
+    steps = f"{int(df['step'].min())} to {int(df['step'].max())}"
+    return describe(fig, f"{title + ': ' if title else ''}{names}, by training step.",
+                    f"{len(present)} line chart{'s' if len(present) > 1 else ''}, one a row, against the training "
+                    f"step ({steps}). " + "; ".join(described) + ".")
 
 
 def _test_set_label(split) -> str:
@@ -186,7 +263,7 @@ def _test_set_label(split) -> str:
 @_styled
 def score_bars(table: pd.DataFrame, metrics: Sequence[str] = ("bleu", "chrf", "rougeL"),
                system: str = "system", group: str | None = "split") -> Figure:
-    """Horizontal bars, one panel per metric (two to a row), one bar per system within each test set
+    """Horizontal bars, one panel per metric (one a row), one bar per system within each test set
     (``group``), its value at the end of the bar, and one legend of the systems above the panels."""
     metrics = [m for m in metrics if m in table and table[m].notna().any()]
     if table.empty or not metrics:
@@ -225,7 +302,13 @@ def score_bars(table: pd.DataFrame, metrics: Sequence[str] = ("bleu", "chrf", "r
         _sizes(ax)
     fig.legend(handles=handles, labels=[str(s) for s in systems], loc="outside upper center", ncols=len(systems),
                title="system", frameon=False)
-    return fig
+    names = [METRIC_LABELS.get(m, _words(m)) for m in metrics]
+    sets = [_test_set_label(g) for g in groups if g is not None]
+    return describe(fig, f"{_series(names)} of each system" + (f" on each test set" if sets else "")
+                    + " (the values are those of the score table).",
+                    f"Horizontal bar charts, one a row, of {_series(names)}"
+                    + (f" on the test sets {_series(sets)}" if sets else "")
+                    + f", one bar per system ({_series(systems)}), each bar labelled with its value.")
 
 
 @_styled
@@ -249,7 +332,10 @@ def speedup_bars(table: pd.DataFrame) -> Figure:
     ax.grid(axis="y", visible=False)
     ax.invert_yaxis()
     _sizes(ax)
-    return fig
+    return describe(fig, "Throughput of each recipe as a multiple of the seed recipe's (log scale).",
+                    "Horizontal bar chart on a log scale, one bar per recipe and stage: "
+                    + "; ".join(f"{label}: {v:g} times the seed recipe" for label, v in zip(labels, rows.vs_seed))
+                    + ".")
 
 
 @_styled
@@ -281,7 +367,15 @@ def path_times(table: pd.DataFrame, target: float | None = None) -> Figure:
     ax.grid(axis="y", visible=False)
     ax.invert_yaxis()
     _sizes(ax)
-    return fig
+    fastest, slowest = table.seconds_1000.idxmin(), table.seconds_1000.idxmax()
+    flat = [" ".join(label.split()) for label in labels]
+    where = list(table.index)
+    return describe(fig, "Seconds to translate 1,000 sentences on each decoding path"
+                    + (f", against the target of {target:g} s (dashed line)." if target is not None else "."),
+                    f"Horizontal bar chart of {len(table)} decoding paths, coloured by process "
+                    f"({_series(processes)}): from {table.seconds_1000[fastest]:g} s ({flat[where.index(fastest)]}) "
+                    f"to {table.seconds_1000[slowest]:g} s ({flat[where.index(slowest)]})"
+                    + (f"; a dashed line marks the target of {target:g} s." if target is not None else "."))
 
 
 @_styled
@@ -305,4 +399,7 @@ def step_phases(phases: pd.DataFrame) -> Figure:
     ax.grid(axis="y", visible=False)
     ax.invert_yaxis()
     _sizes(ax)
-    return fig
+    totals = phases[parts].sum(axis=1)
+    return describe(fig, "Seconds per GRPO step, split into its phases, for each batch size.",
+                    f"Stacked horizontal bar chart, one bar per batch size, split into {_series(_words(str(c)) for c in parts)}: "
+                    + "; ".join(f"batch {b}: {t:.1f} s per step" for b, t in zip(phases.index, totals)) + ".")

@@ -1,5 +1,6 @@
-"""mtlib.plots: figures a reader can read at page width (~700 px): at most two panels a row, no text under
-10 pt at that width, titles and labels in words, whole-number steps, bar labels that do not collide."""
+"""mtlib.plots: figures a reader can read at page width (~700 px): one panel a row, no text under 10 pt at
+that width, titles and labels in words, whole-number steps, bar labels that do not collide, and a caption and
+an alt text (in words, from what was drawn) on every figure."""
 import itertools
 import json
 
@@ -75,7 +76,17 @@ def assert_readable_at_page_width(fig):
     small = [(t.get_text(), t.get_fontsize()) for t in texts(fig) if t.get_fontsize() * shrink < 10 - 1e-6]
     assert not small, small
     for ax in fig.axes:
-        assert ax.get_subplotspec().get_gridspec().ncols <= 2
+        assert ax.get_subplotspec().get_gridspec().ncols == 1, "one panel a row, each the page's width"
+
+
+def assert_described(fig, *words):
+    """A caption and an alt text, in words (no log keys), that say what the figure shows."""
+    caption, alt = plots.caption_of(fig), plots.alt_text(fig)
+    assert caption and caption.endswith(".") and len(caption) >= 20, caption
+    assert alt and len(alt) >= 40 and alt != caption, alt
+    assert not any(key in alt for key in ("rewards/", "frac_reward", "_")), alt
+    for word in words:
+        assert word in alt, (word, alt)
 
 
 def assert_no_overlapping_text(fig):
@@ -94,10 +105,12 @@ def whole_number_ticks(ax):
 @pytest.mark.parametrize("log,keys,steps", [(grpo_log(3), GRPO_KEYS, 3), (grpo_log(60), GRPO_KEYS, 60),
                                             (sft_log(6), ["loss", "learning_rate", "grad_norm"], 6)])
 def test_training_curves_read_at_page_width(log, keys, steps):
-    fig = plots.training_curves(log, keys, title="GRPO", ncols=3)  # asking for 3 a row still gets 2
+    fig = plots.training_curves(log, keys, title="GRPO", ncols=3)  # asking for 3 a row still gets 1
     assert len(fig.axes) == len(keys)
     assert_readable_at_page_width(fig)
     assert_no_overlapping_text(fig)
+    assert_described(fig, "training step", f"at step {steps}", plots.log_label(keys[0])[0])
+    assert plots.caption_of(fig).startswith("GRPO: ")
     for ax in fig.axes:
         title = ax.get_title()
         assert title and "/" not in title and "_" not in title
@@ -148,6 +161,10 @@ def test_score_bars_labels_do_not_collide(table):
     assert [t.get_text() for t in fig.legends[0].get_texts()] == list(dict.fromkeys(table.system))
     assert [ax.get_title() for ax in fig.axes] == ["BLEU (higher is better)", "chrF (higher is better)",
                                                    "TER (lower is better)"]
+    assert_described(fig, "BLEU, chrF and TER", *dict.fromkeys(table.system))
+    for ax in fig.axes:  # one panel a row: each panel names its test sets
+        assert [t.get_text() for t in ax.get_yticklabels()] == [plots.TEST_SET_LABELS[s]
+                                                                for s in dict.fromkeys(table.split)]
 
 
 def test_score_bars_values_are_the_table():
@@ -160,8 +177,25 @@ def test_score_bars_values_are_the_table():
 def test_benchmark_figures_read_at_page_width():
     table = bench.speedup_table(bench.load_rows(["h100_run6.json"]))
     paths = pd.DataFrame(bench.load_rows("h100_translate_paths.json"))
-    for fig in (plots.speedup_bars(table), plots.path_times(paths, target=5),
-                plots.step_phases(bench.grpo_phases("h100_grpo_breakdown.json")),
-                plots.brevity_penalty_curve([(0.8, "short"), (1.1, "long")])):
+    for fig, words in ((plots.speedup_bars(table), ["times the seed recipe"]),
+                       (plots.path_times(paths, target=5), ["target of 5 s"]),
+                       (plots.step_phases(bench.grpo_phases("h100_grpo_breakdown.json")), ["per step"]),
+                       (plots.brevity_penalty_curve([(0.8, "short"), (1.1, "long")]), ["short: ratio 0.8"])):
         assert_readable_at_page_width(fig)
         assert_no_overlapping_text(fig)
+        assert_described(fig, *words)
+
+
+def test_a_figure_made_elsewhere_gets_an_alt_text_from_its_titles_and_labels():
+    from matplotlib.figure import Figure
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.set_title("Sentence length")
+    ax.set_xlabel("words")
+    ax.set_ylabel("sentences")
+    assert plots.caption_of(fig) == "Sentence length"
+    assert plots.alt_text(fig) == "Sentence length. Chart with one panel: Sentence length (sentences against words)."
+    assert plots.alt_text(Figure()) == "Figure"  # never empty
+    plots.describe(fig, caption="Lengths of the training sentences.", alt="A histogram of sentence lengths.")
+    assert (plots.caption_of(fig), plots.alt_text(fig)) == ("Lengths of the training sentences.",
+                                                            "A histogram of sentence lengths.")
