@@ -88,6 +88,13 @@ def _duration(seconds: float) -> str:
 # --------------------------------------------------------------------------- what the terminal shows
 
 _BAR = re.compile(r"\d+%\|")
+_DONE = re.compile(r"^(.*: *)?100%\|")
+
+
+def _bar_key(bar: str) -> str:
+    """A bar without its times and rates: ``translate: 100%|████| 24/24``. tqdm refreshes a finished bar when it
+    closes, with other times: the same key, the same task."""
+    return re.sub(r"\s*\[[^\]]*\].*$", "", bar).strip()
 
 
 class Progress:
@@ -96,7 +103,9 @@ class Progress:
 
     It is papermill's ``stderr_file``: the chapters' stderr passes through ``write``, which shows the bars
     (in place on a terminal; elsewhere one line every ``every`` seconds and at 100%) and drops the rest,
-    which stays in the notebook. The bars themselves are stripped from the executed notebook.
+    which stays in the notebook. Each task's bar ends in one line: tqdm's last refresh and its close both
+    print 100%, shown once; a finished bar keeps its line on a terminal. The bars themselves are stripped
+    from the executed notebook.
     """
 
     def __init__(self, stream=None, every: float = 30.0):
@@ -105,6 +114,7 @@ class Progress:
         self.every = every
         self.chapter, self.t0, self.cell, self.cells, self._code = None, time.monotonic(), 0, 0, {}
         self._bar_open, self._last_bar, self._last_text = False, 0.0, ""
+        self._done_key, self._done_open = None, False  # the finished bar shown last; whether it is on the line
 
     # -- lines -------------------------------------------------------------------------------------
     def line(self, text: str) -> None:
@@ -144,7 +154,7 @@ class Progress:
         self.cell = self._code.get(cell_index, self.cell + 1)
         first = next((ln.strip() for ln in cell.source.splitlines() if ln.strip() and not ln.strip().startswith("#")),
                      "")
-        self._last_text = ""
+        self._last_text, self._done_key = "", None
         self.line(f"{self._prefix()}: {first[:72]}")
 
     def end_chapter(self, seconds: float, status: str = "done") -> None:
@@ -163,12 +173,20 @@ class Progress:
     def _bar(self, bar: str) -> None:
         if bar == self._last_text:
             return
-        done = bool(re.match(r"^(.*: *)?100%\|", bar))
+        done = bool(_DONE.match(bar))
+        if done:
+            if _bar_key(bar) == self._done_key:  # the same task's 100% again (tqdm's close): shown already
+                return
+            self._done_key = _bar_key(bar)
+        else:
+            self._done_key = None  # a bar running: the next 100% ends a new task
         now = time.monotonic()
         if self.tty:
+            if self._bar_open and self._done_open:  # a finished task keeps its line; the next bar starts below
+                self.stream.write("\n")
             self.stream.write(f"\r{self._prefix()} {bar[:110]}\x1b[K")
             self.stream.flush()
-            self._bar_open = True
+            self._bar_open, self._done_open = True, done
         elif done or now - self._last_bar >= self.every:
             self.line(f"{self._prefix()} {bar}")
             self._last_bar = now
@@ -287,7 +305,7 @@ def _keep(notebook: Path, folder: Path) -> Path | None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        strip_progress_bars(notebook)
+        tidy_notebook(notebook)
     except Exception:  # a notebook cut short while being written: keep it as it is
         pass
     kept = folder / notebook.name
@@ -338,7 +356,7 @@ def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, pro
     except KeyboardInterrupt:
         where = progress.where()
         raise BuildInterrupted(where, _keep(scratch, failed_dir)) from None
-    strip_progress_bars(scratch)
+    tidy_notebook(scratch)
     os.replace(scratch, output)
     if failed_dir != output.parent:
         (failed_dir / output.name).unlink(missing_ok=True)  # an earlier failure of this chapter is superseded
@@ -346,29 +364,130 @@ def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, pro
 
 
 _PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|.*$|^\s*$")
+# Lines libraries print on import or before training that say nothing about the chapter: Unsloth's sloth
+# banner (version, GPU, licence; before training: examples, batch, trainable parameters) and its notices that
+# it patched the libraries. Unsloth has no setting that silences them (its own logging is already off unless
+# UNSLOTH_ENABLE_LOGGING=1), so the runner drops them from the published notebook; warnings stay.
+BANNER_LINES = (
+    r"^\s*(\N{SLOTH}\s*)?Unsloth( Zoo)?:? (Will patch your computer|will now patch everything)",
+    r"^\s*==\(\(====\)\)==",            # the sloth's head, with the version or the training run's sizes
+    r"^\s*\\\\\s*/\|",                  # its arms
+    r"^\s*O\^O/\s*\\_/\s*\\",           # its face
+    r"^\s*\\\s+/(\s|$)",                # its chin
+    r"^\s*\"-____-\"",                  # its feet, with the licence
+    r"^\s*Unsloth: Fast downloading is enabled",
+)
+_BANNER = re.compile("|".join(f"(?:{b})" for b in BANNER_LINES))
+# Cells the reader does not see: the chapter's defaults and papermill's injected values (chapter.header shows
+# the values the chapter ran with, folded, once); the downloadable notebook keeps them.
+HIDDEN_CELLS = ("parameters", "injected-parameters")
+HIDE_TAG = "remove-cell"
+CAPTION_OUTPUT = "mtlib-caption"  # marks a caption output the runner added
 
 
-def strip_progress_bars(notebook: Path) -> int:
-    """Drop tqdm progress-bar lines from a notebook's stderr outputs (noise on a printed page); returns how many
-    outputs were changed. Warnings and other stderr text stay."""
-    import nbformat
-    nb = nbformat.read(notebook, as_version=4)
+def _clean_streams(nb) -> int:
+    """Drop progress bars (stderr) and banner lines (stdout and stderr) from a notebook's stream outputs."""
     changed = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         kept = []
         for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream" and out.get("name") == "stderr":
-                lines = re.split(r"[\r\n]", out.get("text", ""))
-                text = "\n".join(line for line in lines if not _PROGRESS_LINE.match(line))
-                if text != out.get("text", ""):
+            if out.get("output_type") == "stream":
+                old = out.get("text", "")
+                if out.get("name") == "stderr":
+                    lines = re.split(r"[\r\n]", old)
+                    text = "\n".join(ln for ln in lines if not _PROGRESS_LINE.match(ln) and not _BANNER.match(ln))
+                else:
+                    lines = old.split("\n")
+                    text = "\n".join(ln for ln in lines if not _BANNER.match(ln))
+                if text != old:
                     changed += 1
-                if not text.strip():
-                    continue
-                out["text"] = text + "\n"
+                    if not text.strip():
+                        continue
+                    out["text"] = text.strip("\n") + "\n"
             kept.append(out)
         cell["outputs"] = kept
+    return changed
+
+
+def _hide_boilerplate(nb) -> int:
+    """Tag the parameters cell and papermill's injected-parameters cell ``remove-cell`` (kept beside their own
+    tags: papermill finds the cell by ``parameters``)."""
+    changed = 0
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if any(t in tags for t in HIDDEN_CELLS) and HIDE_TAG not in tags:
+            cell.setdefault("metadata", {})["tags"] = [*tags, HIDE_TAG]
+            changed += 1
+    return changed
+
+
+def _describe_figures(nb) -> int:
+    """Give the page's figures the alt text and caption that ``chapter.show_figures`` put into each PNG output's
+    metadata: the alt text through the cell's ``mystnb.image.alt``; the caption as a figure caption
+    (``mystnb.figure.caption``) when the figure is the cell's only rich output, else as a Markdown line added
+    right after it."""
+    changed = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = cell.get("outputs", [])
+        rich = [o for o in outputs if o.get("output_type") in ("display_data", "execute_result")
+                and (o.get("metadata") or {}).get("mtlib") != CAPTION_OUTPUT]
+        images = [o for o in rich if "image/png" in o.get("data", {})]
+        described = [(o, (o.get("metadata") or {}).get("image/png") or {}) for o in images]
+        alts = list(dict.fromkeys(md["alt"] for _, md in described if md.get("alt")))
+        if not alts:
+            continue
+        mystnb = cell.setdefault("metadata", {}).setdefault("mystnb", {})
+        alt = alts[0] if len(alts) == 1 else " ".join(f"Figure {i}: {a}" for i, a in enumerate(alts, start=1))
+        if mystnb.get("image", {}).get("alt") != alt:
+            mystnb.setdefault("image", {})["alt"] = alt
+            changed += 1
+        if len(images) == 1 and len(rich) == 1:
+            caption = described[0][1].get("caption")
+            if caption and mystnb.get("figure", {}).get("caption") != caption:
+                mystnb.setdefault("figure", {})["caption"] = caption
+                changed += 1
+            continue
+        kept = []
+        for i, out in enumerate(outputs):
+            kept.append(out)
+            caption = ((out.get("metadata") or {}).get("image/png") or {}).get("caption") if out in images else None
+            following = outputs[i + 1] if i + 1 < len(outputs) else {}
+            if caption and (following.get("metadata") or {}).get("mtlib") != CAPTION_OUTPUT:
+                import nbformat
+                kept.append(nbformat.v4.new_output("display_data", data={"text/markdown": f"*{caption}*"},
+                                                   metadata={"mtlib": CAPTION_OUTPUT}))
+                changed += 1
+        cell["outputs"] = kept
+    return changed
+
+
+def tidy_notebook(notebook: Path) -> int:
+    """Make an executed notebook fit to publish; returns how many changes it made (0: the file is untouched).
+
+    * progress bars (stderr) and known banner lines (``BANNER_LINES``) are dropped; warnings and other text stay;
+    * the parameters cell and papermill's injected cell are tagged ``remove-cell`` (``HIDDEN_CELLS``);
+    * figures get their alt text and caption (:func:`_describe_figures`).
+
+    Running it again changes nothing."""
+    import nbformat
+    nb = nbformat.read(notebook, as_version=4)
+    changed = _clean_streams(nb) + _hide_boilerplate(nb) + _describe_figures(nb)
+    if changed:
+        from .results import atomic_write_text
+        atomic_write_text(notebook, nbformat.writes(nb))
+    return changed
+
+
+def strip_progress_bars(notebook: Path) -> int:
+    """Drop tqdm progress-bar lines (and banner lines) from a notebook's stream outputs (noise on a printed
+    page); returns how many outputs were changed. Warnings and other stderr text stay."""
+    import nbformat
+    nb = nbformat.read(notebook, as_version=4)
+    changed = _clean_streams(nb)
     if changed:
         from .results import atomic_write_text
         atomic_write_text(notebook, nbformat.writes(nb))
@@ -802,19 +921,80 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or str(REPO_ROOT / "build" / Path(args.profile).stem)
     only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
+    # Which chapters read the runs of which: re-executing one leaves the later ones on its superseded runs.
+    reads_runs_of = {"04_grpo": ("03_sft",), "05_results": ("03_sft", "04_grpo")}
+
+    def record_now():
+        try:
+            return read_build(Path(out).expanduser().resolve())
+        except (BuildRefused, OSError):
+            return None
+
+    def interrupted_line() -> str:
+        """Ctrl-C outside a chapter (opening the build, --clean's move aside, the final token-leak check): what
+        the folders hold now, from the files themselves."""
+        where = Path(out).expanduser().resolve()
+
+        def entries(folder):
+            return [e for e in BUILD_ENTRIES if (folder / e).exists()]
+        aside = [p for p in (where.parent.iterdir() if args.clean and where.parent.is_dir() else ())
+                 if p.name.startswith(f"{where.name}.old-") and p.is_dir() and p.stat().st_mtime >= started_at - 1]
+        if aside:
+            dest = max(aside, key=lambda p: p.stat().st_mtime)
+            moved, left = entries(dest), entries(where)
+            if not moved:
+                return (f"interrupted before --clean moved anything: the earlier build is still whole in {where}; "
+                        f"nothing new was built")
+            if left:
+                return (f"interrupted while --clean moved the earlier build aside: {', '.join(moved)} now in {dest}, "
+                        f"{', '.join(left)} still in {where}; nothing new was built. Move those into {dest} to keep "
+                        f"that build whole, then build again")
+            return (f"interrupted after --clean moved the earlier build aside to {dest}; nothing new was built; "
+                    f"{where} is free for a new build")
+        record = record_now()
+        if record is None:
+            left = entries(where) if where.is_dir() else []
+            return ("interrupted before any chapter ran; nothing was kept" if not left else
+                    f"interrupted before any chapter ran; nothing new was kept ({where} holds {', '.join(left)}, as "
+                    f"before)")
+        done = [c for c, s in record["chapters"].items() if s.get("status") == "executed"]
+        what = f"build {record['build_id']} in {where} ({record.get('status')}; executed: {', '.join(done) or 'none'})"
+        if (where / BUILD_FILE).stat().st_mtime < started_at:
+            return f"interrupted before any chapter ran; {what} is as it was"
+        if record.get("status") in ("finished", "incomplete"):
+            again = "--resume --no-html" if args.no_html else "--render-only"
+            return (f"interrupted after the chapters, during the final token-leak check: kept {what}; the check did "
+                    f"not finish: {again} runs it again")
+        return f"interrupted; kept {what}; continue with --resume"
+
+    def stale_advice() -> str | None:
+        """Chapters executed before a chapter whose runs they read was executed again, and the fix."""
+        record = record_now()
+        finished = {c: st["finished"] for c, st in (record["chapters"] if record else {}).items()
+                    if st.get("status") == "executed" and st.get("finished")}
+        pairs = [(c, d) for c, needs in reads_runs_of.items() for d in needs
+                 if c in finished and d in finished and finished[c] < finished[d]]
+        stale = {c for c, _ in pairs}
+        redo = stale | {c for c, needs in reads_runs_of.items() if c in finished and stale & set(needs)}
+        why = "; ".join(f"{c} still uses the runs {d} made before it was executed again" for c, d in pairs)
+        return f"[book] note: {why}: re-execute them with --only {','.join(sorted(redo))}" if pairs else None
+
     try:
         build(args.profile, out, only=only, html=not args.no_html, notebook_dir=Path(args.notebooks),
               resume=args.resume, clean=args.clean, render_only=args.render_only)
     except BuildInterrupted as exc:
         print(f"[book] {exc}", file=sys.stderr, flush=True)
         return 130
-    except KeyboardInterrupt:  # before the build folder was opened: nothing was written
-        print("[book] interrupted before any chapter ran; nothing was kept", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # outside the chapters
+        print(f"[book] {interrupted_line()}", file=sys.stderr, flush=True)
         return 130
     except MtlibError as exc:
         print(f"[book] error: {exc}", file=sys.stderr, flush=True)
         return 1
+    advice = stale_advice()
+    if advice:
+        print(advice, flush=True)
     print(f"[book] finished in {_duration(time.perf_counter() - start)}", flush=True)
     return 0
 
