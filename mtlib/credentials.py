@@ -19,8 +19,16 @@ HF_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{30,}")
 # Any other value counts as a secret only from this length on: placeholders such as ``none``, ``0`` or
 # ``changeme`` are not secrets, and searching outputs for them would fail a build for nothing.
 MIN_SECRET_LENGTH = 16
-_SECRET_KEY_WORDS = ("token", "secret", "password", "api_key")
-_SPECIAL_TOKEN_KEY = re.compile(r"(pad|eos|bos|unk|sep|cls|mask)_token")  # tokenizer settings, not secrets
+# Other token shapes a record may carry: GitHub tokens, and any credential sent as an HTTP bearer header.
+TOKEN_SHAPES = (HF_TOKEN_PATTERN, re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}"), re.compile(r"github_pat_\w{30,}"),
+                re.compile(r"\bBearer\s+\S{16,}"))
+# Keys whose value is a secret, by their words (``HF_TOKEN``, ``accessToken`` -> hf/token, access/token): any of
+# these words, a pair such as api + key, or ``token`` as the last word unless a tokenizer's special token
+# (``pad_token``). ``tokenizer``, ``tokenizer_revision`` and ``max_new_tokens`` are no secrets.
+_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "credential", "credentials", "apikey", "authorization"}
+_SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("auth", "key"), ("secret", "key")}
+_SPECIAL_TOKEN_WORDS = {"pad", "eos", "bos", "unk", "sep", "cls", "mask", "special", "image", "audio", "video",
+                        "boi", "eoi", "start", "end"}
 
 
 def hf_token() -> str | None:
@@ -58,24 +66,33 @@ def secret_values() -> list[str]:
     return [v.strip() for v in dict.fromkeys(values) if looks_like_secret(v)]
 
 
+def _key_words(key) -> list[str]:
+    """``HF_TOKEN`` -> [hf, token]; ``accessToken`` -> [access, token]; ``api-key`` -> [api, key]."""
+    return [w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key)).lower()) if w]
+
+
 def _secret_key(key) -> bool:
-    k = str(key).lower()
-    if _SPECIAL_TOKEN_KEY.fullmatch(k):
+    words = _key_words(key)
+    if not words:
         return False
-    return any(w in k for w in _SECRET_KEY_WORDS)
+    if _SECRET_WORDS & set(words) or _SECRET_PAIRS & set(zip(words, words[1:])) or words == ["auth"]:
+        return True
+    return words[-1] == "token" and (len(words) == 1 or words[-2] not in _SPECIAL_TOKEN_WORDS)
 
 
 def _secret_text(value: str, secrets: Iterable[str]) -> bool:
-    return bool(HF_TOKEN_PATTERN.search(value)) or any(s in value for s in secrets)
+    return any(shape.search(value) for shape in TOKEN_SHAPES) or any(s in value for s in secrets)
 
 
 def scrub(obj, _secrets=None):
     """Copy of ``obj`` with secret values replaced by :data:`REDACTED`.
 
-    Redacted: a string under a key that contains ``token``/``secret``/``password``/``api_key`` (except
-    tokenizer special-token names such as ``pad_token``), any string that contains something shaped like
-    a Hugging Face token (``hf_`` + 30 or more letters and digits), and any string containing one of
-    :func:`secret_values`. Harmless ``hf_`` names (``hf_home``, ``hf_transfer``) are kept.
+    Redacted: a string under a secret-looking key (``token``, ``hf_token``, ``access_token``, ``HF_TOKEN``,
+    ``api_key``, ``client_secret``, ``password`` ...: see :func:`_secret_key`), any string that contains something
+    shaped like a token (:data:`TOKEN_SHAPES`: ``hf_`` + 30 or more letters and digits, GitHub tokens, a bearer
+    header), and any string containing one of :func:`secret_values`. Kept: keys that merely contain "token"
+    (``tokenizer``, ``tokenizer_revision``, ``max_new_tokens``), tokenizer special tokens (``pad_token``) and
+    harmless ``hf_`` names (``hf_home``, ``hf_transfer``).
     """
     secrets = secret_values() if _secrets is None else list(_secrets)
     if isinstance(obj, dict):

@@ -96,3 +96,24 @@ def test_results_and_modeling_no_longer_import_each_other():
             "import mtlib.modeling as m, mtlib.credentials as c; assert m.hf_token is c.hf_token")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     assert importlib.import_module("mtlib.results").scrub is credentials.scrub
+
+
+def test_scrub_redacts_secret_looking_keys_only_not_every_key_with_token_in_it(monkeypatch):
+    """Issue 12: any key containing "token" was redacted, so {"tokenizer": "meta-llama/..."} lost the tokenizer's
+    name. Secret-looking keys (token, hf_token, api_key, access_token, *_secret ...) and token-shaped values are
+    redacted; tokenizer names, revisions and counts stay."""
+    _no_token(monkeypatch)
+    kept = {"tokenizer": "meta-llama/Llama-3.2-3B-Instruct",
+            "tokenizer_revision": "0cb88a4f764b7a12671c53f0838cd831a0843b95", "tokenizer_name": "tiny",
+            "max_new_tokens": 64, "num_tokens": "1234", "token_type_ids": "none",
+            "pad_token": "<|finetune_right_pad_id|>", "eos_token": "<|eot_id|>", "model_revision": "main",
+            "hf_home": "/root/.cache/huggingface"}
+    assert scrub(kept) == kept
+    secret = {"token": "abc", "hf_token": "x", "HF_TOKEN": "short", "access_token": "ya29.a0AfH6SMB",
+              "accessToken": "tok", "api_key": "k", "wandb_api_key": "0123", "client_secret": "shh",
+              "aws_secret_access_key": "wJalrXUtnFEMI", "password": "hunter2", "use_auth_token": "x"}
+    assert scrub(secret) == {k: REDACTED for k in secret}
+    shaped = {"note": f"token {REAL_SHAPED}", "header": "Authorization: Bearer abcdefghijklmnop1234",
+              "gh": "ghp_" + "a1" * 18}
+    assert scrub(shaped) == {k: REDACTED for k in shaped}
+    assert scrub({"tokenizer": REAL_SHAPED}) == {"tokenizer": REDACTED}  # a token-shaped value, whatever the key
