@@ -290,6 +290,31 @@ def no_runs_notice(runs_root, build_id=None):
                kind="warning")
 
 
+def stale_grpo_notice(runs_root, build_id: str | None = None):
+    """A warning box when the newest GRPO run continued an SFT adapter that is no longer the newest SFT run (chapter 3
+    executed again after chapter 4, e.g. ``--only 03_sft``): chapter 5 would compare the new SFT run with GRPO
+    trained from the superseded one. It names both runs and the fix; None when the runs agree (or GRPO started
+    from the base model, or a stage has no training run)."""
+    from .results import read_json
+    grpo, sft = latest_run(runs_root, "grpo", build_id), latest_run(runs_root, "sft", build_id)
+    if grpo is None or sft is None:
+        return None
+    try:
+        started_from = (read_json(Path(grpo["path"]) / "config.json") or {}).get("from_sft_run")
+    except MtlibError:  # a damaged record: load_runs has already warned about it
+        return None
+    if not started_from or started_from == sft["run_id"]:
+        return None
+    return box("GRPO was trained from an earlier SFT run",
+               f"The newest GRPO run, <code>{grpo['run_id']}</code>, continued the adapter of SFT run "
+               f"<code>{started_from}</code>, but the newest SFT run{' of this build' if build_id else ''} is "
+               f"<code>{sft['run_id']}</code> (chapter 3 was executed again after chapter 4). The SFT and GRPO "
+               f"rows below therefore come from two different SFT trainings, and GRPO's gain over SFT is not "
+               f"measured. Execute chapter 4 again, then this chapter: "
+               f"<code>python -m mtlib.book --only 04_grpo,05_results</code> with the same <code>--profile</code> "
+               f"and <code>--out</code> (opened alone: run chapter 4, then chapter 5).", kind="warning")
+
+
 # -- several GPUs -----------------------------------------------------------------------------------------
 
 def num_gpus(params: dict) -> int:

@@ -168,3 +168,32 @@ def test_significance_display_is_compact_and_grouped(tmp_path, monkeypatch):
     heading, part, caption = shown  # one comparison: its heading, its table, the signatures
     assert "sft vs base" in heading.data and list(part.index.names) == ["test set", "metric"]
     assert "bs:100|seed:12345" in caption.data
+
+
+def _training_run(root, stage, build_id, **config):
+    run = results.Run.create(stage, {"build_id": build_id, **config}, root=root, name=stage)
+    (run.path / "adapter").mkdir()
+    (run.path / "adapter" / "adapter_config.json").write_text("{}")
+    run.finish()
+    return run
+
+
+def test_grpo_trained_from_a_superseded_sft_run_gets_a_warning_naming_both_and_the_fix(tmp_path):
+    """--only 03_sft after chapter 4: the newest GRPO run continued the old SFT adapter; chapter 5 says so."""
+    old_sft = _training_run(tmp_path, "sft", "build-a")
+    grpo = _training_run(tmp_path, "grpo", "build-a", from_sft_run=old_sft.run_id)
+    assert chapter.stale_grpo_notice(tmp_path, build_id="build-a") is None  # GRPO continued the newest SFT run
+    _training_run(tmp_path, "sft", "build-b")  # another build's newer SFT run changes nothing here
+    assert chapter.stale_grpo_notice(tmp_path, build_id="build-a") is None
+
+    new_sft = _training_run(tmp_path, "sft", "build-a")  # chapter 3 executed again
+    box = chapter.stale_grpo_notice(tmp_path, build_id="build-a")
+    assert box is not None and 'class="admonition warning"' in box.data
+    assert grpo.run_id in box.data and old_sft.run_id in box.data and new_sft.run_id in box.data
+    assert "--only 04_grpo,05_results" in box.data
+
+    _training_run(tmp_path, "grpo", "build-a", from_sft_run=new_sft.run_id)  # chapter 4 executed again: agreed
+    assert chapter.stale_grpo_notice(tmp_path, build_id="build-a") is None
+    _training_run(tmp_path, "grpo", "build-a", from_sft_run=None)  # from_sft off: no SFT adapter to disagree with
+    assert chapter.stale_grpo_notice(tmp_path, build_id="build-a") is None
+    assert chapter.stale_grpo_notice(tmp_path / "nothing") is None
