@@ -21,8 +21,9 @@
 # Every training and evaluation in this book left a run record: its configuration, scores,
 # translations, timings and peak memory. This chapter reads the records of this build and puts the
 # systems side by side: the untouched base model, the SFT model of chapter 3 and the GRPO model of
-# chapter 4, on every test set. It then asks whether the differences are larger than chance, and what
-# each stage cost.
+# chapter 4, on every test set. It then asks whether the differences are larger than chance and what
+# each stage cost, and closes with a discussion written from the runs: which system wins where, by how
+# much, sentence by sentence, and what the numbers cannot say.
 
 # %% tags=["remove-cell"]
 # On Colab: fetch the book's repository and install its library (elsewhere it is already
@@ -48,7 +49,7 @@ n_examples = 5                     # translations to show side by side
 # %%
 from IPython.display import Markdown, display
 
-from mtlib import chapter, plots, results
+from mtlib import chapter, discussion, plots, results
 
 params = chapter.header("05_results", globals())
 runs = results.load_runs(runs_root, build_id=build_id)
@@ -132,6 +133,56 @@ cost.round(2)
 
 # %%
 per_stage.round(2)
+
+# %% [markdown]
+# ## Discussion
+#
+# What the tables above say, written from this build's runs: every number, verdict and example below is
+# computed from the run records and their stored translations when the chapter runs. Per system and test
+# set: the BLEU band of chapter 2 (a rough reading of corpus BLEU), the **length ratio** (output length over
+# reference length; below 1, BLEU's brevity penalty applies) and the **untranslated copies**, outputs that
+# repeat the source sentence instead of translating it (an instruct model that ignores the instruction does
+# this).
+
+# %%
+translations = discussion.newest_translations(runs)
+src_lang, tgt_lang = discussion.language_pair(runs)
+stats = discussion.system_stats(runs, translations)
+discussion.overview_table(stats)
+
+# %%
+Markdown(discussion.findings(stats, significance, src_lang, tgt_lang))
+
+# %% [markdown]
+# ### Sentence by sentence
+#
+# A corpus score can hide as many losses as wins. Scored one sentence at a time with chrF (which, unlike
+# BLEU, stays informative on a single sentence), each comparison counts the sentences a system wins and
+# loses against its baseline, on every test set; the examples are, on the main test set, the sentences
+# where each system gains and loses most.
+
+# %%
+wins = discussion.sentence_wins(runs, translations)
+display(Markdown(discussion.wins_summary(wins)))
+discussion.wins_table(wins)
+
+# %%
+discussion.sentence_examples(runs, translations, split="test", k=1)
+
+# %% [markdown]
+# ### Limitations
+#
+# What these numbers cannot tell: how much a second training would change them, whether they mean anything
+# at all (a smoke build), and how they relate to the BLEU scores published for Multi30k. The first table
+# lists the training seed(s) behind each trained system; the second scores the same translations as most
+# Multi30k papers did.
+
+# %%
+comparison = discussion.comparability(runs, translations)
+seeds = discussion.seed_summary(runs)
+display(Markdown(discussion.limitations(runs, seeds, comparison, tgt_lang)))
+display(discussion.seeds_table(seeds))
+comparison
 
 # %% [markdown]
 # ## Damaged run records
