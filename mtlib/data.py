@@ -622,3 +622,81 @@ def pair_columns(split, src_lang: str, tgt_lang: str) -> tuple[list, list]:
         return split[src_lang].tolist(), split[tgt_lang].tolist()
     raise DataError(f"split must be a datasets.Dataset or DataFrame with {src_lang!r}/{tgt_lang!r} columns, "
                     f"got {type(split).__name__}")
+
+
+def _direction(a: float, b: float, more: str, fewer: str, same: str, tolerance: float = 0.02) -> str:
+    """``more`` when ``a`` exceeds ``b`` by more than ``tolerance`` (relative), ``fewer`` when it falls short, else ``same``."""
+    if abs(a - b) <= tolerance * abs(b):
+        return same
+    return more if a > b else fewer
+
+
+def _article(word: str) -> str:
+    """"an" before a vowel ("an English one"), else "a" ("a Czech one"; "a Ukrainian one")."""
+    return "an" if word[:1].upper() in "AEIO" or word[:1].upper() == "U" and not word.upper().startswith("UK") else "a"
+
+
+def compare_languages(stats: pd.DataFrame, src_lang: str, tgt_lang: str, split: str = "overall") -> str:
+    """Markdown saying how the target side of a corpus differs from its source side, from
+    :func:`corpus_stats`'s rows of ``split``: words per sentence, characters per word, distinct words and the
+    share seen once. Each comparison is worded from the numbers ("more words" only when there are more, "but"
+    only when word count and word length go opposite ways; within 2% counts as "about the same")."""
+    from .prompts import language_name
+
+    rows = stats[stats["split"] == split].set_index("lang")
+    missing = [lang for lang in (src_lang, tgt_lang) if lang not in rows.index]
+    if missing:
+        raise DataError(f"corpus_stats has no {split!r} rows for {missing}; it has {sorted(set(rows.index))}")
+    s, t = rows.loc[src_lang], rows.loc[tgt_lang]
+    src, tgt = language_name(src_lang), language_name(tgt_lang)
+    words = _direction(t["mean_words"], s["mean_words"], f"more words than {src}", f"fewer words than {src}",
+                       f"about as many words as {src}")
+    length = _direction(t["mean_word_len"], s["mean_word_len"], "longer", "shorter", "same")
+    contrast = (words.startswith("more") and length == "shorter") or (words.startswith("fewer") and length == "longer")
+    length_text = "words of about the same length" if length == "same" else f"{length} ones"
+    ratio = t["types"] / s["types"]
+    text = (f"On average {_article(tgt)} {tgt} sentence has **{t['mean_words']:.1f}** words and {_article(src)} {src} one "
+            f"**{s['mean_words']:.1f}**: {tgt} uses {words}, {'but' if contrast else 'and'} {length_text} "
+            f"(**{t['mean_word_len']:.2f}** characters per word against **{s['mean_word_len']:.2f}**). "
+            f"The {tgt} side has **{ratio:.2f}×** as many distinct words as the {src} side "
+            f"({int(t['types']):,} against {int(s['types']):,}), and **{t['hapax_share']:.0%}** of them occur only "
+            f"once, against **{s['hapax_share']:.0%}**.")
+    return text
+
+
+def example_pair(split, src_lang: str, tgt_lang: str, words: tuple[int, int] = (8, 14)) -> tuple[str, str]:
+    """``(source, reference)``: the first pair of ``split`` whose reference has ``words[0]`` to ``words[1]``
+    words and differs from its source (chapter 2's metric examples, in whatever language the data has);
+    the pair with the longest reference when none does."""
+    sources, targets = pair_columns(split, src_lang, tgt_lang)
+    if not targets:
+        raise DataError("example_pair needs a split with at least one pair")
+    lo, hi = words
+    for s, t in zip(sources, targets):
+        if lo <= len(t.split()) <= hi and s.strip() != t.strip():
+            return s, t
+    i = max(range(len(targets)), key=lambda k: len(targets[k].split()))
+    return sources[i], targets[i]
+
+
+def variants(source: str, reference: str) -> dict[str, str]:
+    """Hypotheses made from ``reference`` by rule, for showing what metrics see: the exact reference, one letter
+    dropped from its longest word (like a wrong ending), that word dropped, the first half only, the two halves
+    swapped (every word kept), and the untranslated ``source``. Final punctuation stays at the end (the first
+    half has none, as a cut-off output)."""
+    body = reference.rstrip(".!?;:,")
+    end, words = reference[len(body):], body.split()
+    if len(words) < 2:
+        raise DataError(f"variants needs a reference of at least two words, got {reference!r}")
+    letters = [sum(ch.isalpha() for ch in w) for w in words]
+    i = max(range(len(words)), key=lambda k: (letters[k], -k))
+    word, half = words[i], len(words) // 2
+    last = max(j for j, ch in enumerate(word) if ch.isalpha()) if letters[i] else len(word) - 1
+    return {
+        "exact": reference,
+        "one letter dropped": " ".join(words[:i] + [word[:last] + word[last + 1:]] + words[i + 1:]) + end,
+        "one word dropped": " ".join(words[:i] + words[i + 1:]) + end,
+        "first half only": " ".join(words[:half]),
+        "halves swapped": " ".join(words[half:] + words[:half]) + end,
+        "untranslated": source,
+    }

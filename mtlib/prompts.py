@@ -15,10 +15,26 @@ LANGUAGE_NAMES = {
 
 
 def language_name(code: str) -> str:
-    """English name of a language code (``"de"`` -> ``"German"``); unknown codes are returned as given."""
+    """English name of a language code (``"de"`` -> ``"German"``, ``"fr-CA"`` -> ``"French"``: a region subtag
+    is ignored, case too); an unknown code is returned as given, so prose still names the language."""
     if not isinstance(code, str) or not code.strip():
         raise ValueError(f"language code must be a non-empty string, got {code!r}")
-    return LANGUAGE_NAMES.get(code.lower(), code)
+    return LANGUAGE_NAMES.get(code.strip().lower().replace("_", "-").split("-")[0], code.strip())
+
+
+# What a chatty model writes before its answer, per target language: the length reward's example in
+# chapter 4. Languages without an entry get the English one (a chatty model often answers in English).
+PREAMBLES = {
+    "en": "Here is the translation: ", "de": "Hier ist die Übersetzung: ", "fr": "Voici la traduction : ",
+    "cs": "Zde je překlad: ", "es": "Aquí está la traducción: ", "it": "Ecco la traduzione: ",
+    "nl": "Hier is de vertaling: ", "pt": "Aqui está a tradução: ",
+}
+
+
+def preamble(tgt_lang: str) -> str:
+    """"Here is the translation: " in the target language (:data:`PREAMBLES`), else in English."""
+    language_name(tgt_lang)  # the same check of the code
+    return PREAMBLES.get(tgt_lang.strip().lower().replace("_", "-").split("-")[0], PREAMBLES["en"])
 
 
 def system_prompt(tgt_lang: str = "de", src_lang: str = "en") -> str:

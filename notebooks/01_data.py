@@ -20,14 +20,14 @@
 #
 # Everything in this book learns from, and is judged against, one corpus: **Multi30k**, the
 # multilingual extension of the Flickr30k image-description data set. Each English caption of a
-# photograph was translated into German by a professional translator, which makes Multi30k small,
+# photograph was translated by people into other languages, which makes Multi30k small,
 # clean and very regular: short, literal descriptions of people, animals and things doing
 # everyday actions. That regularity is what lets a 3-billion-parameter model adapt to it in a few
 # minutes of training, and it is also the reason results on Multi30k say little about
 # translating news, law or conversation.
 #
 # This chapter loads the corpus, shows a few pairs and measures it: how many sentences, words and
-# distinct words each split holds, and how long English and German sentences are.
+# distinct words each split holds, and how long the sentences of the two languages are.
 
 # %% tags=["remove-cell"]
 # On Colab: fetch the book's repository and install its library (elsewhere it is already
@@ -56,15 +56,16 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import chapter, data
+from mtlib import chapter, data, prompts
 
 params = chapter.header("01_data", globals())
+src, tgt = prompts.language_name(src_lang), prompts.language_name(tgt_lang)
 
 # %% [markdown]
 # ## Loading the corpus
 #
-# `mtlib.data.load_pairs` reads the official Multi30k release, which ships with the book for English
-# and German (other languages are downloaded from the official repository on first use), and returns a
+# `mtlib.data.load_pairs` reads the official Multi30k release, which ships with the book for the default
+# language pair (the other languages are downloaded from the official repository on first use), and returns a
 # `DatasetDict` with one text column per language. Its splits are `train`, `validation` and `test`
 # (the *test 2016 Flickr* set), plus three later test sets (2017 Flickr, 2017 MS COCO and 2018
 # Flickr) under their own names. The copy on the Hugging Face Hub (`bentrevett/multi30k`) has only the
@@ -74,9 +75,9 @@ params = chapter.header("01_data", globals())
 pairs = data.load_pairs(dataset, src_lang=src_lang, tgt_lang=tgt_lang, revision=dataset_revision)
 pd.DataFrame({"pairs": {name: len(split) for name, split in pairs.items()}})
 
-# %% [markdown]
-# A few training pairs, as the model will see them: the English caption is the source, the German
-# caption the reference translation.
+# %% tags=["remove-input"]
+display(Markdown(f"A few training pairs, as the model will see them: the {src} caption is the source, "
+                 f"the {tgt} caption the reference translation."))
 
 # %%
 pairs["train"].select(range(n_examples)).to_pandas()
@@ -104,31 +105,24 @@ chapter.readable(overall.drop(columns="split")).round(3)
 chapter.readable(stats[stats["split"] != "overall"].set_index(["split", "lang"])).round(3)
 
 # %% [markdown]
-# ## What the numbers say about English and German
+# ## What the numbers say about the two languages
 
-# %%
-en, de = overall.loc[src_lang], overall.loc[tgt_lang]
-display(Markdown(
-    f"Across the whole corpus a {tgt_lang} sentence has **{de['mean_words']:.1f}** words on average against "
-    f"**{en['mean_words']:.1f}** in {src_lang}, but its words are longer (**{de['mean_word_len']:.2f}** "
-    f"characters against **{en['mean_word_len']:.2f}**), and the {tgt_lang} side uses "
-    f"**{de['types'] / en['types']:.2f}×** as many distinct words ({int(de['types']):,} against "
-    f"{int(en['types']):,})."))
+# %% tags=["remove-input"]
+display(Markdown(data.compare_languages(stats, src_lang, tgt_lang)))
 
 # %% [markdown]
-# This is the familiar shape of German next to English. German writes compounds as one word
-# (*Straßenmusiker*, "street musician"), so it needs fewer, longer words for the same content.
-# It also inflects articles, adjectives and nouns for case, gender and number (*ein kleiner Hund*,
-# *einen kleinen Hund*, *mit einem kleinen Hund*), so one English word maps to several German
-# forms: the German vocabulary is larger and more of it is rare. For a translation model this
-# means that getting the *form* right (agreement, case endings) is a large part of the task, and
-# for BLEU, which rewards exact word matches, it means a wrong ending costs as much as a wrong word.
-# chrF, which matches character n-grams, is more forgiving there (chapter 2).
+# Two properties of a language show in such numbers. *Compounding* (several words written as one)
+# gives fewer, longer words for the same content. *Inflection* (articles, adjectives, nouns and verbs
+# that change form for gender, number or case) turns one source word into several target forms,
+# which enlarges the vocabulary and makes more of it rare. Where the target side has the larger
+# vocabulary, getting the *form* right (agreement, endings) is a large part of the task, and BLEU,
+# which rewards exact word matches, charges a wrong ending as much as a wrong word. chrF, which
+# matches character n-grams, is more forgiving there (chapter 2).
 #
 # ## Sentence lengths
 #
-# Multi30k sentences are short: most captions have between 8 and 16 words. The histograms show the
-# training split; the two languages overlap closely, German a little shorter in words.
+# Multi30k sentences are short captions. The histograms show how many words the sentences of the
+# training split have in each language; the table after them gives the percentiles.
 
 # %%
 data.length_histogram(pairs, split="train", langs=[src_lang, tgt_lang])

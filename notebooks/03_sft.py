@@ -18,8 +18,8 @@
 #
 # [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mt-finetuning-book/mt-finetuning-book/blob/main/notebooks/03_sft.ipynb)
 #
-# Llama-3.2-3B-Instruct already translates English into German when asked. This chapter measures how
-# well, then teaches it the task from Multi30k's reference translations: *supervised fine-tuning*
+# An instruct model such as Llama-3.2-3B-Instruct already translates when asked. This chapter measures
+# how well, then teaches it the task from Multi30k's reference translations: *supervised fine-tuning*
 # (SFT), the model learning to predict the reference word by word. Two techniques make this fit on a
 # single free Colab GPU: the base model is stored in **4 bits**, and only small **LoRA** adapters are
 # trained. Together they are called **QLoRA**.
@@ -133,9 +133,12 @@ pd.DataFrame({"value": {
 # %% [markdown]
 # ## The baseline: translating before any training
 #
-# Greedy decoding with the same system prompt the fine-tuned model will see (it asks for the German
-# translation only), on every test set. These scores are what fine-tuning has to beat; each
+# Greedy decoding with the same system prompt the fine-tuned model will see (it asks for the
+# translation only, shown below), on every test set. These scores are what fine-tuning has to beat; each
 # evaluation is stored as a run so that chapter 5 can compare all systems.
+
+# %% tags=["remove-input"]
+display(Markdown(f"The system prompt: *{prompts.system_prompt(tgt_lang, src_lang)}*"))
 
 # %%
 baseline = chapter.evaluate_splits(modeling.TrainedModel(base, tokenizer, stage="base", base_name=model),
@@ -158,8 +161,8 @@ pd.DataFrame({"value": {"trainable parameters": f"{summary['trainable']:,}", "al
 # %% [markdown]
 # ## What one training example looks like
 #
-# Each pair becomes a three-turn chat: the system prompt, the English sentence as the user's turn, and
-# the German reference as the assistant's answer, rendered with Llama's chat template. The loss is
+# Each pair becomes a three-turn chat: the system prompt, the source sentence as the user's turn, and
+# the reference translation as the assistant's answer, rendered with Llama's chat template. The loss is
 # computed on the assistant's answer only: the model is not trained to predict the prompt, which is the
 # same in every example.
 
@@ -220,8 +223,9 @@ chapter.show_scores(scores[["rouge1", "rouge2", "rougeL"]].unstack("system"))
 # ## Translations side by side
 #
 # The first sentences of the main test set: the source, the base model's and the fine-tuned model's
-# translations, and the reference. The base model tends to add politeness, quotes or explanations;
-# the fine-tuned one answers in Multi30k's terse caption style.
+# translations, and the reference. Compare the outputs with the reference in length and style:
+# anything beyond the translation (a greeting, quotes, an explanation) costs precision. Chapter 5
+# compares the systems over the whole test sets.
 
 # %%
 chapter.side_by_side({"base": baseline["test"], "sft": finetuned["test"]}, n=n_examples)

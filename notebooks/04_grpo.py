@@ -106,13 +106,18 @@ params = chapter.header("04_grpo", globals())
 #
 # $$ \hat A_i = \frac{r_i - \operatorname{mean}(r_1, \dots, r_G)}{\operatorname{std}(r_1, \dots, r_G)} $$
 #
-# Every token of completion $i$ shares the advantage $\hat A_i$. The update is PPO's clipped objective,
-# with $\rho_{i,t} = \pi_\theta(o_{i,t} \mid q, o_{i,<t}) / \pi_{\theta_\text{old}}(o_{i,t} \mid q, o_{i,<t})$
-# the probability ratio of token $t$ between the current policy and the one that sampled it:
+# Every token of completion $i$ shares the advantage $\hat A_i$. The update is PPO's clipped objective
+# $\mathcal{J}$, built from a per-token term $\ell_{i,t}$ and the probability ratio $\rho_{i,t}$ of token $t$
+# between the current policy and the one that sampled it:
 #
-# $$ \mathcal{J}(\theta) = \mathbb{E}\Big[\frac{1}{G}\sum_{i=1}^{G}\frac{1}{|o_i|}\sum_{t=1}^{|o_i|}
-#    \min\big(\rho_{i,t}\hat A_i,\ \operatorname{clip}(\rho_{i,t}, 1-\varepsilon, 1+\varepsilon)\,\hat A_i\big)
-#    \Big] - \beta\, \mathbb{D}_\mathrm{KL}\big[\pi_\theta \,\|\, \pi_\text{ref}\big] $$
+# $$
+# \begin{aligned}
+# \mathcal{J}(\theta) &= \mathbb{E}\Big[\frac{1}{G}\sum_{i=1}^{G}\frac{1}{|o_i|}\sum_{t=1}^{|o_i|} \ell_{i,t}(\theta)\Big]
+#    - \beta\, \mathbb{D}_\mathrm{KL}\big[\pi_\theta \,\|\, \pi_\text{ref}\big] \\
+# \ell_{i,t}(\theta) &= \min\big(\rho_{i,t}\hat A_i,\ \operatorname{clip}(\rho_{i,t}, 1-\varepsilon, 1+\varepsilon)\,\hat A_i\big) \\
+# \rho_{i,t} &= \frac{\pi_\theta(o_{i,t} \mid q, o_{i,<t})}{\pi_{\theta_\text{old}}(o_{i,t} \mid q, o_{i,<t})}
+# \end{aligned}
+# $$
 #
 # The clip stops a single update from moving a token's probability too far; the KL term keeps the
 # policy near a reference model (here the SFT model). With $\beta = 0$, as in this study, the
@@ -126,10 +131,18 @@ params = chapter.header("04_grpo", globals())
 #
 # | DAPO change | what it does | in TRL | here |
 # |---|---|---|---|
-# | **Clip-higher** | decouples the clip range: $\operatorname{clip}(\rho, 1-\varepsilon_\text{low}, 1+\varepsilon_\text{high})$ with $\varepsilon_\text{high} > \varepsilon_\text{low}$, so unlikely but good tokens can grow faster and the policy keeps exploring | `epsilon` and `epsilon_high` | `epsilon`, `epsilon_high` parameters |
-# | **Dynamic sampling** | groups whose completions all score the same have zero advantage and teach nothing; DAPO drops them and samples more prompts to fill the batch | not implemented as resampling; such groups simply contribute zero gradient, and TRL logs their share as `frac_reward_zero_std` | logged below |
-# | **Token-level loss** | averages the loss over all tokens of the batch instead of per sequence first, so long completions are not under-weighted | `loss_type="dapo"` (whole accumulated batch) or `"bnpo"` (local batch) | `loss_type` parameter |
-# | **Overlong reward shaping** | truncated completions are masked from the loss (*overlong filtering*) and completions that run towards the length limit get a soft penalty | `mask_truncated_completions=True` for the filtering; the soft penalty is a reward function | not masked (mtlib's `GRPOParams` has no such switch); the `length` reward softly penalises translations longer than the reference |
+# | **Clip-higher** | upper clip $1+\varepsilon_\text{high}$ above $1+\varepsilon$: good but unlikely tokens grow faster | `epsilon`, `epsilon_high` | both parameters |
+# | **Dynamic sampling** | drops groups whose rewards are all equal, samples more prompts | no resampling: such groups give no gradient | their share is logged |
+# | **Token-level loss** | averages over all tokens of a batch, not per sequence first | `loss_type` `"dapo"` or `"bnpo"` | `loss_type` parameter |
+# | **Overlong shaping** | masks truncated completions, penalises those near the limit | `mask_truncated_completions`; a reward | no mask; `length` reward |
+#
+# In words: clip-higher decouples the two ends of the clip range, so the policy keeps exploring.
+# Dynamic sampling exists because a group whose completions all score the same has zero advantage
+# and teaches nothing; TRL does not resample, and logs the share of such groups as
+# `frac_reward_zero_std`. For the token-level loss, `"dapo"` normalises over the whole accumulated
+# batch and `"bnpo"` over the local batch; either way long completions are not under-weighted.
+# Overlong filtering is TRL's `mask_truncated_completions=True`, which mtlib's `GRPOParams` does not
+# set; the `length` reward softly penalises translations longer than the reference instead.
 #
 # ## The SFT adapter to start from
 #
@@ -166,7 +179,7 @@ tokenizer = start.tokenizer
 # %% [markdown]
 # ## The GRPO dataset
 #
-# Each row holds the chat prompt (system prompt and English sentence) and, apart from it, the
+# Each row holds the chat prompt (system prompt and source sentence) and, apart from it, the
 # reference translation, which TRL passes to the reward functions as a keyword argument.
 
 # %%
@@ -202,13 +215,14 @@ display(Markdown(f"{np.mean(np.array(reference_tokens) > max_completion_length):
 #   discourages chatty additions ("Here is the translation: ..."). Too-short answers are left to
 #   BLEU's brevity penalty, and truncation to `max_completion_length`.
 #
-# The rewards are weighted and summed before the group normalisation. Scored on a few hand-made
-# completions for one reference:
+# The rewards are weighted and summed before the group normalisation. Scored on a few completions
+# made from one reference (the preamble is a chatty answer's opening in the target language,
+# `prompts.preamble`):
 
 # %%
 reference = pairs["train"][0][tgt_lang]
 candidates = {"the reference": reference, "first half": " ".join(reference.split()[: len(reference.split()) // 2]),
-              "with a preamble": "Hier ist die Übersetzung: " + reference, "English source": pairs["train"][0][src_lang]}
+              "with a preamble": prompts.preamble(tgt_lang) + reference, "English source": pairs["train"][0][src_lang]}
 funcs = reward_fns.build_rewards(rewards, tokenizer)
 completions = [[{"role": "assistant", "content": c}] for c in candidates.values()]
 pd.DataFrame({f.__name__: f(prompts=[None] * len(completions), completions=completions,
@@ -246,6 +260,38 @@ grpo = chapter.run_grpo(start, tokenizer, pairs["train"], grpo_params, params,
 history = chapter.log_history(grpo)
 plots.training_curves(history, ["reward", *[f"rewards/{name}/mean" for name in rewards], "frac_reward_zero_std",
                                 "completions/mean_length", "loss"], title="GRPO training")
+
+# %% [markdown]
+# ### Why the loss is almost zero
+#
+# The loss curve stays near zero, and that is expected. With $\beta = 0$ there is no KL term, and TRL
+# takes one optimizer step on each batch of completions (its `num_iterations` default of 1, which mtlib
+# keeps): the loss is computed with the same policy that sampled, so $\rho_{i,t} = 1$ at every token
+# and the clip never acts. The objective's *value* is then a token-weighted mean of the advantages,
+# which are normalised to zero mean within each group: zero when a group's completions have the same
+# length, small otherwise. Its *gradient* is not zero: at $\rho = 1$,
+# $\nabla_\theta \rho_{i,t} = \nabla_\theta \log \pi_\theta(o_{i,t} \mid q, o_{i,<t})$, so a step follows
+# $\sum_i \hat A_i \sum_t \nabla_\theta \log \pi_\theta(o_{i,t} \mid q, o_{i,<t})$ (up to the token
+# normalisation): the policy gradient with the group mean as baseline. Whether training works shows
+# in the reward curves, not in the loss.
+#
+# The sampling settings of `GRPOParams` carry a caveat:
+
+# %% tags=["remove-input"]
+names = {"temperature": "temperature", "top_k": "top-k", "top_p": "top-p", "repetition_penalty": "repetition penalty"}
+sampling = {k: getattr(grpo_params, k) for k in names}  # mtlib.train.GRPOParams
+display(pd.Series({names[k]: v for k, v in sampling.items()}, dtype=object).to_frame("value"))
+neutral = {"top_k": (0, None), "top_p": (1.0, None), "repetition_penalty": (1.0, None)}  # values that filter nothing
+filters = [f"{names[k]} {v}" for k, v in sampling.items() if k in neutral and v not in neutral[k]]
+losses = [h["loss"] for h in history if "loss" in h]
+display(Markdown((f"In this run the logged loss lies between **{min(losses):.1e}** and **{max(losses):.1e}**. " if losses else "")
+                 + (f"The completions are sampled with {', '.join(filters)} on top of temperature {sampling['temperature']}, so they come from "
+                    "a different distribution than the policy's own: TRL computes the policy's token probabilities at the "
+                    "sampling temperature but without these filters, and the importance ratio, equal to 1, does not "
+                    "correct for the difference. The update is therefore not an exact policy gradient of the model "
+                    "being trained." if filters else
+                    "The completions are sampled from the policy itself, at the temperature TRL also uses for its "
+                    "token probabilities, so the update is an on-policy gradient.")))
 
 # %% [markdown]
 # ## Evaluating the GRPO model

@@ -31,3 +31,26 @@ def test_template_date_is_fixed_not_today(tiny_dir):
 def test_loaded_tokenizers_carry_the_fixed_date(tiny_dir):
     _, tokenizer = modeling.load_model(tiny_dir, load_in_4bit=False, backend="hf")
     assert prompts.template_date(tokenizer) == prompts.PROMPT_DATE
+
+
+def test_language_name_names_the_pairs_of_the_book_and_falls_back_to_the_code():
+    assert [prompts.language_name(c) for c in ("en", "de", "fr", "cs")] == ["English", "German", "French", "Czech"]
+    assert prompts.language_name("FR") == "French" and prompts.language_name("fr-CA") == "French"
+    assert prompts.language_name("pt_BR") == "Portuguese"
+    assert prompts.language_name("xx") == "xx"  # unknown: the code itself, so prose still names something
+    import pytest
+    with pytest.raises(ValueError, match="language code"):
+        prompts.language_name("")
+
+
+def test_system_prompt_names_the_target_language():
+    assert "English text into French" in prompts.system_prompt("fr", "en")
+    assert "German" not in prompts.system_prompt("fr", "en")
+
+
+def test_preamble_follows_the_target_language_with_an_english_fallback():
+    assert prompts.preamble("de") == "Hier ist die Übersetzung: "
+    assert prompts.preamble("fr").startswith("Voici la traduction")
+    assert prompts.preamble("cs").startswith("Zde je překlad")
+    assert prompts.preamble("xx") == prompts.preamble("en") == "Here is the translation: "
+    assert all(p.endswith(" ") for p in prompts.PREAMBLES.values())  # a completion follows directly
