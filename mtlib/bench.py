@@ -1,11 +1,19 @@
-"""GPU benchmark results (``benchmarks/gpu_benchmark.py``): the seed-vs-fast table the speed appendix shows.
+"""GPU benchmark results (``benchmarks/gpu_*.py``): the tables and numbers the speed appendix shows.
 
 The programs live in ``benchmarks/`` at the repository root and their raw results in ``benchmarks/results/``
-(:data:`RESULTS_DIR`); a bare file name is looked up there.
+(:data:`RESULTS_DIR`); a bare file name is looked up there. Raw tables (:func:`speedup_table`,
+:func:`measurements`, :func:`grpo_phases`, :func:`translation_paths`, :func:`agreement`, :func:`profile_top`,
+:func:`multi_gpu`) keep the files' field names for code; their reading versions (:func:`summary`,
+:func:`detail`, :func:`phase_table`, :func:`path_table`, :func:`agreement_table`, :func:`profile_table`,
+:func:`multi_gpu_tables`) name the columns in words and the card each number was measured on. Ratios are only
+taken between rows of one file: one run on one card.
 """
 from __future__ import annotations
 
+import ast
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,3 +137,372 @@ def multi_gpu(path):
     table = table.dropna(axis=1, how="all")
     summary = pd.DataFrame(result.get("summary", []))
     return summary, table, result.get("env", {})
+
+
+# ------------------------------------------------------------------------------ what the reader sees
+
+MODEL = "meta-llama/Llama-3.2-3B-Instruct"   # the model whose shape twin the benchmarks measure
+STAGE_NAMES = {"sft": "SFT", "translate": "Translation", "grpo": "GRPO"}
+RECIPE_NAMES = {  # (stage or None, recipe) -> the recipe in words
+    (None, "seed"): "seed", (None, "fast"): "fast", ("translate", "fast"): "fast, compiled",
+    (None, "fast-eager"): "fast, as in the chapters", (None, "fast-unsloth-decode"): "fast, Unsloth's decoder",
+}
+UNIT_NAMES = {"non-padding tokens/s": "tokens/s"}
+SUMMARY_RECIPES = ("seed", "fast", "fast-eager")   # what the appendix's summary shows; the rest is in the detail
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A stage's target: ``value`` in ``unit`` that the ``measure`` (``throughput`` or ``seconds``) must reach."""
+    measure: str
+    value: float
+    unit: str
+
+    def met(self, throughput, seconds) -> bool | None:
+        got = throughput if self.measure == "throughput" else seconds
+        if not isinstance(got, (int, float)) or got != got:
+            return None
+        return got >= self.value if self.measure == "throughput" else got <= self.value
+
+    def __str__(self):
+        sign = "≥" if self.measure == "throughput" else "≤"
+        return f"{sign} {_num(self.value)} {self.unit}"
+
+
+# Set before the work began, from a first look at the original recipe and what an 80 GB card can do in principle.
+GOALS = {"sft": Goal("throughput", 15_000, "tokens/s"),
+         "translate": Goal("seconds", 5, "s for 1,000 sentences"),
+         "grpo": Goal("throughput", 7, "completions/s")}
+
+# Vendor datasheet figures (NVIDIA H100 SXM5 and H200 SXM: dense bf16 tensor-core TFLOP/s without sparsity,
+# memory bandwidth in TB/s): the ceilings the measured work is compared with. Matched by substring of the card.
+CARD_SPECS = {"H100 80GB HBM3": {"bf16_tflops": 989, "memory_tb_s": 3.35},
+              "H200": {"bf16_tflops": 989, "memory_tb_s": 4.8}}
+
+
+def _num(v, digits: int = 3) -> str:
+    """A number as a reader reads it: thousands separated from 100 up, else ``digits`` significant digits."""
+    if v is None or v != v:
+        return "–"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+def _result(path) -> dict:
+    return json.loads(result_path(path).read_text())
+
+
+def card(path) -> str:
+    """The card a results file was measured on (``env.card``, else a top-level ``card``), without the
+    provenance note some files add in parentheses; "unknown card" when the file does not say."""
+    result = _result(path)
+    name = (result.get("env") or {}).get("card") or result.get("card") or "unknown card"
+    return name.split(" (")[0].strip()
+
+
+def card_note(path) -> str | None:
+    """The note in parentheses after a file's card name (how the card was recorded), or None."""
+    result = _result(path)
+    name = (result.get("env") or {}).get("card") or result.get("card") or ""
+    return name.split(" (", 1)[1].rstrip(")") if " (" in name else None
+
+
+def card_spec(name: str) -> dict | None:
+    """:data:`CARD_SPECS` of a card name (by substring), or None for a card without one."""
+    return next((spec for key, spec in CARD_SPECS.items() if key in name), None)
+
+
+def recipe_name(stage: str, recipe: str) -> str:
+    return RECIPE_NAMES.get((stage, recipe), RECIPE_NAMES.get((None, recipe), recipe))
+
+
+def measurements(paths) -> pd.DataFrame:
+    """:func:`speedup_table` of each file on its own (ratios to the seed recipe of the same run, never across
+    files), with the file's ``card`` and each stage's goal (``goal``, ``met``). One row per file, stage, recipe."""
+    import pandas as pd
+    tables = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        table = speedup_table(load_rows(path))
+        table["card"] = card(path)
+        goals = [GOALS.get(s) for s in table.stage]
+        table["goal"] = [str(g) if g else "" for g in goals]
+        table["met"] = [g.met(t, s) if g else None for g, t, s in zip(goals, table.throughput, table.time_s)]
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=[*COLUMNS, "card", "goal", "met"])
+
+
+def pick(table, stage: str, recipe: str, file: str | None = None):
+    """The row of :func:`measurements` (or :func:`speedup_table`) for ``stage`` and ``recipe`` (in ``file``), or
+    None when that run did not measure it."""
+    hit = table[(table.stage == stage) & (table.recipe == recipe)]
+    if file is not None:
+        hit = hit[hit.file == file]
+    return hit.iloc[0] if len(hit) else None
+
+
+def _yes(v) -> str:
+    return "–" if v is None or v != v else ("yes" if v else "no")
+
+
+def _time(seconds, time_for) -> str:
+    if seconds is None or seconds != seconds:
+        return "–"
+    return f"{_num(seconds)} s {'per step' if time_for == 'one step' else 'for ' + time_for}"
+
+
+def _ratio(v) -> str:
+    return "–" if v is None or v != v else f"{v:g}×"
+
+
+def in_words(table) -> pd.DataFrame:
+    """:func:`measurements` (or :func:`speedup_table`) with the stage and recipe in words, for labels."""
+    return table.assign(stage=[STAGE_NAMES.get(s, s) for s in table.stage],
+                        recipe=[recipe_name(s, r) for s, r in zip(table.stage, table.recipe)])
+
+
+def summary(paths, recipes=SUMMARY_RECIPES) -> pd.DataFrame:
+    """The appendix's summary for readers: one row per stage and recipe of each results file (``recipes``; None:
+    all), indexed by stage and recipe in words, with the throughput, the time, the speed-up over the seed recipe
+    measured in the same run, the goal, whether it is met and the card, each column named in words."""
+    import pandas as pd
+    table = measurements(paths)
+    if recipes is not None:
+        table = table[table.recipe.isin(list(recipes))]
+    words = in_words(table)
+    out = pd.DataFrame({
+        "Stage": list(words.stage), "Recipe": list(words.recipe),
+        "Throughput": [f"{_num(t)} {UNIT_NAMES.get(u, u)}" for t, u in zip(table.throughput, table.unit)],
+        "Time": [_time(t, f) for t, f in zip(table.time_s, table.time_for)],
+        "Speed-up over seed": [_ratio(v) for v in table.vs_seed],
+        "Goal": list(table.goal),
+        "Goal met": [_yes(m) for m in table.met],
+        "Card": list(table.card),
+    })
+    return out.set_index(["Stage", "Recipe"])
+
+
+def detail(paths) -> pd.DataFrame:
+    """Every stage and recipe of each file (:func:`measurements`) with its batch (per-device batch x
+    gradient-accumulation steps; for GRPO, completions) and peak GPU memory (GiB), columns in words."""
+    import pandas as pd
+    table = measurements(paths)
+    words = in_words(table)
+    out = pd.DataFrame({
+        "Stage": list(words.stage), "Recipe": list(words.recipe),
+        "Batch": [b.replace("x", " × ") for b in table.batch],
+        "Throughput": [f"{_num(t)} {UNIT_NAMES.get(u, u)}" for t, u in zip(table.throughput, table.unit)],
+        "Time": [_time(t, f) for t, f in zip(table.time_s, table.time_for)],
+        "Peak memory (GiB)": ["–" if v is None or v != v else f"{v:.1f}" for v in table.peak_gib],
+        "Speed-up over seed": [_ratio(v) for v in table.vs_seed],
+        "Card": list(table.card),
+    })
+    return out.set_index(["Stage", "Recipe"])
+
+
+def model_facts(model: str = MODEL) -> dict:
+    """The shape of the model the twin copies (``mtlib.tiny.KNOWN_CONFIGS``) and its parameter count (tied
+    embeddings counted once): ``hidden``, ``layers``, ``heads``, ``kv_heads``, ``vocab``, ``intermediate``,
+    ``parameters``, ``bf16_gb`` (the weights in bf16, 10^9 bytes)."""
+    from .tiny import KNOWN_CONFIGS
+    c = KNOWN_CONFIGS[model]
+    h, i, layers, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    kv = c["num_key_value_heads"] * c["head_dim"]
+    per_layer = 2 * h * c["num_attention_heads"] * c["head_dim"] + 2 * h * kv + 3 * h * i + 2 * h
+    n = layers * per_layer + v * h * (1 if c.get("tie_word_embeddings", True) else 2) + h
+    return {"hidden": h, "layers": layers, "heads": c["num_attention_heads"], "kv_heads": c["num_key_value_heads"],
+            "vocab": v, "intermediate": i, "parameters": n, "bf16_gb": 2 * n / 1e9}
+
+
+PATH_NAMES = {"run": "Run", "process": "Process", "decoder": "Decoder", "batch": "Batch",
+              "seconds_1000": "Seconds for 1,000 sentences", "peak_gb": "Peak memory (GiB)", "note": "Note"}
+
+
+def translation_paths(path) -> tuple[pd.DataFrame, dict]:
+    """The measured translation paths (``benchmarks/gpu_translate_paths.py``) as ``(rows, runs)``: the raw rows
+    (``run``, ``process``, ``decoder``, ``batch``, ``seconds_1000``, ``peak_gb``, ``note``) and what each run was."""
+    import pandas as pd
+    rows = pd.DataFrame(load_rows(path))
+    missing = [c for c in ("run", "process", "decoder", "batch", "seconds_1000") if c not in rows]
+    if rows.empty or missing:
+        raise DataError(f"{path}: not a translation-paths result (benchmarks/gpu_translate_paths.py); "
+                        f"missing {missing or 'rows'}")
+    return rows, _result(path).get("runs", {})
+
+
+def path_seconds(rows, run: str, decoder: str, process: str | None = None, batch: int | None = None) -> float:
+    """Seconds for 1,000 sentences of one measured path (``DataError`` naming it when the file lacks it)."""
+    hit = rows[(rows.run == run) & (rows.decoder == decoder)]
+    if process is not None:
+        hit = hit[hit.process == process]
+    if batch is not None:
+        hit = hit[hit.batch == batch]
+    if hit.empty:
+        raise DataError(f"no translation path {decoder!r} in run {run}" + (f" ({process})" if process else ""))
+    return float(hit.iloc[0].seconds_1000)
+
+
+def breakable(text: str, longer_than: int = 24) -> str:
+    """``text`` with a zero-width space after ``=``, ``:``, ``_``, ``/`` and ``,`` inside words longer than
+    ``longer_than`` characters, so that a table cell holding ``PYTORCH_CUDA_ALLOC_CONF=...`` can wrap."""
+    return re.sub(r"\S{%d,}" % (longer_than + 1), lambda m: re.sub(r"([=:_/,])", "\\1\u200b", m.group(0)), text)
+
+
+def path_table(rows) -> pd.DataFrame:
+    """Translation-path rows for reading: columns in words, no blank notes column, indexed by run; long words
+    in the text columns may wrap (:func:`breakable`)."""
+    cols = [c for c in PATH_NAMES if c in rows and (c != "note" or rows[c].fillna("").astype(str).str.len().any())]
+    shown = rows[cols].copy()
+    for c in ("decoder", "note"):
+        if c in shown:
+            shown[c] = [breakable(v) if isinstance(v, str) else v for v in shown[c]]
+    return shown.rename(columns=PATH_NAMES).set_index(PATH_NAMES["run"])
+
+
+def grpo_steps(path) -> dict:
+    """A GRPO breakdown's step times in words: ``first`` (the compiling step), ``warmup`` (the other untimed
+    steps), ``timed`` (the steps averaged in ``seconds_per_step``), ``outliers`` (timed steps above 1.5 x
+    their median: a new sequence length, compiled again); ``shape``, ``card``. From the first row."""
+    import statistics
+    row = load_rows(path)[0]
+    steps = row.get("step_seconds") or []
+    timed = steps[len(steps) - row.get("steps_timed", len(steps)):]
+    median = statistics.median(timed) if timed else None
+    return {"shape": row.get("shape"), "card": card(path), "first": steps[0] if steps else None,
+            "warmup": steps[1:len(steps) - len(timed)], "timed": timed, "median": median,
+            "outliers": [s for s in timed if median and s > 1.5 * median],
+            "regular": [s for s in timed if not median or s <= 1.5 * median]}
+
+
+PHASE_NAMES = {"seconds_per_step": "Seconds per step", "completions_per_s": "Completions per second",
+               "shape": "Prompts × completions"}
+
+
+def phase_table(path) -> pd.DataFrame:
+    """:func:`grpo_phases` for reading: seconds per phase, columns and index in words."""
+    phases = grpo_phases(path).rename(columns=PHASE_NAMES)
+    phases.columns = [c[0].upper() + c[1:] for c in phases.columns]
+    phases.index = [s.replace("x", " × ") for s in phases.index]
+    return phases.rename_axis(PHASE_NAMES["shape"])
+
+
+AGREEMENT_NAMES = {"recipe": "Compared", "throughput": "Same next token (positions)",
+                   "median_margin": "Median lead, all positions", "median_margin_where_different":
+                   "Median lead where they differ", "max_margin_where_different": "Largest lead overturned"}
+
+
+def agreement(paths) -> pd.DataFrame:
+    """The merged copy's teacher-forced next-token agreement with the trained model it was built from (rows
+    ``what == "teacher-forced argmax agreement"``), one row per file: positions with the same argmax ("65/98"),
+    and the trained model's lead of top-1 over top-2 (logits) overall and where the two differ; ``card``."""
+    import pandas as pd
+    out = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        for r in load_rows(path):
+            if r.get("what") == "teacher-forced argmax agreement":
+                same, total = (int(x) for x in str(r["throughput"]).split("/"))
+                out.append({"recipe": r["recipe"], "same": same, "positions": total,
+                            **{k: r.get(k) for k in list(AGREEMENT_NAMES)[2:]}, "card": card(path),
+                            "file": r["file"]})
+    return pd.DataFrame(out)
+
+
+def agreement_table(table) -> pd.DataFrame:
+    """:func:`agreement` for reading."""
+    shown = table.assign(throughput=[f"{s:,} of {n:,} ({s / n:.0%})" for s, n in zip(table.same, table.positions)],
+                         recipe=[r.replace("vs its own model", "copy vs the trained model") for r in table.recipe],
+                         **{k: [_num(v, 2) for v in table[k]] for k in list(AGREEMENT_NAMES)[2:]})
+    cols = ["recipe", "throughput", *list(AGREEMENT_NAMES)[2:], "card"]
+    return shown[cols].rename(columns={**AGREEMENT_NAMES, "card": "Card"}).set_index(AGREEMENT_NAMES["recipe"])
+
+
+PROFILE_NAMES = {"name": "Operator or kernel", "self_cuda": "GPU time", "self_cuda_share": "Share of GPU time",
+                 "calls": "Calls", "cuda_avg": "Per call", "shapes": "Input shapes"}
+
+
+def profile_top(path, n: int = 5, operators: bool = True) -> pd.DataFrame:
+    """The first ``n`` rows of a ``torch.profiler`` table (``key_averages(...).table()``, sorted by GPU time) as a
+    DataFrame: ``name``, ``self_cuda`` (as printed), ``self_cuda_share`` (0 to 1), ``calls``, ``cuda_avg``,
+    ``shapes`` (when recorded); ``operators``: only ``aten::`` operators (the kernels they launch left out)."""
+    import pandas as pd
+    lines = result_path(path).read_text().splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("---")]
+    if len(rules) < 3:
+        raise DataError(f"{path}: not a torch.profiler table")
+    split = re.compile(r"\s{2,}")   # columns are two or more spaces apart; names hold single spaces
+    header = split.split(lines[rules[0] + 1].strip())
+    rows = []
+    for line in lines[rules[1] + 1:rules[2]]:
+        cells = dict(zip(header, split.split(line.strip())))
+        name = cells["Name"]
+        if operators and not name.startswith("aten::"):
+            continue
+        rows.append({"name": name, "self_cuda": cells.get("Self CUDA"),
+                     "self_cuda_share": float(cells.get("Self CUDA %", "0%").rstrip("%")) / 100,
+                     "calls": int(cells.get("# of Calls", 0)), "cuda_avg": cells.get("CUDA time avg"),
+                     **({"shapes": cells["Input Shapes"]} if "Input Shapes" in cells else {})})
+    return pd.DataFrame(rows[:n])
+
+
+def profile_table(top) -> pd.DataFrame:
+    """:func:`profile_top` for reading: the share as a percentage, columns in words."""
+    shown = top.assign(self_cuda_share=[f"{s:.0%}" for s in top.self_cuda_share])
+    return shown.rename(columns=PROFILE_NAMES).set_index(PROFILE_NAMES["name"])
+
+
+MULTI_SUMMARY_NAMES = {"stage": "Stage", "comparison": "Comparison", "one_gpu_throughput": "1 GPU",
+                       "several_throughput": "Several GPUs", "unit": "Unit", "speedup": "Speed-up",
+                       "goal": "Goal (speed-up)", "met": "Goal met"}
+MULTI_ROW_NAMES = {"stage": "Stage", "config": "Configuration", "processes": "Processes", "backend": "Backend",
+                   "batch": "Batch", "throughput": "Throughput", "unit": "Unit", "seconds": "Seconds",
+                   "peak_gib_per_card": "Peak memory per card (GiB)", "note": "Error or note"}
+
+
+def multi_gpu_goals() -> dict:
+    """The speed-up goals of ``benchmarks/gpu_multi.py`` (``GOALS``: several GPUs' throughput as a multiple of
+    one GPU's, per stage), read from the program where they are declared; {} when it is not there."""
+    program = REPO_ROOT / "benchmarks" / "gpu_multi.py"
+    if not program.is_file():
+        return {}
+    for node in ast.parse(program.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "GOALS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def multi_gpu_tables(path):
+    """:func:`multi_gpu` for reading: ``(summary, rows, card)`` with columns in words (the stage in words, peak
+    memory of each card joined, errors and skips in one column), or None when nothing was measured."""
+    measured = multi_gpu(path)
+    if measured is None:
+        return None
+    summary_, rows, env = measured
+    s = summary_.copy()
+    if not s.empty:
+        s["stage"] = [STAGE_NAMES.get(x, x) for x in s.stage]
+        s["unit"] = [UNIT_NAMES.get(u, u) for u in s.unit]
+        for col in ("one_gpu_throughput", "several_throughput"):
+            s[col] = [_num(v) for v in s[col]]
+        s["speedup"] = [f"{v:g}×" if v == v and v is not None else "–" for v in s.speedup]
+        s["goal"] = [f"≥ {v:g}×" if v == v and v is not None else "–" for v in s.goal]
+        s["met"] = [_yes(m) for m in s.met]
+        gpus = int(s.gpus.iloc[0]) if "gpus" in s and s.gpus.notna().any() else None
+        names = {**MULTI_SUMMARY_NAMES, **({"several_throughput": f"{gpus} GPUs"} if gpus else {})}
+        s = s[[c for c in MULTI_SUMMARY_NAMES if c in s]].rename(columns=names).set_index("Stage")
+    r = rows.copy()
+    if not r.empty:
+        def text(v):
+            if isinstance(v, list):
+                return ", ".join(_num(x) for x in v)
+            if isinstance(v, (int, float)):
+                return _num(v)
+            return "" if v is None or v != v else str(v)
+        r["stage"] = [STAGE_NAMES.get(x, x) for x in r.stage]
+        if "unit" in r:
+            r["unit"] = [UNIT_NAMES.get(u, u) if isinstance(u, str) else "" for u in r.unit]
+        notes = [list(r[c]) if c in r else [None] * len(r) for c in ("error", "skipped")]
+        r["note"] = [breakable("; ".join(str(x) for x in vals if isinstance(x, str) and x)) for vals in zip(*notes)]
+        r = r[[c for c in MULTI_ROW_NAMES if c in r]]
+        r = r.astype(object).apply(lambda col: [text(v) for v in col])
+        r = r.rename(columns=MULTI_ROW_NAMES).set_index("Stage")
+    return s, r, (env.get("card") or "unknown card").split(" (")[0]

@@ -18,30 +18,15 @@
 #
 # [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mt-finetuning-book/mt-finetuning-book/blob/main/notebooks/06_gpu_speed.ipynb)
 #
-# A reader of this book waits on three things: supervised fine-tuning, translating the test sets, and
-# GRPO steps. This appendix shows how long each takes for a model of Llama-3.2-3B-Instruct's exact
-# size on an NVIDIA H100, with the original study's recipe (the `seed` profile) and with this book's
-# `fast` profile, and where the remaining time goes.
+# A reader of this book waits on three things: supervised fine-tuning, translating the test sets, and GRPO
+# steps. This appendix shows how long each takes for a model of Llama-3.2-3B-Instruct's exact size on one
+# data-centre GPU, with the original study's recipe (the `seed` profile) and with this book's `fast`
+# profile. The summary comes first; the measurements behind it follow, each folded into its own section.
 #
-# The numbers come from `benchmarks/gpu_benchmark.py`, run from the repository root on an offline H100 host:
-#
-# ```bash
-# scripts/gpu_wheels.sh .whl            # Unsloth, bitsandbytes, TRL, PEFT, datasets as wheels
-# pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-# python -m benchmarks.gpu_benchmark --data <multi30k raw folder> --out <out dir>
-# python -m benchmarks.gpu_translate_paths --data <raw> --out <dir> --twin /tmp/twin --adapter /tmp/adapter --family unsloth
-# python -m benchmarks.gpu_translate_paths --data <raw> --out <dir> --twin /tmp/twin --adapter /tmp/adapter --family hf
-# python -m benchmarks.gpu_grpo_breakdown --data <raw> --out <dir> --shapes 32x4 --steps 10 --skip 5
-# ```
-#
-# It builds a **shape twin** of Llama-3.2-3B-Instruct (hidden size 3072, 28 layers, 24 heads, 8 KV heads,
-# vocabulary 128,256: random weights with the real configuration, `mtlib.tiny.build_shape_twin`), loads
-# it in 4 bits with LoRA rank 16 on the seven projections, and drives it through the same `mtlib`
-# functions the chapters call (`load_model`, `add_lora`, `build_sft_trainer`, `build_grpo_trainer`,
-# `translate`) on real Multi30k sentences; the second script compares translation paths, each family in its
-# own process, and the third splits a GRPO step into its phases. Random weights never stop a sentence early, so translation
-# generates a fixed 64 new tokens per sentence. Unlike the other chapters, these figures do not come
-# from this build: they were measured once and are kept next to the programs, in `benchmarks/results/`.
+# These figures do not come from this build: the programs in `benchmarks/` measured them once, and their
+# raw results are kept next to them, in `benchmarks/results/`. Every number below is read from those
+# files, and every table and figure names the card it was measured on. A ratio is only ever taken between
+# two numbers of the same run on the same card.
 
 # %% tags=["remove-cell"]
 # On Colab: fetch the book's repository and install its library (elsewhere it is already
@@ -64,272 +49,519 @@ paths_file = "h100_translate_paths.json"  # measured translation paths (a name t
 grpo_file = "h100_grpo_breakdown.json"    # measured GRPO step phases (a name there, or a path)
 multi_gpu_file = "multi_gpu.json"         # one GPU against two (shown if measured)
 
-# %%
+# %% tags=["hide-input"]
+import re
+
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import bench, chapter, plots
+from mtlib import bench, chapter, plots, profiles
 
 params = chapter.header("06_gpu_speed", globals())
-rows = bench.load_rows(benchmark_files)
-env = bench.environment(benchmark_files[0])
-pd.DataFrame({"value": env}).rename_axis("measured with")
+
+
+def unwrap(text: str) -> str:
+    """Join the lines of each paragraph and list item (a wrapped line that starts with "1)" or "- " would
+    otherwise begin a list); code fences are kept as they are."""
+    out, code = [], False
+    for line in text.split("\n"):
+        fence = line.startswith("```")
+        if code or fence or not out or not line.strip() or not out[-1].strip() or out[-1].startswith("```") \
+                or line.startswith("- "):
+            out.append(line)
+        else:
+            out[-1] = out[-1].rstrip() + " " + line.strip()
+        code ^= fence
+    return "\n".join(out)
+
+
+def md(text: str) -> None:
+    """Show generated Markdown (every number in it is read from the results files or the profiles)."""
+    display(Markdown(unwrap(text)))
+
+
+def num(value, digits: int = 3) -> str:
+    return bench._num(value, digits)
+
+
+def secs(value) -> str:
+    """Seconds to one decimal: the precision the benchmark programs record most times with."""
+    return f"{value:,.1f}"
+
+
+def words(n: int) -> str:
+    """A small count in words ("one step", "four operators")."""
+    return ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")[n] if 0 <= n <= 10 else f"{n:,}"
+
+
+def on_card(fig, title: str, card: str):
+    """Title a figure with what it shows and the card it was measured on."""
+    fig.axes[0].set_title(f"{title}\n{card}")
+    return fig
+
+
+measured = bench.measurements(benchmark_files)   # one row per results file, stage and recipe
+recipes = {name: profiles.load_profile(name, check_device=False) for name in ("seed", "fast")}
+setting = {(name, ch): profiles.effective_parameters(p, ch) for name, p in recipes.items()
+           for ch in ("03_sft", "04_grpo")}
+twin = bench.model_facts()
 
 # %% [markdown]
-# ## Seed recipe against fast recipe
-#
-# One row per stage and recipe, all measured in one process on one machine. Throughput counts what a
-# user waits for: non-padding tokens per second for SFT, sentences per second for translation, sampled
-# completions per second for GRPO. Time is per optimizer step for training and for all 1,000 test-2016
-# sentences for translation (the seed recipe translated 32 sentences in batches of 8, scaled up to
-# 1,000). `vs_seed` is the throughput as a multiple of the seed recipe's. `fast` decodes translations and
-# GRPO completions with a merged bf16 copy of the model (below); its translation uses a static cache,
-# which lets transformers compile the decode step, timed on the second call after a first call that
-# compiled for 30 s. `fast-eager` is the same copy without compiling, as the chapters translate with the
-# fast profile (each split once, so the compile would not pay off). `fast-unsloth-decode` runs the same
-# batches through the trained model itself, Unsloth's decode path.
+# ## Summary
 
-# %%
-table = bench.speedup_table(rows)
-table
+# %% tags=["remove-input"] mystnb={"image": {"alt": "Horizontal bars, log scale: each fast recipe's throughput as a multiple of the seed recipe's, per stage, measured in one run on the card named in the title."}}
+files = list(benchmark_files)
+cards = {f: bench.card(f) for f in files}
+for f in files:
+    env = bench.environment(f)
+    versions = ", ".join(f"{name} {env[key]}" for key, name in
+                         [("torch", "torch"), ("transformers", "transformers"), ("trl", "TRL"), ("unsloth", "Unsloth")]
+                         if env.get(key))
+    note = bench.card_note(f)
+    md(f"**Measured on one {cards[f]}**, in one run of `benchmarks/gpu_benchmark.py` (`{f}`; {versions})"
+       + (f". The card as the file records it: {note}" if note else "") + ".")
+if len(set(cards.values())) > 1 or len(files) > 1:
+    md("Each results file is one run on one card: the speed-ups compare recipes within a run, and the rows "
+       "of different cards are not compared with each other.")
+display(bench.summary(files))
 
-# %%
-plots.speedup_bars(table)
+first = files[0]
+
+
+def on_same_card(card):
+    """The first benchmark file measured on ``card`` (to set another file's numbers beside), else None."""
+    return next((f for f in files if cards[f] == card), None)
+
+
+def verdicts(f) -> str:
+    """The goals of one run, in words: which are met, by how much, on which path."""
+    sft, tr, eager, grpo = (bench.pick(measured, s, r, f) for s, r in
+                            (("sft", "fast"), ("translate", "fast"), ("translate", "fast-eager"), ("grpo", "fast")))
+    compile_s = next((r["seconds"] for r in bench.load_rows(f) if r.get("stage") == "setup"
+                      and r.get("recipe") == "fast" and "compiles" in r.get("what", "")), None)
+    out = []
+    if sft is not None:
+        out.append(f"**SFT** {'meets' if sft.met else 'misses'} its goal: {num(sft.throughput)} tokens/s, "
+                   f"{sft.vs_seed:g} times the seed recipe's.")
+    if tr is not None:
+        text = (f"**Translation** {'meets' if tr.met else 'misses'} its goal with the compiled decoder: "
+                f"{num(tr.time_s)} s for 1,000 sentences on the second call")
+        if compile_s is not None:
+            text += f", after a first call that compiled the decode step for {num(compile_s)} s"
+        text += "."
+        if eager is not None:
+            text += (f" The chapters translate each test set once, so compiling would not pay off: their path, "
+                     f"the same merged copy without compiling, takes {num(eager.time_s)} s "
+                     f"({'within' if eager.met else 'outside'} the goal). A reader who translates one batch shape "
+                     "again and again (a benchmark, a sweep) can turn compiling on with "
+                     "`translate(..., cache_implementation=\"static\")`.")
+        out.append(text)
+    if grpo is not None:
+        out.append(f"**GRPO** {'meets' if grpo.met else 'misses'} its goal: {num(grpo.throughput)} completions/s, "
+                   f"{grpo.vs_seed:g} times the seed recipe measured in the same run.")
+    prefix = f"On the {cards[f]} (`{f}`): " if len(files) > 1 else ""
+    return prefix + " ".join(out)
+
+
+seed_rows = [r for r in bench.load_rows(first) if r.get("stage") == "translate" and r.get("recipe") == "seed"]
+scaled = seed_rows and seed_rows[0].get("sentences", 1000) < 1000
+lines = ["Throughput counts what a reader waits for: non-padding tokens per second for SFT, sentences per second "
+         "for translation, sampled completions per second for GRPO. Time is per optimizer step for training, and "
+         "for all 1,000 sentences of test 2016 for translation"
+         + (f"; the seed recipe translated {seed_rows[0]['sentences']} sentences in batches of "
+            f"{seed_rows[0]['batch']}, and its time is scaled up to 1,000" if scaled else "") + "."]
+md("\n\n".join(lines + [verdicts(f) for f in files]
+               + ["The goals were set before the work began, from a first look at the original recipe and what "
+                  "the card could do in principle; `fast` decodes translations and GRPO's completions with a "
+                  "merged bf16 copy of the model (see *What the fast recipe changes*)."]))
+for f in files:
+    speedups = bench.speedup_table(bench.load_rows(f))
+    speedups = bench.in_words(speedups[speedups.recipe.isin(bench.SUMMARY_RECIPES)])
+    display(on_card(plots.speedup_bars(speedups), "Speed-up of each recipe over the seed recipe", cards[f]))
 
 # %% [markdown]
-# ## Against the targets
-#
-# The targets were set from a first look at the original recipe (about 740 tokens/s for SFT, 0.35
-# completions/s for GRPO) and from what the card could do in principle.
-
-# %%
-paths = pd.DataFrame(bench.load_rows(paths_file))
-
-
-def pick(stage, recipe):
-    return table[(table.stage == stage) & (table.recipe == recipe)].iloc[0]
-
-
-targets = pd.DataFrame([
-    {"stage": "SFT", "target": ">= 15,000 non-padding tokens/s",
-     "measured": f"{pick('sft', 'fast').throughput:,.0f} tokens/s", "met": pick("sft", "fast").throughput >= 15_000},
-    {"stage": "translation", "target": "1,000 sentences x 64 tokens in <= 5 s",
-     "measured": f"{pick('translate', 'fast').time_s} s compiled (second call); "
-                 f"{pick('translate', 'fast-eager').time_s} s as the chapters run it (no compile)",
-     "met": pick("translate", "fast").time_s <= 5},
-    {"stage": "GRPO", "target": ">= 7 completions/s (20x the original 0.35)",
-     "measured": f"{pick('grpo', 'fast').throughput} completions/s ({pick('grpo', 'fast').vs_seed}x this seed run)",
-     "met": pick("grpo", "fast").throughput >= 7},
-]).set_index("stage")
-targets
-
-# %% [markdown]
-# Translation meets its target with the compiled merged copy, in the same process that trained with
-# Unsloth: 4.9 s on the second call. The chapters' eager path takes 8.2 s, plus nothing to compile; a
-# reader who translates the same batch shape again and again (a benchmark, a sweep) can turn the compiled
-# path on with `cache_implementation="static"`. GRPO passes the absolute target; against the seed recipe
-# measured here (1.59 completions/s, almost five times the first look's 0.35) the gain is 13x rather
-# than 20x. The GRPO section below shows where a fast step's time goes.
-#
 # ## What the fast recipe changes, and why quality should hold
 #
-# | stage | seed recipe | fast recipe | why it is faster |
-# |---|---|---|---|
-# | SFT | batch 4 x accumulation 4, Unsloth's offloaded gradient checkpointing, padding-free batches | batch 128, no checkpointing, padded batches grouped by length (`group_by_length`, `pad_to_multiple_of=16`), one epoch of all 29,000 pairs, lr 4e-4 | A micro-batch of 4 short sentences (about 70 tokens each) leaves the GPU idle between kernel launches; 128 sentences fill it. Unsloth's padding-free batches (its default; no flash-attention on this host) stayed near 2,500 tokens/s even at batch 256 in an exploration run that preceded the benchmark, while padded batches of similar lengths reach 23,000. 80 GB hold the activations, so checkpointing (recomputing the forward pass) only costs time. |
-# | translation | the trained 4-bit model, batches of 8 | a merged bf16 copy of it, batches of 1,024 (halved on out-of-memory) | 64 decode steps serve every sentence at once, and the copy decodes with plain dense matrix products (below). |
-# | GRPO | 1 prompt x 4 completions a step | 32 prompts x 4 completions a step, no checkpointing, completions sampled from a merged copy rebuilt each step (`fast_generation`) | Generation is a batch of 128 sequences instead of 4, on the faster decoder. |
-#
-# Optimization changes with the batch: the SFT step sees 8 times more examples, so the learning rate
-# grows by a conservative square-root rule (2e-4 to 4e-4) and the run covers one whole epoch (227 steps,
-# 29,000 pairs) instead of 200 steps of 16 (3,200 pairs); more data at a comparable number of updates
-# should not hurt, and padding only changes which tokens are computed, not the loss (pad tokens carry
-# no label). GRPO keeps its group of 4 completions per prompt, so the group-relative advantage is
-# computed exactly as before; only more groups are averaged per step, which lowers the gradient's
-# variance (lr 1e-5 for 60 steps of 32 prompts, against 5e-6 for 500 steps of one prompt). The merged
-# copy changes no weights: it holds the dequantized 4-bit base plus the LoRA update, the function the
-# 4-bit model computes, in bf16. Training itself stays 4-bit QLoRA.
-#
-# ## Where translation time goes
-#
-# Every path below translated the same 1,000 sentences (64 new tokens each) with the 3B twin after a few
-# LoRA steps (rows with batch 500 timed 500 sentences, doubled). Runs A and B ran each family of paths in
-# its own process on one machine: Unsloth patches the Llama classes for the whole process, so plain
-# transformers needs a process that never imported it. Run C is the previous benchmark run, run D a
-# repeat of its fast translation, run E the benchmark above (after the fix in the last bullet below);
-# each run is a fresh machine of the same kind.
+# The `fast` profile keeps the model, the adapter and the data of the `seed` profile (the original study's
+# recipe) and changes how much work each step does. Its settings, as the two profiles give them to the
+# chapters:
 
-# %%
-paths[["run", "process", "decoder", "batch", "seconds_1000", "peak_gb", "note"]]
+# %% tags=["remove-input"]
+s_sft, f_sft = setting["seed", "03_sft"], setting["fast", "03_sft"]
+s_grpo, f_grpo = setting["seed", "04_grpo"], setting["fast", "04_grpo"]
 
-# %%
-plots.path_times(paths, target=5)
+
+def per_step(p):
+    return p["batch_size"] * p["grad_accum"]
+
+
+def prompts(p):
+    return per_step(p) // p["num_generations"]
+
+
+def checkpointing(p):
+    return "on (recomputes the forward pass)" if p["gradient_checkpointing"] else "off"
+
+
+def batches(p):
+    if p["padding_free"] is False:
+        return "padded, grouped by length" if p["group_by_length"] else "padded"
+    return "padding-free (Unsloth's default)"
+
+
+def decoder(p):
+    return "merged bf16 copy of the model" if p["fast_decode"] else "the trained 4-bit model itself"
+
+
+rows_ = [
+    ("SFT", "pairs per optimizer step", *(f"{p['batch_size']} × {p['grad_accum']}" for p in (s_sft, f_sft))),
+    ("SFT", "optimizer steps", *(f"{p['num_steps']:,}" for p in (s_sft, f_sft))),
+    ("SFT", "pairs seen", *(f"{p['num_steps'] * per_step(p):,}" for p in (s_sft, f_sft))),
+    ("SFT", "learning rate", *(f"{p['lr']:g}" for p in (s_sft, f_sft))),
+    ("SFT", "gradient checkpointing", *(checkpointing(p) for p in (s_sft, f_sft))),
+    ("SFT", "batches", *(batches(p) for p in (s_sft, f_sft))),
+    ("Translation", "sentences per batch", *(f"{p['eval_batch_size']:,}" for p in (s_sft, f_sft))),
+    ("Translation", "decoded by", *(decoder(p) for p in (s_sft, f_sft))),
+    ("GRPO", "prompts × completions per step", *(f"{prompts(p)} × {p['num_generations']}" for p in (s_grpo, f_grpo))),
+    ("GRPO", "optimizer steps", *(f"{p['num_steps']:,}" for p in (s_grpo, f_grpo))),
+    ("GRPO", "learning rate", *(f"{p['lr']:g}" for p in (s_grpo, f_grpo))),
+    ("GRPO", "gradient checkpointing", *(checkpointing(p) for p in (s_grpo, f_grpo))),
+    ("GRPO", "completions sampled by", *(decoder(p) + (", rebuilt every step" if p["fast_decode"] else "")
+                                         for p in (s_grpo, f_grpo))),
+]
+display(pd.DataFrame(rows_, columns=["Stage", "Setting", "seed profile", "fast profile"]).set_index(["Stage", "Setting"]))
+
+peaks = [(bench.pick(measured, "sft", "fast", f), f) for f in files]
+peaks = "; ".join(f"{num(r.peak_gib)} GiB on the {cards[f]}" for r, f in peaks if r is not None and r.peak_gib == r.peak_gib)
+grow = per_step(f_sft) / per_step(s_sft)
+md(f"""**Why it is faster.**
+
+- *SFT.* A micro-batch of {s_sft['batch_size']} short sentences leaves the GPU idle between kernel launches;
+  {f_sft['batch_size']} fill it. Unsloth's padding-free batches (its default where flash-attention is missing)
+  stayed far below padded batches of similar lengths in an exploration run before the benchmark (its numbers
+  were not kept, so they are not shown). The card holds the large batch's activations{f" (a peak of {peaks})" if peaks else ""},
+  so recomputing the forward pass would only cost time.
+- *Translation.* Every decode step serves all the batch's sentences at once, and the merged copy decodes with
+  plain dense matrix products (see *Where translation time goes* below).
+- *GRPO.* Sampling is one batch of {per_step(f_grpo)} sequences instead of {per_step(s_grpo)}, on the faster
+  decoder.
+
+**Why quality should hold.** The SFT step sees {grow:g} times more pairs, so the learning rate grows from
+{s_sft['lr']:g} to {f_sft['lr']:g}, below the square-root rule's {s_sft['lr'] * grow ** 0.5:.2g}, and the run
+covers {f_sft['num_steps'] * per_step(f_sft):,} pairs instead of {s_sft['num_steps'] * per_step(s_sft):,}: more
+data at a comparable number of updates. Padding only changes which tokens are computed, not the loss (pad tokens
+carry no label). GRPO keeps its group of {f_grpo['num_generations']} completions per prompt, so the
+group-relative advantage is computed exactly as before; only more groups ({prompts(f_grpo)} instead of
+{prompts(s_grpo)}) are averaged per step, which lowers the gradient's variance. The merged copy changes no
+weights: it holds the dequantized 4-bit base plus the LoRA update, the function the 4-bit model computes, in
+bf16. Training itself stays 4-bit QLoRA.""")
 
 # %% [markdown]
-# Profiles with tensor shapes (`torch.profiler`, 500 sentences x 8 tokens; the tables are in
-# `benchmarks/results/profile_translate_h100_shapes_*.txt`) explain the steps:
+# ## The measurements in detail
 #
-# - **Unsloth's decode, output layer.** The ~70 ms kernel of the first profile is the 128,256-word output
-#   layer run as a batched product, `bmm([500, 1, 3072] x [500, 3072, 128256])`: its input reaches
-#   `lm_head` as a strided view, so `torch.matmul` expands the weight once per sentence and reads it 500
-#   times. Handing it a contiguous input makes it one GEMM and halves Unsloth's decode time (38.5 s to
-#   21.2 s); `mtlib` now does this for every Unsloth model (`modeling.contiguous_head_input`).
-# - **Unsloth's decode, projections.** Above 16 sentences Unsloth dequantizes each 4-bit weight and calls
-#   `torch.matmul` with an output buffer, which again becomes a batched product with the weight expanded
-#   (`bmm([500, 1, 3072] x [500, 3072, 3072])`): that path is tuned for a few sequences, not a thousand.
-#   Dequantizing the base to bf16 does not help (37.7 s); the 4-bit format is not the cost.
-# - **A merged copy in plain transformers** (`mtlib.fastgen.merged_copy`: dequantized base + folded LoRA,
-#   built in 0.2 s) decodes with ordinary GEMMs: 9.7 to 17.5 s for 1,000 sentences in one batch.
-# - **Attention under a padding mask.** Left-padded batches carry a mask, and transformers' sdpa then
-#   copies every key/value head once per query head (`repeat_kv`, 3 x the cache per layer per step).
-#   `mtlib.fastgen.grouped_decode_attention` lays a decode step's grouped query heads out as queries of
-#   their shared KV head and reads the cache in place: 17.5 s to 8.6 s.
-# - **Compiling the step.** A static cache lets transformers compile the decode step (CUDA graphs): 4.3 s
-#   after a first call that compiles for 36 s. The chapters translate each split once, so the fast
-#   profile skips this; `translate(..., cache_implementation="static")` turns it on.
-# - **The Unsloth process.** Until run D the same merged copy ran 2 to 2.4 times slower in a process
-#   that imported Unsloth (20.4 s against 8.6 s eager, 8.6 to 11.3 s against 4.3 s compiled), with
-#   identical outputs (1,000 of 1,000); the memory allocator was ruled out (11.3 s with
-#   `expandable_segments` off). The cause was in Unsloth's source: `unsloth_zoo` replaces transformers'
-#   mask builders (`create_causal_mask`, `create_masks_for_generate`) with wrappers around
-#   `torch.compile(dynamic=True)` versions, and the copy called them at every decode step. `mtlib.fastgen`
-#   now gives the copy transformers' own builders (`tests/test_fastgen.py` checks that the wrappers are
-#   never called), and run E closes the gap: 8.2 s eager and 4.9 s compiled in the Unsloth process.
+# Each section below is folded: open it to see the measurements and what they show. A section's numbers come
+# from one results file and name its card; where a section puts runs side by side, it says which.
 #
-# **SFT** reaches about 22,500 non-padding tokens/s; the 3B LoRA step costs about 13 GFLOP per token
-# with the backward pass, so this is about 290 TFLOP/s of useful work, within a factor of three of the
-# card's dense bf16 peak (the rest: 4-bit dequantization, padding, the 128,256-word output layer). Batch
-# 256 without checkpointing ran out of the 80 GB. Memory figures are peak `torch.cuda.max_memory_allocated`
-# in GiB.
-#
-# An **H200** (a different machine with the same libraries, one benchmark run kept in
-# `benchmarks/results/benchmark_h200_2026-11-25.json`) gave nearly the same figures: 24,177 tokens/s for
-# SFT, 4.7 s compiled and 8.1 s eager for translation, 23.0 completions/s for GRPO. The work is bound by
-# kernel launches and compute, not by the H200's larger, faster memory.
-#
-# ## Where a GRPO step goes
-#
-# A fast GRPO step samples 4 completions for each of 32 prompts (76 tokens each, since random weights
-# never stop), scores them, and takes the policy-gradient update over the 128 sequences in 4
-# micro-batches. `benchmarks/gpu_grpo_breakdown.py` times each phase with the GPU synchronised at its
-# boundaries, over steps 6 to 10 of one run: Unsloth compiles its training step for each new sequence
-# length it meets, so the first step took 54 s and steps 2 to 5 took 9 to 11 s; one later step (a new
-# length) took 10.5 s again, the others 5.0 to 5.7 s.
+# ### How the numbers were measured
 
-# %%
+# %% tags=["remove-input", "hide-output"] mystnb={"code_prompt_show": "Show how the numbers were measured", "code_prompt_hide": "Hide how the numbers were measured"}
+cores = [f"hidden size {twin['hidden']:,}", f"{twin['layers']} layers", f"{twin['heads']} attention heads",
+         f"{twin['kv_heads']} key/value heads", f"a vocabulary of {twin['vocab']:,}"]
+md(f"""The benchmarks build a **shape twin** of {bench.MODEL} ({", ".join(cores)}; {twin['parameters'] / 1e9:.2f}
+billion parameters with random weights: the real configuration, `mtlib.tiny.build_shape_twin`), load it in 4
+bits with LoRA rank {s_sft['lora_r']} on the attention and MLP projections, and drive it through the same
+`mtlib` functions the chapters call (`load_model`, `add_lora`, `build_sft_trainer`, `build_grpo_trainer`,
+`translate`) on real Multi30k sentences. Random weights never stop a sentence early, so every translation
+generates the same number of new tokens. `gpu_benchmark.py` measures every recipe in one process on one
+machine; `gpu_translate_paths.py` compares decoding paths, each family (with Unsloth, without it) in its own
+process; `gpu_grpo_breakdown.py` splits a GRPO step into its phases. From the repository root of an offline
+CUDA host:
+
+```bash
+scripts/gpu_wheels.sh .whl            # Unsloth, bitsandbytes, TRL, PEFT, datasets as wheels
+pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD
+python -m benchmarks.gpu_benchmark --data <multi30k raw folder> --out <out dir>
+python -m benchmarks.gpu_translate_paths --data <raw> --out <dir> \\
+    --twin /tmp/twin --adapter /tmp/adapter --family unsloth
+python -m benchmarks.gpu_translate_paths --data <raw> --out <dir> \\
+    --twin /tmp/twin --adapter /tmp/adapter --family hf
+python -m benchmarks.gpu_grpo_breakdown --data <raw> --out <dir> --shapes 32x4 --steps 10 --skip 5
+```
+
+Every recipe the benchmark measured, with its batch (per-device batch × gradient-accumulation steps; for GRPO,
+completions) and its peak GPU memory (`torch.cuda.max_memory_allocated`, GiB). `fast, Unsloth's decoder` runs
+the fast batches through the trained model itself, Unsloth's decode path, to show what the merged copy buys:""")
+display(bench.detail(files))
+
+for f in files:
+    fast_f = bench.pick(measured, "sft", "fast", f)
+    if fast_f is None:
+        continue
+    spec = bench.card_spec(cards[f])
+    flop = 4 * twin["parameters"]   # forward + backward through the frozen weights (no weight gradients for them)
+    useful = fast_f.throughput * flop / 1e12
+    text = (f"**SFT's share of the card.** The fast recipe trains {num(fast_f.throughput)} non-padding tokens/s on "
+            f"the {cards[f]} (`{f}`). A LoRA step costs about 4 × {twin['parameters'] / 1e9:.2f} billion = "
+            f"{flop / 1e9:.1f} GFLOP per token (the forward pass and the backward pass through the frozen weights, "
+            f"which need no gradients of their own), so the card does about {useful:.0f} TFLOP/s of useful work")
+    if spec:
+        text += (f", {useful / spec['bf16_tflops']:.0%} of its dense bf16 peak ({spec['bf16_tflops']} TFLOP/s "
+                 "by the datasheet)")
+    md(text + f". The rest goes to 4-bit dequantization, padding and the {twin['vocab']:,}-word output layer.")
+
+# %% [markdown]
+# ### Where translation time goes
+
+# %% tags=["remove-input", "hide-output"] mystnb={"code_prompt_show": "Show the translation paths", "code_prompt_hide": "Hide the translation paths", "image": {"alt": "Horizontal bars: seconds to translate 1,000 sentences by each decoding path of one run, coloured by process, with the goal as a dashed line."}}
+paths, runs = bench.translation_paths(paths_file)
+paths_card = bench.card(paths_file)
+goal_s = bench.GOALS["translate"].value
+new_tokens = re.search(r"(\d+) new tokens", bench._result(paths_file).get("what", ""))
+partial = sorted({int(b) for b in paths.batch if int(b) < 1000})
+md(f"""Every path translated the same 1,000 test-2016 sentences"""
+   + (f" ({new_tokens.group(1)} new tokens each)" if new_tokens else "")
+   + f""" with the twin after a few LoRA steps, on the **{paths_card}** (`{paths_file}`). Each run is a fresh
+machine of that kind, so paths are compared within a run."""
+   + (f" Rows of batch {', '.join(map(str, partial))} timed that many sentences, scaled to 1,000." if partial else "")
+   + """ Unsloth patches the Llama classes for a whole process, so plain transformers runs in a process that never
+imported it.""")
+process_order = list(dict.fromkeys(paths.process))   # one colour per process in every figure
+paths = paths.assign(order=[process_order.index(p) for p in paths.process])
+paths = paths.sort_values(["run", "order"], kind="stable").drop(columns="order")
+for run, group in paths.groupby("run", sort=True):
+    md(f"**Run {run}**: {runs.get(run, '')}.")
+    display(bench.path_table(group))
+    if len(group) > 1:
+        display(on_card(plots.path_times(group, target=goal_s), f"Translation paths of run {run}", paths_card))
+
+
+def sec(run, decoder, process=None, batch=None):
+    return num(bench.path_seconds(paths, run, decoder, process, batch))
+
+
+head = bench.profile_top("profile_translate_h100_shapes_unsloth-4bit.txt", n=1).iloc[0]
+md(f"""What the runs show, each comparison within one run:
+
+- **Unsloth's decode, output layer.** In the profile of Unsloth's decode (below), the largest operator is the
+  {twin['vocab']:,}-word output layer run as a batched product, `bmm({head.shapes})`, {head.self_cuda_share:.0%}
+  of the GPU time: its input reaches `lm_head` as a strided view, so `torch.matmul` expands the weight once per
+  sentence. Handing it a contiguous input makes it one matrix product: run A, {sec("A", "Unsloth decode, 4-bit base + LoRA")} s
+  before, {sec("A", "Unsloth decode + contiguous lm_head input")} s after. `mtlib` now does this for every Unsloth
+  model (`modeling.contiguous_head_input`).
+- **Unsloth's decode, projections.** For larger batches Unsloth dequantizes each 4-bit weight and calls
+  `torch.matmul` with an output buffer, which again becomes a batched product with the weight expanded: that
+  path is tuned for a few sequences, not a whole test set at once. Dequantizing the base to bf16 does not help (run A,
+  {sec("A", "Unsloth decode, base dequantized to bf16")} s): the 4-bit format is not the cost.
+- **A merged copy in plain transformers** (`mtlib.fastgen.merged_copy`: dequantized base + folded LoRA) decodes
+  with ordinary matrix products: {sec("A", "transformers, merged bf16, sdpa")} s in run A (a first version that
+  merged by hand), {sec("B", "merged copy, sdpa")} s in run B, each for 1,000 sentences in one batch.
+- **Attention under a padding mask.** Left-padded batches carry a mask, and transformers' sdpa then copies every
+  key/value head once per query head (`repeat_kv`). `mtlib.fastgen.grouped_decode_attention` lays a decode
+  step's grouped query heads out as queries of their shared key/value head and reads the cache in place: run B,
+  {sec("B", "merged copy, sdpa")} s to {sec("B", "merged copy, grouped decode attention", "without Unsloth")} s.
+- **Compiling the step.** A static cache lets transformers compile the decode step (CUDA graphs): run B,
+  {sec("B", "merged copy, grouped attention, static cache + compile")} s on the second call (the note gives the
+  first, compiling call). The chapters translate each split once, so the fast profile skips this.""")
+
+# %% [markdown]
+# ### The Unsloth process, and its fix
+
+# %% tags=["remove-input", "hide-output"] mystnb={"code_prompt_show": "Show the Unsloth process's history", "code_prompt_hide": "Hide the Unsloth process's history"}
+grouped = "merged copy, grouped decode attention"
+static = "merged copy, grouped attention, static cache + compile"
+md(f"""On the **{paths_card}** (`{paths_file}`). For a while the same merged copy ran slower in a process that
+had imported Unsloth. In run B, both processes on one machine: {sec("B", grouped, "with Unsloth")} s with Unsloth
+against {sec("B", grouped, "without Unsloth")} s without, with identical outputs. The compiled path showed the
+same gap, though only across runs (fresh machines of the same kind): {sec("B", static, "without Unsloth")} s
+without Unsloth in run B, against {sec("C", static)} s with it in run C and {sec("D", static)} s in run D. Run D
+had the allocator's `expandable_segments` off, which ruled the memory allocator out.
+
+The cause was in Unsloth's source: `unsloth_zoo` replaces transformers' mask builders (`create_causal_mask`,
+`create_masks_for_generate`) with wrappers around `torch.compile(dynamic=True)` versions, and the copy called
+them at every decode step. `mtlib.fastgen` now gives the copy transformers' own builders
+(`tests/test_fastgen.py` checks that the wrappers are never called). Run E, the benchmark of the summary, measured
+the Unsloth process after the fix: {sec("E", grouped)} s without compiling and {sec("E", static)} s compiled. Runs
+B to E are different machines, so these numbers show the order of the gap, not an exact ratio.""")
+display(bench.path_table(paths[paths.process == "with Unsloth"][lambda d: d.decoder.isin([grouped, static])]))
+
+# %% [markdown]
+# ### Profiles of the decoding paths
+
+# %% tags=["remove-input", "hide-output"] mystnb={"code_prompt_show": "Show the profiles", "code_prompt_hide": "Hide the profiles"}
+PROFILES = {  # profiles kept in benchmarks/results/ by benchmarks/gpu_translate_paths.py, and what each decoded
+    "profile_translate_h100_shapes_unsloth-4bit.txt": "Unsloth's decode, 4-bit base + LoRA, as it comes",
+    "profile_translate_h100_shapes_unsloth-4bit-headfix.txt": "the same with a contiguous output-layer input",
+    "profile_translate_h100_shapes_hf-merged-sdpa.txt": "the merged copy with transformers' sdpa, without Unsloth",
+    "profile_translate_h100_shapes_hf-proc-fast.txt": "the merged copy with grouped decode attention, without Unsloth",
+    "profile_translate_h100_shapes_unsloth-proc-fast.txt": "the same in a process that imported Unsloth",
+}
+shown = 4
+md(f"""`torch.profiler` over one short translation of a batch (the batch size shows in the input shapes), the
+{words(shown)} operators with the most GPU time each. The profiler's tables do not record the card; the files' names
+say where they were taken.""")
+for name, label in PROFILES.items():
+    where = re.search(r"_(h100|h200|a100)_", name)
+    md(f"**{label[0].upper() + label[1:]}** (`{name}`, on an {where.group(1).upper() if where else 'unrecorded card'}):")
+    display(bench.profile_table(bench.profile_top(name, n=shown)))
+
+# %% [markdown]
+# ### Are the fast outputs the same?
+
+# %% tags=["remove-input", "hide-output"] mystnb={"code_prompt_show": "Show the fidelity check", "code_prompt_hide": "Hide the fidelity check"}
+agree = bench.agreement(files)
+md("""The merged copy computes the same function as the 4-bit model in a different order (the LoRA update
+folded into bf16 weights instead of added after them), so bf16 rounding differs. On CPU in float32,
+`tests/test_fastgen.py` checks that greedy translations are identical with and without `fast_decode` and that
+the copy's logits match the adapted model's. On the twin on a GPU, exact equality is a poor test: random
+weights leave the top two logits nearly tied, so the first rounding difference flips a token and the rest of the
+sentence diverges. The benchmark therefore compares next-token choices under teacher forcing: the trained model
+and its merged copy read the same sequences (prompt + fast translation), and where their argmaxes differ, the
+trained model's own lead of top-1 over top-2 (in logits) is recorded.""")
+if agree.empty:
+    md("Not measured in these results files.")
+else:
+    display(bench.agreement_table(agree))
+    for r in agree.itertuples():
+        clear = "no" if r.max_margin_where_different < 1 else "some"
+        md(f"On the {r.card} (`{r.file}`): where the two disagree, the trained model's own lead has a median of "
+           f"{num(r.median_margin_where_different, 2)} logits, against {num(r.median_margin, 2)} over all positions: "
+           f"the copy flips near-ties, which greedy decoding cannot resolve either way. The largest lead it "
+           f"overturned was {num(r.max_margin_where_different, 2)} logits; {clear} position with a lead of a logit "
+           "or more changed.")
+
+# %% [markdown]
+# ### Where a GRPO step goes
+
+# %% tags=["remove-input", "hide-output"] mystnb={"code_prompt_show": "Show the GRPO step's phases", "code_prompt_hide": "Hide the GRPO step's phases", "image": {"alt": "Stacked horizontal bar: seconds of one fast GRPO step spent sampling completions, scoring them, in the loss forward pass and in the backward pass with the optimizer step."}}
 phases = bench.grpo_phases(grpo_file)
-phases
+steps = bench.grpo_steps(grpo_file)
+p = phases.iloc[0]
+n_prompts, n_gen = (int(x) for x in steps["shape"].split("x"))
+tokens = f_grpo["max_completion_length"]
+sample_s, update_s = p["sampling completions"], p["loss forward"] + p["backward + optimizer"]
+md(f"""On the **{steps['card']}** (`{grpo_file}`). A fast GRPO step samples {n_gen} completions for each of
+{n_prompts} prompts ({tokens} tokens each, the chapters' `max_completion_length`, since random weights never
+stop), scores them, and takes the policy-gradient update over the {n_prompts * n_gen} sequences.
+`benchmarks/gpu_grpo_breakdown.py` times each phase with the GPU synchronised at its boundaries, over the last
+{words(len(steps['timed']))} of {words(len(steps['timed']) + len(steps['warmup']) + 1)} steps of one run. Unsloth
+compiles its training step for each new sequence length it meets: the first step took {secs(steps['first'])} s,
+the next {words(len(steps['warmup']))} took {secs(min(steps['warmup']))} to {secs(max(steps['warmup']))} s."""
+   + (f""" Of the timed steps, {words(len(steps['outliers']))} (a new length) took
+{" and ".join(secs(s) for s in steps['outliers'])} s again, the others {secs(min(steps['regular']))} to
+{secs(max(steps['regular']))} s.""" if steps["outliers"] else
+      f" The timed steps took {secs(min(steps['timed']))} to {secs(max(steps['timed']))} s."))
+display(bench.phase_table(grpo_file))
+display(on_card(plots.step_phases(phases), "Seconds of one fast GRPO step by phase", steps["card"]))
 
-# %%
-plots.step_phases(phases)
-
-# %% [markdown]
-# Sampling is 40% of the step: 76 decode steps at batch 128 take about 33 ms each, where reading the
-# merged copy's 6.4 GB of bf16 weights bounds a step near 2 ms; like translation without compiling, the
-# decode loop is bound by kernel launches. The compiled static cache that halves translation would help
-# here too, but GRPO's prompt lengths change at every step and each new length would compile again (not
-# measured). The other 60% is the update: the loss forward over the 128 prompts and completions (2.1 s)
-# and its backward pass with the optimizer step (1.7 s), which the decoder does not touch. For 20 times
-# the seed recipe's 1.59 completions/s, a step would have to take 4 s: the update alone takes 3.8. Sampling
-# from the merged copy (21.2 completions/s in the benchmark) beats Unsloth's decode with the output-layer
-# fix (17.8); the copy is rebuilt every step (0.1 to 0.2 s) because the adapter changes.
-#
-# ## Are the fast outputs the same?
-#
-# The merged copy computes the same function as the 4-bit model in a different order (the LoRA update
-# folded into bf16 weights instead of added after them), so bf16 rounding differs. On CPU in float32,
-# `tests/test_fastgen.py` checks that greedy translations are identical with and without `fast_decode`
-# and that the copy's logits match the adapted model's. On the twin on the H100, exact equality is a
-# poor test: random weights leave the top two logits nearly tied, so the first rounding difference flips
-# a token and the rest of the sentence diverges (even transformers' own two attention kernels on the
-# same merged weights agree on only 327 of 1,000 sentences). The benchmark therefore compares next-token
-# choices under teacher forcing: the trained model and its merged copy read the same sequences (prompt +
-# fast translation), and where their argmaxes differ, the trained model's own lead of top-1 over top-2 is
-# recorded.
-
-# %%
-agree = [r for r in rows if r.get("what") == "teacher-forced argmax agreement"]
-pd.DataFrame(agree)[["recipe", "throughput", "median_margin", "median_margin_where_different",
-                     "max_margin_where_different"]].rename(columns={"throughput": "same argmax"}) if agree else \
-    Markdown("not measured")
-
-# %% [markdown]
-# Where the two disagree, the trained model's own margin has a median of 0.03 logits, against 0.16 over
-# all positions: the copy flips near-ties, which greedy decoding cannot resolve either way. The largest
-# lead it overturned was 0.81 logits in this run (0.56 in the previous one); no position with a clear
-# lead of a logit or more changed. The merged copy in a process with Unsloth and without it produced
-# identical translations (1,000 of 1,000).
+spec = bench.card_spec(steps["card"])
+bound = ""
+if spec:
+    bound = (f", where reading the merged copy's {twin['bf16_gb']:.1f} GB of bf16 weights at the card's "
+             f"{spec['memory_tb_s']:g} TB/s (datasheet) puts a floor of about {twin['bf16_gb'] / spec['memory_tb_s']:.0f} ms under each")
+same = on_same_card(steps["card"])   # a benchmark run on the breakdown's card, to set beside it
+run_fast, run_unsloth = (bench.pick(measured, "grpo", r, same) if same else None for r in ("fast", "fast-unsloth-decode"))
+md(f"""Sampling is {sample_s / p['seconds_per_step']:.0%} of the step: {tokens} decode steps at batch
+{n_prompts * n_gen} take about {sample_s / tokens * 1000:.0f} ms each{bound}. Like translation without
+compiling, the decode loop is bound by kernel launches. The compiled static cache that speeds up translation
+would help here too, but GRPO's prompt lengths change at every step and each new length would compile again (not
+measured). The rest is the update: the loss forward over the prompts and completions ({num(p['loss forward'])} s)
+and its backward pass with the optimizer step ({num(p['backward + optimizer'])} s), which the decoder does not
+touch. Even a free sampler would leave a step of {num(update_s + p['rewards + advantages'])} s, at most
+{n_prompts * n_gen / (update_s + p['rewards + advantages']):.0f} completions/s on this card."""
+   + (f" In the benchmark run on the same kind of card (`{same}`), sampling from the merged copy gave "
+      f"{num(run_fast.throughput)} completions/s against {num(run_unsloth.throughput)} with Unsloth's decode "
+      "and its output-layer fix; the copy is rebuilt every step because the adapter changes."
+      if run_fast is not None and run_unsloth is not None else ""))
 
 # %% [markdown]
 # ## Several GPUs
 #
-# Every training and translation chapter takes one more parameter, `num_gpus` (1 by default; `auto`
-# means every GPU the machine shows; more than the machine has stops the build before anything runs).
-# Set it in a profile and build the book with the same command as ever. The shipped `fast_2gpu` profile
-# is the fast recipe on two GPUs: the same effective batches, learning rates and steps, each step's
-# batch split over the two (SFT 64 pairs per GPU instead of 128 on one; GRPO 32 x 2 completions per GPU
-# instead of 32 x 4):
-#
+# Every training and translation chapter takes one more parameter, `num_gpus` (`auto` means every GPU the
+# machine shows; more than the machine has stops the build before anything runs). Set it in a profile and build
+# the book with the same command as ever. The shipped `fast_2gpu` profile is the fast recipe on two GPUs: the
+# same effective batches, learning rates and steps, each step's batch split over the GPUs:
+
+# %% tags=["remove-input"]
+two = profiles.load_profile("fast_2gpu", check_device=False)
+n_two = two["parameters"]["num_gpus"]
+split_rows = []
+for ch, stage in (("03_sft", "SFT"), ("04_grpo", "GRPO")):
+    one_gpu, several = setting["fast", ch], profiles.effective_parameters(two, ch)
+    unit = "pairs" if ch == "03_sft" else "completions"
+    split_rows.append({"Stage": stage, "fast, 1 GPU": f"{one_gpu['batch_size']} × {one_gpu['grad_accum']} {unit}",
+                       f"fast_2gpu, per GPU ({n_two} GPUs)": f"{several['batch_size']} × {several['grad_accum']} {unit}",
+                       "per optimizer step": f"{per_step(several) * n_two:,} {unit}"})
+display(pd.DataFrame(split_rows).set_index("Stage"))
+
+# %% [markdown]
 # ```bash
 # python -m mtlib.book --profile fast_2gpu --out build/fast-2gpu
 # ```
 #
-# With one GPU nothing changes. With more, `mtlib.parallel` does the work in fresh processes, started
-# from the chapter's own process (so papermill, Jupyter and Colab drive it alike):
+# With one GPU nothing changes. With more, `mtlib.parallel` does the work in fresh processes, started from the
+# chapter's own process (so papermill, Jupyter and Colab drive it alike):
 #
 # ```bash
 # accelerate launch --multi_gpu --num_processes 2 -m mtlib.parallel sft --spec <run>/launch/spec.json
 # ```
 #
-# * **Training** (`sft`, `grpo`) is data-parallel: each process loads the 4-bit model onto its own GPU,
-#   TRL's trainer runs under DistributedDataParallel, and the LoRA gradients are averaged every step.
-#   Rank 0 writes the usual run folder and adapter; the chapter loads the adapter back into its model and
-#   goes on. Each GPU keeps the profile's per-GPU batch, so one optimizer step sees `num_gpus` times as
-#   many examples at the same learning rate. The chapters show the effective batch and the learning rate
-#   before training, and the run record keeps them (`config.json`: `num_processes`, `parallel`;
-#   `parallel.json`: each process's device and peak memory). To keep a one-GPU recipe exactly, divide
-#   `batch_size` or `grad_accum` by the number of GPUs, as `fast_2gpu` does.
-# * **Translation** (`evaluate`) splits each test set into one contiguous shard per process; the shards
-#   are gathered, put back in order and scored by rank 0, which writes one evaluation record per test
-#   set, exactly as on one GPU (plus the shard bounds).
-# * **Backends.** Unsloth's 4-bit QLoRA SFT runs data-parallel (seen in a trial on two H200s whose
-#   numbers are not in this repository's results, so not shown here). Its GRPO patches have not been verified with
-#   several processes, so multi-GPU GRPO loads the model with the plain transformers + PEFT +
-#   bitsandbytes backend (`mtlib.parallel.MULTI_PROCESS_BACKEND`); the run record says which backend ran
-#   and why.
+# * **Training** (`sft`, `grpo`) is data-parallel: each process loads the 4-bit model onto its own GPU, TRL's
+#   trainer runs under DistributedDataParallel, and the LoRA gradients are averaged every step. Rank 0 writes the
+#   usual run folder and adapter; the chapter loads the adapter back into its model and goes on. Each GPU keeps
+#   the profile's per-GPU batch, so one optimizer step sees `num_gpus` times as many examples at the same
+#   learning rate. The chapters show the effective batch and the learning rate before training, and the run
+#   record keeps them (`config.json`: `num_processes`, `parallel`; `parallel.json`: each process's device and
+#   peak memory). To keep a one-GPU recipe exactly, divide `batch_size` or `grad_accum` by the number of GPUs,
+#   as `fast_2gpu` does.
+# * **Translation** (`evaluate`) splits each test set into one contiguous shard per process; the shards are
+#   gathered, put back in order and scored by rank 0, which writes one evaluation record per test set, exactly
+#   as on one GPU (plus the shard bounds).
+# * **Backends.** Unsloth's 4-bit QLoRA SFT runs data-parallel (seen in a trial whose numbers are not in this
+#   repository's results, so not shown here). Its GRPO patches have not been verified with several processes,
+#   so multi-GPU GRPO loads the model with the plain transformers + PEFT + bitsandbytes backend
+#   (`mtlib.parallel.MULTI_PROCESS_BACKEND`); the run record says which backend ran and why.
 #
-# **Several machines**, on paper: the same entry point runs under Accelerate's multi-node settings. Each
-# node runs the launcher with the whole job's size and its own rank, for example on two nodes of 8 GPUs,
+# **Several machines**, on paper: the same entry point runs under Accelerate's multi-node settings. Each node
+# runs the launcher with the whole job's size and its own rank, for example on two nodes of eight GPUs each:
 #
 # ```bash
 # accelerate launch --multi_gpu --num_machines 2 --num_processes 16 --machine_rank $NODE_RANK \
 #     --main_process_ip $NODE0_ADDR --main_process_port 29500 -m mtlib.parallel sft --spec spec.json
 # ```
 #
-# with `NODE_RANK` 0 on the first node and 1 on the second, `NODE0_ADDR` the first node's address (or the
-# same values in an `accelerate config` file; `torchrun --nnodes 2 --nproc_per_node 8
-# --rdzv_backend c10d --rdzv_endpoint $NODE0_ADDR:29500 -m mtlib.parallel ...` is equivalent). The spec and
-# the data it names must be on a filesystem every node sees, and the run folder too, since rank 0 writes
-# it. The book's runner launches on one node only; a multi-node run means starting these commands on
-# each node by hand or through the cluster's scheduler.
+# with `NODE_RANK` set to each node's rank (the first node is rank zero) and `NODE0_ADDR` the first node's
+# address (or the same values in an `accelerate config` file; `torchrun --nnodes 2 --nproc_per_node 8
+# --rdzv_backend c10d --rdzv_endpoint $NODE0_ADDR:29500 -m mtlib.parallel ...` is equivalent). The spec and the
+# data it names must be on a filesystem every node sees, and the run folder too, since rank 0 writes it. The
+# book's runner launches on one node only; a multi-node run means starting these commands on each node by hand or
+# through the cluster's scheduler.
 #
-# **Measured**: `benchmarks/gpu_multi.py` compares one GPU with two in one invocation (SFT non-padding
-# tokens/s, GRPO completions/s, translating the four test sets, peak memory per card), on the same
-# shape twin, with the fast profile's batches:
+# ### Measured on several GPUs
+#
+# `benchmarks/gpu_multi.py` compares one GPU with two in one invocation (SFT non-padding tokens/s, GRPO
+# completions/s, translating the four test sets, peak memory per card), on the same shape twin, with the fast
+# profile's batches:
 #
 # ```bash
 # python -m benchmarks.gpu_multi --data <multi30k raw folder> --out <out dir>
 # ```
-#
-# Its goals: two GPUs give at least 1.8 times one GPU's SFT tokens/s, 1.7 times its GRPO completions/s,
-# and translate the four test sets 1.8 times as fast.
 
-# %%
-measured = bench.multi_gpu(multi_gpu_file)
-if measured is None:
-    display(Markdown(f"**Not measured yet**: `{multi_gpu_file}` is not in `benchmarks/results/`. Run "
-                     "`benchmarks/gpu_multi.py` on a machine with two GPUs and copy its `multi_gpu.json` there."))
+# %% tags=["remove-input"]
+goals = bench.multi_gpu_goals()
+stage_words = {s: n if n.isupper() else n.lower() for s, n in bench.STAGE_NAMES.items()}   # mid-sentence
+goal_text = ", ".join(f"{stage_words.get(s, s)} at least {g:g} times" for s, g in goals.items())
+tables = bench.multi_gpu_tables(multi_gpu_file)
+if tables is None:
+    md(f"**Nothing has been measured on several GPUs yet.** `{multi_gpu_file}` is not in `benchmarks/results/`: "
+       "run `benchmarks/gpu_multi.py` on a machine with two GPUs and copy its `multi_gpu.json` there. "
+       + (f"Its goals, as throughput on two GPUs over one GPU's: {goal_text}." if goals else ""))
 else:
-    summary, per_config, measured_env = measured
-    display(pd.DataFrame({"value": measured_env}).rename_axis("measured with"))
-    display(summary)
-    display(per_config)
+    multi_summary, multi_rows, multi_card = tables
+    md(f"**Measured on {multi_card} cards** (`{multi_gpu_file}`), one GPU and several in one invocation, so the "
+       "speed-ups compare numbers of one run on one kind of card."
+       + (f" The goals, as throughput on several GPUs over one GPU's: {goal_text}." if goals else ""))
+    if not multi_summary.empty:
+        display(multi_summary)
+    md(f"Each configuration of that run, on {multi_card} cards:")
+    display(multi_rows)

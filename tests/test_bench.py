@@ -106,3 +106,157 @@ def test_benchmark_programs_run_as_modules_without_editing_sys_path():
         proc = subprocess.run([sys.executable, "-m", f"benchmarks.{program.stem}", "--help"],
                               cwd=chapter.REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "--data" in proc.stdout, proc.stderr
+
+
+def _run(path, card, rows, **extra):
+    path.write_text(json.dumps({"rows": rows, "env": {"card": card, "torch": "2.x"}, **extra}))
+    return path
+
+
+RUN_ROWS = [
+    {"stage": "setup", "recipe": "-", "seconds": 9},
+    {"stage": "sft", "recipe": "seed", "batch": "4x4", "throughput": 1000, "unit": "non-padding tokens/s",
+     "seconds_per_step": 1.5, "peak_gb": 3.3},
+    {"stage": "sft", "recipe": "fast", "batch": "128x1", "throughput": 20000, "unit": "non-padding tokens/s",
+     "seconds_per_step": 0.6, "peak_gb": 57.2},
+    {"stage": "translate", "recipe": "seed", "batch": "8", "throughput": 2.5, "unit": "sentences/s",
+     "seconds_1000": 400.0, "sentences": 32},
+    {"stage": "translate", "recipe": "fast", "batch": "1000", "throughput": 200.0, "unit": "sentences/s",
+     "seconds_1000": 4.9},
+    {"stage": "translate", "recipe": "fast-eager", "batch": "1000", "throughput": 120.0, "unit": "sentences/s",
+     "seconds_1000": 8.2},
+    {"stage": "translate", "recipe": "fast-unsloth-decode", "batch": "512", "throughput": 50.0,
+     "unit": "sentences/s", "seconds_1000": 20.0},
+    {"stage": "grpo", "recipe": "seed", "batch": "2x2", "throughput": 2.0, "unit": "completions/s",
+     "seconds_per_step": 2.0},
+    {"stage": "grpo", "recipe": "fast", "batch": "32x4", "throughput": 6.0, "unit": "completions/s",
+     "seconds_per_step": 21.0},
+]
+
+
+def test_summary_leads_with_stage_recipe_time_goal_and_card_in_words(tmp_path):
+    """One row per stage and recipe of each file, ratios within a file only, the goal judged, the card named."""
+    from mtlib import bench
+
+    h100 = _run(tmp_path / "h100.json", "NVIDIA H100 80GB HBM3", RUN_ROWS)
+    other = [dict(r, throughput=r["throughput"] * 2) if r.get("recipe") == "seed" else r for r in RUN_ROWS]
+    h200 = _run(tmp_path / "h200.json", "NVIDIA H200 (per the device reply)", other)
+    table = bench.summary([h100, h200])
+    assert list(table.index.names) == ["Stage", "Recipe"]
+    assert list(table.columns) == ["Throughput", "Time", "Speed-up over seed", "Goal", "Goal met", "Card"]
+    names = [*table.columns, *table.index.names]
+    assert not [n for n in names if "_" in n or n != n.strip()], names          # words, not field names
+    assert len(table) == 2 * 7                                # seed, fast, fast-eager of each stage, per file
+    assert "fast, Unsloth's decoder" not in table.index.get_level_values("Recipe")   # detail, not summary
+    assert set(table.Card) == {"NVIDIA H100 80GB HBM3", "NVIDIA H200"}              # the provenance note is cut
+
+    h100_rows, h200_rows = table[table.Card.str.contains("H100")], table[table.Card.str.contains("H200")]
+    assert h100_rows.loc[("SFT", "fast"), "Speed-up over seed"] == "20×"             # its own seed row ...
+    assert h200_rows.loc[("SFT", "fast"), "Speed-up over seed"] == "10×"             # ... not the other file's
+    assert h100_rows.loc[("SFT", "fast"), "Throughput"] == "20,000 tokens/s"
+    assert h100_rows.loc[("SFT", "seed"), "Speed-up over seed"] == "–"
+    assert h100_rows.loc[("SFT", "fast"), "Goal"] == "≥ 15,000 tokens/s"
+    assert list(h100_rows["Goal met"]) == ["no", "yes", "no", "yes", "no", "no", "no"]  # GRPO fast: 6 < 7
+    assert h100_rows.loc[("Translation", "fast, compiled"), "Time"] == "4.9 s for 1,000 sentences"
+    assert h100_rows.loc[("Translation", "fast, as in the chapters"), "Goal met"] == "no"
+    assert h100_rows.loc[("GRPO", "fast"), "Time"] == "21 s per step"
+    assert bench.card(h200) == "NVIDIA H200" and bench.card_note(h200) == "per the device reply"
+
+    everything = bench.summary([h100], recipes=None)
+    assert ("Translation", "fast, Unsloth's decoder") in everything.index
+    raw = bench.measurements([h100, h200])
+    fast = bench.pick(raw, "sft", "fast", "h200.json")
+    assert fast.vs_seed == 10.0 and fast.met and fast.card == "NVIDIA H200"
+    assert bench.pick(raw, "sft", "no such recipe") is None
+    detail = bench.detail([h100])
+    assert "Peak memory (GiB)" in detail.columns and detail.loc[("SFT", "fast"), "Batch"] == "128 × 1"
+    assert detail.loc[("SFT", "fast"), "Peak memory (GiB)"] == "57.2"
+
+
+def test_summary_of_the_kept_results_names_the_card_and_meets_the_goals_it_claims():
+    from mtlib import bench
+    from mtlib.chapter import REPO_ROOT
+
+    table = bench.summary(["h100_run6.json"])
+    assert set(table.Card) == {bench.environment("h100_run6.json")["card"]}
+    met = table["Goal met"]
+    assert met[("SFT", "fast")] == "yes" and met[("GRPO", "fast")] == "yes"
+    assert met[("Translation", "fast, compiled")] == "yes"
+    source = (REPO_ROOT / "notebooks" / "06_gpu_speed.py").read_text()
+    assert "bench.summary(" in source and source.index("## Summary") < source.index("### Where translation time")
+
+
+def test_goals_cards_and_the_model_facts():
+    from mtlib import bench
+
+    assert bench.GOALS["translate"].met(None, 4.9) and not bench.GOALS["translate"].met(None, 8.2)
+    assert bench.GOALS["sft"].met(15_000, None) and bench.GOALS["grpo"].met(None, None) is None
+    assert str(bench.GOALS["grpo"]) == "≥ 7 completions/s"
+    assert bench.card_spec("NVIDIA H100 80GB HBM3")["bf16_tflops"] > 0 and bench.card_spec("a CPU") is None
+    facts = bench.model_facts()
+    assert (facts["hidden"], facts["layers"], facts["vocab"]) == (3072, 28, 128256)
+    assert 3.2e9 < facts["parameters"] < 3.25e9                                   # Llama 3.2 3B, tied embeddings
+
+
+def test_translation_paths_profiles_steps_and_agreement_read_as_words():
+    import pytest
+    from mtlib import bench
+    from mtlib.errors import DataError
+
+    rows, runs = bench.translation_paths("h100_translate_paths.json")
+    assert set(rows.run) <= set(runs) and bench.path_seconds(rows, "B", "merged copy, sdpa") > 0
+    with pytest.raises(DataError, match="no translation path"):
+        bench.path_seconds(rows, "B", "a decoder never measured")
+    shown = bench.path_table(rows[rows.run == "A"])
+    assert shown.index.name == "Run" and "Seconds for 1,000 sentences" in shown.columns
+    assert "Note" not in shown.columns                                   # run A's notes are all blank
+
+    top = bench.profile_top("profile_translate_h100_shapes_unsloth-4bit.txt", n=3)
+    assert list(top.name) == ["aten::bmm", "aten::bmm", "aten::mm"]        # operators only, kernels left out
+    assert top.shapes[0] == "[[500, 1, 3072], [500, 3072, 128256]]" and top.calls[0] == 8
+    assert 0.39 < top.self_cuda_share[0] < 0.41
+    kernels = bench.profile_top("profile_translate_h100_eager.txt", n=2, operators=False)
+    assert kernels.name[1].startswith("nvjet") and "shapes" not in kernels
+    assert list(bench.profile_table(top).columns) == ["GPU time", "Share of GPU time", "Calls", "Per call",
+                                                      "Input shapes"]
+
+    steps = bench.grpo_steps("h100_grpo_breakdown.json")
+    assert steps["first"] > steps["median"] and len(steps["timed"]) == 5 and steps["outliers"]
+    assert len(steps["regular"]) + len(steps["outliers"]) == len(steps["timed"])
+    phases = bench.phase_table("h100_grpo_breakdown.json")
+    assert phases.index.name == "Prompts × completions" and "Seconds per step" in phases.columns
+
+    agree = bench.agreement(["h100_run6.json"])
+    assert (agree.same[0], agree.positions[0]) == (65, 98) and agree.card[0] == "NVIDIA H100 80GB HBM3"
+    table = bench.agreement_table(agree)
+    assert table.iloc[0]["Same next token (positions)"] == "65 of 98 (66%)"
+
+
+def test_several_gpus_absent_is_none_and_present_reads_as_words(tmp_path):
+    import importlib.util
+    from mtlib import bench
+    from mtlib.chapter import REPO_ROOT
+
+    assert bench.multi_gpu_tables(tmp_path / "multi_gpu.json") is None
+    spec = importlib.util.spec_from_file_location("gpu_multi", REPO_ROOT / "benchmarks" / "gpu_multi.py")
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    assert bench.multi_gpu_goals() == program.GOALS                 # read from the program that declares them
+
+    rows = [{"stage": "sft", "config": "1gpu", "processes": 1, "backend": "unsloth", "batch": "128x1 per card",
+             "throughput": 20000, "unit": "non-padding tokens/s", "seconds": 5.0, "peak_gib_per_card": [57.2]},
+            {"stage": "sft", "config": "2gpu", "processes": 2, "backend": "unsloth", "batch": "64x1 per card",
+             "throughput": 37000, "unit": "non-padding tokens/s", "seconds": 2.7, "peak_gib_per_card": [30.1, 30.4]},
+            {"stage": "grpo", "config": "2gpu-hf", "processes": 2, "backend": "hf", "error": "OutOfMemoryError: x"}]
+    summary = [{"stage": "sft", "comparison": "book path", "one_gpu": "1gpu", "several": "2gpu", "gpus": 2,
+                "one_gpu_throughput": 20000, "several_throughput": 37000, "unit": "non-padding tokens/s",
+                "speedup": 1.85, "goal": 1.8, "met": True}]
+    path = tmp_path / "multi_gpu.json"
+    path.write_text(json.dumps({"rows": rows, "summary": summary, "env": {"card": "NVIDIA H200"}}))
+    s, r, card = bench.multi_gpu_tables(path)
+    assert card == "NVIDIA H200"
+    assert list(s.columns) == ["Comparison", "1 GPU", "2 GPUs", "Unit", "Speed-up", "Goal (speed-up)", "Goal met"]
+    assert s.iloc[0]["Speed-up"] == "1.85×" and s.iloc[0]["Goal met"] == "yes" and s.index[0] == "SFT"
+    assert not [c for c in [*s.columns, *r.columns, r.index.name] if "_" in c]
+    assert r.iloc[1]["Peak memory per card (GiB)"] == "30.1, 30.4"
+    assert r.iloc[2]["Error or note"].startswith("OutOfMemoryError")
