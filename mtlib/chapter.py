@@ -72,26 +72,146 @@ def notice(params: dict, chapter: str | None = None):
     return None
 
 
+def _figure_png(fig, dpi: int = 110):
+    """A Figure as the notebook's PNG, with its alt text and caption in the output's metadata (the book runner
+    turns them into the page's ``<img alt>`` and figure caption)."""
+    from IPython.core.pylabtools import print_figure
+    from . import plots
+    data = print_figure(fig, fmt="png", bbox_inches="tight", dpi=dpi, base64=True)
+    if data is None:  # a figure with nothing drawn shows nothing
+        return None
+    return data, {"alt": plots.alt_text(fig), "caption": plots.caption_of(fig)}
+
+
 def show_figures(dpi: int = 110) -> None:
-    """Make a bare matplotlib ``Figure`` (as mtlib's plotting functions return) render as PNG in the notebook."""
+    """Make a bare matplotlib ``Figure`` (as mtlib's plotting functions return) render as PNG in the notebook,
+    its alt text and caption (:func:`mtlib.plots.alt_text`, :func:`mtlib.plots.caption_of`) in the output's
+    metadata; pyplot figures get them too, written from their titles and axis labels."""
     try:
         from IPython import get_ipython
+        from matplotlib.figure import Figure
         from matplotlib_inline.backend_inline import set_matplotlib_formats
     except ImportError:
         return
-    if get_ipython() is not None:
+    shell = get_ipython()
+    if shell is not None:
+        import functools
         set_matplotlib_formats("png", dpi=dpi, bbox_inches="tight")
+        shell.display_formatter.formatters["image/png"].for_type(Figure, functools.partial(_figure_png, dpi=dpi))
+
+
+def show_figure(fig, caption: str | None = None, alt: str | None = None):
+    """Display ``fig`` with ``caption`` under it and ``alt`` as its alt text (either None: the figure's own,
+    see :func:`mtlib.plots.describe`)."""
+    from IPython.display import display
+    from . import plots
+    display(plots.describe(fig, caption, alt))
+
+
+# -- paths as a reader sees them ---------------------------------------------------------------------------
+
+BUILD_MARK = "<build>"  # how a path inside the book's build folder is shown
+
+
+def build_folder(params: dict) -> Path | None:
+    """The folder the book runner builds into, when the chapter runs in one: the runs folder's parent holds
+    the ``build.json`` of the chapter's ``build_id``. None otherwise (Colab, Jupyter)."""
+    import json
+    runs_root, build_id = params.get("runs_root"), params.get("build_id")
+    if not runs_root or not build_id:
+        return None
+    folder = Path(runs_root).expanduser().resolve().parent
+    try:
+        record = json.loads((folder / "build.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return folder if isinstance(record, dict) and record.get("build_id") == build_id else None
+
+
+def shown_path(path, build: str | os.PathLike | None = None) -> str:
+    """A path as a page shows it, never naming the machine it was built on: inside the build folder
+    ``<build>/runs``; inside the working folder relative to it (``runs``); inside the home folder ``~/...``;
+    else as it is. A relative path stays as it is."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        return str(path)
+    p = p.resolve()
+    for base, prefix in ((build, BUILD_MARK + "/"), (Path.cwd(), ""), (Path.home(), "~/")):
+        if base is None:
+            continue
+        try:
+            rel = p.relative_to(Path(base).resolve())
+        except ValueError:
+            continue
+        return (prefix + rel.as_posix()).rstrip("/") if rel.parts else (prefix.rstrip("/") or ".")
+    return str(p)
+
+
+def _shown_value(value, build) -> str:
+    """A parameter's value as its cell would write it (``2e-4``, ``"tiny"``), paths as :func:`shown_path`."""
+    from .parameters import literal
+    if isinstance(value, str) and value and Path(value).expanduser().is_absolute():
+        value = shown_path(value, build)
+    return literal(value)
 
 
 def show_params(params: dict):
-    """The parameters a chapter ran with, as a small table (with the schema's explanation of each)."""
+    """The parameters a chapter ran with, as a small table (with the schema's explanation of each). Paths are
+    shown relative to the build or working folder (:func:`shown_path`)."""
     import pandas as pd
-    rows = [{"parameter": k, "value": repr(v), "meaning": profiles.SCHEMA[k].help} for k, v in params.items()]
+    build = build_folder(params)
+    rows = [{"parameter": k, "value": _shown_value(v, build), "meaning": profiles.SCHEMA[k].help}
+            for k, v in params.items()]
     return pd.DataFrame(rows).set_index("parameter")
 
 
+class Collapsed:
+    """A block shown folded in the book and in Jupyter (an HTML ``<details>``): its summary line, then the
+    content when opened. As text (a terminal), the summary and the content."""
+
+    def __init__(self, summary: str, html: str, text: str = "", classes: str = ""):
+        self.summary, self.html, self.text, self.classes = summary, html, text, classes
+
+    def _repr_html_(self) -> str:
+        from html import escape
+        return (f'<details class="mtlib-collapsed {self.classes}"><summary>{escape(self.summary)}</summary>'
+                f'{self.html}</details>')
+
+    def __repr__(self) -> str:
+        return f"{self.summary}\n{self.text}" if self.text else self.summary
+
+
+def parameter_block(params: dict, chapter: str | None = None) -> Collapsed:
+    """The chapter's parameters as one folded table: the summary line counts them and names the profile; each
+    row gives the name, the value (and the default when the run changed it) and its meaning."""
+    from html import escape
+    from . import parameters
+    build = build_folder(params)
+    defaults = parameters.defaults(chapter) if chapter in parameters.CHAPTERS else {}
+    rows, changed = [], 0
+    for name, value in params.items():
+        shown = escape(_shown_value(value, build))
+        if name in defaults and value != defaults[name] and name not in ("profile", "runs_root", "build_id"):
+            changed += 1
+            shown = f"<strong>{shown}</strong> (default <code>{escape(_shown_value(defaults[name], build))}</code>)"
+        else:
+            shown = f"<code>{shown}</code>"
+        rows.append(f"<tr><td><code>{escape(name)}</code></td><td>{shown}</td>"
+                    f"<td>{escape(profiles.SCHEMA[name].help)}</td></tr>")
+    profile = params.get("profile")
+    summary = (f"Parameters of this chapter: {len(params)}"
+               + (f", {changed} set by the profile {profile}" if profile and changed else
+                  f", profile {profile}" if profile else "") + " (click to show)")
+    note = (f"<p><small>{escape(BUILD_MARK)} is the folder the book was built into "
+            f"(<code>python -m mtlib.book --out</code>).</small></p>" if build is not None else "")
+    html = ('<table class="dataframe mtlib-params"><thead><tr><th>parameter</th><th>value</th><th>meaning</th>'
+            f'</tr></thead><tbody>{"".join(rows)}</tbody></table>{note}')
+    return Collapsed(summary, html, show_params(params).to_string(), classes="mtlib-params")
+
+
 def header(chapter: str, namespace: dict) -> dict:
-    """Check the parameters, then display the smoke notice (if any) and the parameter table; returns them.
+    """Check the parameters, then display the smoke notice (if any) and the parameter table, folded; returns
+    them.
 
     A ``runs_root`` of None becomes the folder :func:`runs_folder` picks, in ``namespace`` too."""
     import pandas as pd
@@ -106,7 +226,7 @@ def header(chapter: str, namespace: dict) -> dict:
     box = notice(params, chapter)
     if box is not None:
         display(box)
-    display(show_params(params))
+    display(parameter_block(params, chapter))
     return params
 
 
@@ -502,14 +622,68 @@ DISPLAY_NAMES = {
 SCORE_NAMES = {"split": "test set"}  # in a score table a split is always a test set
 
 
+def _readable_label(label, names: dict):
+    from .plots import TEST_SET_LABELS
+    if not isinstance(label, str):
+        return label
+    if label in names:
+        return names[label]
+    return TEST_SET_LABELS.get(label, label) if label.startswith("test_") else label
+
+
 def readable(table, names: dict | None = None):
     """A copy of ``table`` for display, its column and index names in words (``DISPLAY_NAMES``, then
-    ``names``): ``ttr`` -> "type-token ratio", ``bleu`` -> "BLEU". The values and the table passed in are
+    ``names``): ``ttr`` -> "type-token ratio", ``bleu`` -> "BLEU"; test sets by their names ("2017 Flickr"),
+    as columns and as the values of a ``split`` index level. The values and the table passed in are
     unchanged, so code keeps using the raw names; only what the reader sees changes."""
     names = {**DISPLAY_NAMES, **(names or {})}
-    out = table.rename(columns=lambda c: names.get(c, c) if isinstance(c, str) else c)
+    split_levels = [n for n in table.index.names if n in ("split", "test set")]
+    out = table.rename(columns=lambda c: _readable_label(c, names))
+    for level in split_levels:
+        out = _test_set_names(out, level)
     out.columns = out.columns.set_names([names.get(n, n) for n in out.columns.names])
     out.index = out.index.set_names([names.get(n, n) for n in out.index.names])
+    return out
+
+
+def _readable_frame_class():
+    """:class:`ReadableFrame`, made on first use (pandas is imported lazily)."""
+    global ReadableFrame
+    if isinstance(ReadableFrame, type):
+        return ReadableFrame
+    import pandas as pd
+
+    class _ReadableFrame(pd.DataFrame):
+        """A DataFrame that code reads by its raw column names (``run_id``, ``peak_mem_gb``) and a reader sees
+        by readable ones (:func:`readable` with ``display_names``): in a notebook, in the book and as text.
+        Operations such as ``.round(2)`` keep it readable."""
+        _metadata = ["display_names"]
+
+        @property
+        def _constructor(self):
+            return _ReadableFrame
+
+        def _shown(self):
+            return readable(pd.DataFrame(self), getattr(self, "display_names", None))
+
+        def _repr_html_(self):
+            return self._shown()._repr_html_()
+
+        def __repr__(self):
+            return repr(self._shown())
+
+    _ReadableFrame.__name__ = _ReadableFrame.__qualname__ = "ReadableFrame"  # pickled as mtlib.chapter.ReadableFrame
+    ReadableFrame = _ReadableFrame
+    return ReadableFrame
+
+
+ReadableFrame = None  # the class, once _readable_frame_class() made it
+
+
+def shown_readably(table, names: dict | None = None):
+    """``table`` as a :class:`ReadableFrame`: the same data and raw names for code, readable names on display."""
+    out = _readable_frame_class()(table)
+    out.display_names = dict(names or {})
     return out
 
 
@@ -572,23 +746,34 @@ def latest_scores(runs_root, stages=("base", "sft", "grpo"), columns=SCORE_COLUM
     return newest[list(columns)]
 
 
+COST_NAMES = {"run_id": "run", "kind": "what ran", "seconds": "seconds", "peak_mem_gb": "peak memory (GB)",
+              "runs": "runs"}
+
+
 def run_costs(runs_root, build_id: str | None = None):
     """Seconds and peak memory of the runs behind the book's tables: the newest training run of each stage and
     the newest evaluation of each stage and test set (a chapter executed again within a build replaces its
-    earlier runs, which are not counted). Returns ``(per_run, per_stage, superseded)``."""
+    earlier runs, which are not counted). Returns ``(per_run, per_stage, superseded)``: ``per_run`` indexed by
+    stage and kind ("training", "evaluation: 2017 Flickr"), columns ``run_id``, ``seconds``, ``peak_mem_gb``;
+    ``per_stage`` columns ``runs``, ``seconds``, ``peak_mem_gb``. Both show their columns in words ("run",
+    "peak memory (GB)"; :func:`shown_readably`)."""
     import pandas as pd
     from . import results
+    from .plots import TEST_SET_LABELS
     runs = results.load_runs(runs_root, include_unscored=True, build_id=build_id)
-    runs = runs.assign(kind=runs["split"].map(lambda s: "training" if s is None or pd.isna(s) else f"evaluation: {s}"))
+    scored = runs["split"].map(lambda s: not (s is None or pd.isna(s)))
+    runs = runs.assign(kind=[f"evaluation: {TEST_SET_LABELS.get(s, s)}" if ok else "training"
+                             for s, ok in zip(runs["split"], scored)],
+                       kind_order=[(1, s != "test", str(s)) if ok else (0, False, "") for s, ok in zip(runs["split"], scored)])
     newest = runs.sort_values(["started", "run_id"]).groupby(["stage", "kind"], sort=False).tail(1)
     superseded = runs["run_id"].nunique() - newest["run_id"].nunique()
     order = {stage: i for i, stage in enumerate(("base", "sft", "grpo"))}
-    newest = newest.assign(order=newest["stage"].map(lambda s: order.get(s, len(order))))
-    per_run = (newest.sort_values(["order", "kind"])[["stage", "kind", "run_id", "seconds", "peak_mem_gb"]]
-               .rename(columns={"peak_mem_gb": "peak memory (GB)"}))
+    newest = newest.assign(order=[(order.get(s, len(order)), k) for s, k in zip(newest["stage"], newest["kind_order"])])
+    per_run = newest.sort_values("order")[["stage", "kind", "run_id", "seconds", "peak_mem_gb"]]
     per_stage = per_run.groupby("stage", sort=False).agg(runs=("run_id", "size"), seconds=("seconds", "sum"),
-                                                         peak_gb=("peak memory (GB)", "max"))
-    return per_run.set_index(["stage", "kind"]), per_stage, superseded
+                                                         peak_mem_gb=("peak_mem_gb", "max"))
+    return (shown_readably(per_run.set_index(["stage", "kind"]), COST_NAMES), shown_readably(per_stage, COST_NAMES),
+            superseded)
 
 
 def side_by_side(evaluations: dict, n: int = 5):
