@@ -382,7 +382,6 @@ _BANNER = re.compile("|".join(f"(?:{b})" for b in BANNER_LINES))
 # the values the chapter ran with, folded, once); the downloadable notebook keeps them.
 HIDDEN_CELLS = ("parameters", "injected-parameters")
 HIDE_TAG = "remove-cell"
-CAPTION_OUTPUT = "mtlib-caption"  # marks a caption output the runner added
 
 
 def _clean_streams(nb) -> int:
@@ -401,11 +400,13 @@ def _clean_streams(nb) -> int:
                 else:
                     lines = old.split("\n")
                     text = "\n".join(ln for ln in lines if not _BANNER.match(ln))
-                if text != old:
+                if not text.strip():
                     changed += 1
-                    if not text.strip():
-                        continue
-                    out["text"] = text.strip("\n") + "\n"
+                    continue
+                text = text.strip("\n") + "\n"
+                if text != old and text.strip("\n") != old.strip("\n"):
+                    changed += 1
+                    out["text"] = text
             kept.append(out)
         cell["outputs"] = kept
     return changed
@@ -423,45 +424,44 @@ def _hide_boilerplate(nb) -> int:
     return changed
 
 
+def _figure_html(png: str, alt: str, caption: str) -> str:
+    from html import escape
+    data = "".join(str(png).split())
+    return (f'<figure class="mtlib-figure"><img src="data:image/png;base64,{data}" alt="{escape(alt)}"/>'
+            + (f"<figcaption>{escape(caption)}</figcaption>" if caption else "") + "</figure>")
+
+
 def _describe_figures(nb) -> int:
     """Give the page's figures the alt text and caption that ``chapter.show_figures`` put into each PNG output's
-    metadata: the alt text through the cell's ``mystnb.image.alt``; the caption as a figure caption
-    (``mystnb.figure.caption``) when the figure is the cell's only rich output, else as a Markdown line added
-    right after it."""
+    metadata. A figure alone in its cell: the cell's ``mystnb.image.alt`` and ``mystnb.figure.caption`` (a
+    numbered figure of the book). Several figures in a cell, or a figure among tables and text (where a caption
+    of the cell would wrap every output): each figure gets an HTML rendering of its own, ``<figure>`` with its
+    ``<img alt>`` and ``<figcaption>``, which the book shows in place of the PNG."""
     changed = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        outputs = cell.get("outputs", [])
-        rich = [o for o in outputs if o.get("output_type") in ("display_data", "execute_result")
-                and (o.get("metadata") or {}).get("mtlib") != CAPTION_OUTPUT]
-        images = [o for o in rich if "image/png" in o.get("data", {})]
-        described = [(o, (o.get("metadata") or {}).get("image/png") or {}) for o in images]
-        alts = list(dict.fromkeys(md["alt"] for _, md in described if md.get("alt")))
-        if not alts:
+        rich = [o for o in cell.get("outputs", []) if o.get("output_type") in ("display_data", "execute_result")]
+        described = [(o, (o.get("metadata") or {}).get("image/png") or {}) for o in rich
+                     if "image/png" in o.get("data", {})]
+        described = [(o, md) for o, md in described if md.get("alt")]
+        if not described:
             continue
-        mystnb = cell.setdefault("metadata", {}).setdefault("mystnb", {})
-        alt = alts[0] if len(alts) == 1 else " ".join(f"Figure {i}: {a}" for i, a in enumerate(alts, start=1))
-        if mystnb.get("image", {}).get("alt") != alt:
-            mystnb.setdefault("image", {})["alt"] = alt
-            changed += 1
-        if len(images) == 1 and len(rich) == 1:
-            caption = described[0][1].get("caption")
-            if caption and mystnb.get("figure", {}).get("caption") != caption:
-                mystnb.setdefault("figure", {})["caption"] = caption
+        if len(described) == 1 and len(rich) == 1:
+            out, md = described[0]
+            mystnb = cell.setdefault("metadata", {}).setdefault("mystnb", {})
+            wanted = {"image": {**mystnb.get("image", {}), "alt": md["alt"]}}
+            if md.get("caption"):
+                wanted["figure"] = {**mystnb.get("figure", {}), "caption": md["caption"]}
+            if any(mystnb.get(k) != v for k, v in wanted.items()):
+                mystnb.update(wanted)
                 changed += 1
             continue
-        kept = []
-        for i, out in enumerate(outputs):
-            kept.append(out)
-            caption = ((out.get("metadata") or {}).get("image/png") or {}).get("caption") if out in images else None
-            following = outputs[i + 1] if i + 1 < len(outputs) else {}
-            if caption and (following.get("metadata") or {}).get("mtlib") != CAPTION_OUTPUT:
-                import nbformat
-                kept.append(nbformat.v4.new_output("display_data", data={"text/markdown": f"*{caption}*"},
-                                                   metadata={"mtlib": CAPTION_OUTPUT}))
+        for out, md in described:
+            html = _figure_html(out["data"]["image/png"], md["alt"], md.get("caption") or "")
+            if out["data"].get("text/html") != html:
+                out["data"]["text/html"] = html
                 changed += 1
-        cell["outputs"] = kept
     return changed
 
 
@@ -496,15 +496,91 @@ def strip_progress_bars(notebook: Path) -> int:
 
 # --------------------------------------------------------------------------- rendering
 
+def _build_facts(out: Path) -> dict | None:
+    """What the intro says about the build in ``out``: from its ``build.json`` and profile; None without one."""
+    from .chapter import is_smoke, shown_path
+    from .prompts import language_name
+    try:
+        record = read_build(out)
+    except BuildRefused:
+        record = None
+    if record is None:
+        return None
+    params, description = {}, ""
+    for source in (record.get("profile_path"), record.get("profile")):
+        if source:
+            try:
+                prof = profiles.load_profile(source, check_device=False)
+            except (MtlibError, OSError):
+                continue
+            params, description = profiles.effective_parameters(prof, "03_sft"), prof.get("description") or ""
+            break
+    model = record.get("model") or params.get("model")
+    smoke = record.get("profile") == "smoke" or is_smoke({"model": model})
+    dataset = record.get("dataset") or params.get("dataset")
+    if dataset and Path(str(dataset)).expanduser().is_absolute():
+        dataset = shown_path(dataset, out)
+    data = str(dataset) if dataset else "(the chapters' default)"
+    if params.get("src_lang") and params.get("tgt_lang"):
+        data += f", {language_name(params['src_lang'])} into {language_name(params['tgt_lang'])}"
+    sizes = [f"{params['train_size']:,} training pairs" if params.get("train_size") else "every training pair",
+             f"{params['test_size']:,} sentences per test set" if params.get("test_size") else "whole test sets"]
+    if os.environ.get("MULTI30K_DIR") and str(record.get("dataset")) == "multi30k":
+        sizes.append("files from a local copy ($MULTI30K_DIR)")
+    started = str(record.get("started") or "")
+    return {"profile": record.get("profile"), "description": " ".join(description.split()),
+            "model": model, "data": f"{data} ({'; '.join(sizes)})", "date": started[:10], "started": started,
+            "build_id": record.get("build_id"), "commit": (record.get("git_commit") or "")[:12], "smoke": smoke}
+
+
+def build_block(facts: dict) -> str:
+    """The intro's section naming the build the reader is looking at (MyST): profile, model, data, date, and
+    whether it is a smoke build, whose numbers mean nothing."""
+    profile = f"`{facts['profile']}`" + (f": {facts['description']}" if facts["description"] else "")
+    model = f"`{facts['model']}`" + (" (a tiny random model)" if facts["smoke"] else "")
+    built = (f"{facts['date']} (build `{facts['build_id']}`" + (f", commit `{facts['commit']}`" if facts["commit"]
+                                                                else "") + ")")
+    rows = [("profile", profile), ("model", model), ("data", facts["data"]), ("built", built)]
+    listed = "\n".join(f"- **{k}**: {v}" for k, v in rows)
+    if facts["smoke"]:
+        head = ":::{admonition} This is a smoke build: its numbers mean nothing\n:class: warning\n\n"
+        text = ("It ran with a tiny, randomly initialised model, a few hundred sentence pairs and a handful of "
+                "training steps, to check that the whole book builds. Every score, curve and translation in the "
+                "chapters that train or evaluate a model is noise; build the `seed` or `fast` profile on a GPU "
+                "for real results.")
+    else:
+        head = ":::{admonition} The build you are reading\n:class: note\n\n"
+        text = ("The scores, curves and translations of the chapters come from this build's runs; the appendix's "
+                "GPU timings come from the benchmark results stored in the repository.")
+    return f"{BUILD_BLOCK_START}\n{head}{text}\n\n{listed}\n:::\n{BUILD_BLOCK_END}\n"
+
+
+BUILD_BLOCK_START, BUILD_BLOCK_END = "<!-- mtlib.book: this build -->", "<!-- mtlib.book: end of this build -->"
+
+
+def _with_build_block(text: str, block: str) -> str:
+    """``text`` (the intro) with ``block`` right after its title (replacing an earlier one)."""
+    text = re.sub(re.escape(BUILD_BLOCK_START) + r".*?" + re.escape(BUILD_BLOCK_END) + r"\n?", "", text, flags=re.S)
+    title = re.search(r"^# .*\n", text, re.M)
+    at = title.end() if title else 0
+    return text[:at] + "\n" + block + text[at:]
+
+
 def assemble(out: Path, executed: list[Path]) -> Path:
-    """Lay out the book's sources under ``<out>/book``: config, hand-written pages, and a TOC of the executed
-    chapters (a chapter never executed in this folder is left out of the TOC)."""
+    """Lay out the book's sources under ``<out>/book``: config, hand-written pages, the stylesheet
+    (``book/_static``), and a TOC of the executed chapters (a chapter never executed in this folder is left out
+    of the TOC). The intro gets a section naming this build (:func:`build_block`, from ``build.json``); the
+    source page is not changed."""
     book = out / "book"
     book.mkdir(parents=True, exist_ok=True)
     for notebook in executed:
-        strip_progress_bars(notebook)
+        tidy_notebook(notebook)
     shutil.copy2(REPO_ROOT / "_config.yml", book / "_config.yml")
+    static = REPO_ROOT / "book" / "_static"
+    if static.is_dir():
+        shutil.copytree(static, book / "_static", dirs_exist_ok=True)
     present = {p.stem for p in executed}
+    facts = _build_facts(out)
     for page in (REPO_ROOT / "book").iterdir():
         if page.is_file() and page.suffix in (".md", ".bib", ".png", ".svg"):
             shutil.copy2(page, book / page.name)
@@ -512,6 +588,8 @@ def assemble(out: Path, executed: list[Path]) -> Path:
             text = page.read_text(encoding="utf-8")
             kept = re.sub(r"\[([^\]]+)\]\(executed/([^)\s]+?)(?:\.ipynb)?\)",
                           lambda m: m.group(0) if m.group(2) in present else f"{m.group(1)} (not in this build)", text)
+            if page.stem == "intro" and facts is not None:
+                kept = _with_build_block(kept, build_block(facts))
             if kept != text:
                 (book / page.name).write_text(kept, encoding="utf-8")
     toc = [line for line in (REPO_ROOT / "_toc.yml").read_text(encoding="utf-8").splitlines(keepends=True)
