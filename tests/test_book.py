@@ -1,5 +1,7 @@
 """The book runner: a failing cell names chapter and cell; builds have an identity and never mix; one build per
 folder; progress on the terminal; Ctrl-C; the smoke book builds, renders and leaks no token."""
+import html as html_lib
+import io
 import json
 import os
 import re
@@ -207,7 +209,7 @@ def test_earlier_output_without_identity_or_damaged_build_json_needs_clean(tmp_p
 def test_progress_reaches_the_terminal_not_the_notebook_and_no_kernel_noise(tmp_path):
     notebooks = quick_chapter(tmp_path / "nb", "09_bars", cells=(
         "import sys\nprint('a real warning', file=sys.stderr)",
-        "from tqdm.auto import tqdm\nfor _ in tqdm(range(50), desc='work'):\n    pass",
+        "from tqdm.auto import tqdm\nfor _ in tqdm(range(50), desc='work', mininterval=0):\n    pass",
         "print('done')"))
     out = tmp_path / "out"
     rc, stdout, stderr = run_book("--out", out, "--no-html", "--notebooks", notebooks)
@@ -215,6 +217,7 @@ def test_progress_reaches_the_terminal_not_the_notebook_and_no_kernel_noise(tmp_
     assert "[book] 09_bars (1/1): executing with profile smoke" in stdout
     assert re.search(r"^\[book\] 09_bars cell 4/5 \d+s: from tqdm.auto import tqdm$", stdout, re.M), stdout
     assert re.search(r"^\[book\] 09_bars cell 4/5 \d+s work: 100%\|.*50/50", stdout, re.M), stdout
+    assert len(re.findall(r"work: 100%", stdout)) == 1, stdout  # refreshed at 100% and closed: one line
     both = stdout + stderr
     for noise in ("IPKernelApp", "without encryption", "Traceback", "a real warning", "WARNING"):
         assert noise not in both, noise
@@ -222,6 +225,121 @@ def test_progress_reaches_the_terminal_not_the_notebook_and_no_kernel_noise(tmp_
     outputs = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "a real warning" in outputs and "100%|" not in outputs and "work:" not in outputs
     assert (out / "kernels.log").exists() and not (out / "running").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_each_task_has_one_bar_line_on_the_terminal():
+    """tqdm's last refresh and its close both print 100% (with other times): one line per task, also when two
+    tasks in a row have the same bar; on a terminal a finished bar keeps its line."""
+    stderr = ["translate:   0%|          | 0/24 [00:00<?, ?sent/s]\r",
+              "translate: 100%|██████████| 24/24 [00:00<00:00, 117.12sent/s]\r",
+              "translate: 100%|██████████| 24/24 [00:00<00:00, 116.90sent/s]\n",
+              "translate:   0%|          | 0/24 [00:00<?, ?sent/s]\r"
+              "translate: 100%|██████████| 24/24 [00:00<00:00, 98.50sent/s]\r"
+              "translate: 100%|██████████| 24/24 [00:00<00:00, 98.40sent/s]\n"]
+    log = io.StringIO()
+    progress = book.Progress(log, every=3600)
+    progress.chapter = "03_sft"
+    for text in stderr:
+        progress.write(text)
+    finished = [line for line in log.getvalue().splitlines() if "100%|" in line]
+    assert len(finished) == 2, log.getvalue()  # two tasks, one line each
+    tty = _Terminal()
+    progress = book.Progress(tty)
+    progress.chapter = "03_sft"
+    for text in stderr:
+        progress.write(text)
+    progress.close()
+    shown = [line.rsplit("\r", 1)[-1] for line in tty.getvalue().split("\n") if line.strip()]
+    assert len(shown) == 2 and all("24/24" in line for line in shown), tty.getvalue()
+
+
+def _notebook_to_tidy(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    defaults = nbformat.v4.new_code_cell("profile = None")
+    defaults.metadata["tags"] = ["parameters"]
+    injected = nbformat.v4.new_code_cell("profile = 'smoke'\nruns_root = '/somewhere/build/runs'")
+    injected.metadata["tags"] = ["injected-parameters"]
+    banner = nbformat.v4.new_code_cell("import mtlib.modeling")
+    banner.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text=(
+            "\N{SLOTH} Unsloth: Will patch your computer to enable 2x faster free finetuning.\n"
+            "\N{SLOTH} Unsloth Zoo will now patch everything to make training faster!\n"
+            "==((====))==  Unsloth 2026.10.9: Fast Llama patching. Transformers: 5.17.0.\n"
+            "   \\\\   /|    NVIDIA H100. Num GPUs = 1. Max memory: 79.2 GB. Platform: Linux.\n"
+            "O^O/ \\_/ \\    Torch: 2.13.0. CUDA: 9.0. CUDA Toolkit: 12.8. Triton: 3.5.0\n"
+            "\\        /    Bfloat16 = TRUE. FA [Xformers = None. FA2 = False]\n"
+            ' "-____-"     Free license: http://github.com/unslothai/unsloth\n'
+            "Unsloth: Fast downloading is enabled - ignore downloading bars which are red colored!\n"
+            "loaded the model\n")),
+        nbformat.v4.new_output("stream", name="stderr", text=(
+            "translate: 100%|██████████| 24/24 [00:00<00:00, 117.12sent/s]\n"
+            "mtlib/train.py:12: UserWarning: a real warning\n"))]
+    png = "iVBORw0KGgo="  # the bytes do not matter here
+    alone = nbformat.v4.new_code_cell("plots.training_curves(...)")
+    alone.outputs = [nbformat.v4.new_output("execute_result", data={"image/png": png, "text/plain": "<Figure>"},
+                                            metadata={"image/png": {"alt": "Two line charts.",
+                                                                    "caption": "Loss by step."}}, execution_count=1)]
+    mixed = nbformat.v4.new_code_cell("display(table); display(fig)")
+    mixed.outputs = [nbformat.v4.new_output("display_data", data={"text/html": "<table></table>"}),
+                     nbformat.v4.new_output("display_data", data={"image/png": png},
+                                            metadata={"image/png": {"alt": "Bars.", "caption": "Scores."}})]
+    nb.cells = [defaults, injected, banner, alone, mixed]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_published_notebook_hides_boilerplate_drops_banners_and_describes_figures(tmp_path):
+    path = _notebook_to_tidy(tmp_path / "09_tidy.ipynb")
+    assert book.tidy_notebook(path) > 0
+    nb = nbformat.read(path, as_version=4)
+    defaults, injected, banner, alone, mixed = nb.cells
+    assert defaults.metadata.tags == ["parameters", "remove-cell"]  # papermill still finds its cell
+    assert injected.metadata.tags == ["injected-parameters", "remove-cell"]
+    stdout, stderr = banner.outputs
+    assert stdout.text == "loaded the model\n"
+    assert stderr.text == "mtlib/train.py:12: UserWarning: a real warning\n"  # warnings stay, bars go
+    assert alone.metadata.mystnb == {"image": {"alt": "Two line charts."}, "figure": {"caption": "Loss by step."}}
+    assert "mystnb" not in mixed.metadata  # a caption of the cell would wrap the table too: the figure has its own
+    assert mixed.outputs[1].data["text/html"] == ('<figure class="mtlib-figure"><img src="data:image/png;base64,'
+                                                  'iVBORw0KGgo=" alt="Bars."/><figcaption>Scores.</figcaption></figure>')
+    before = path.read_text()
+    assert book.tidy_notebook(path) == 0 and path.read_text() == before  # once is enough
+
+
+def _build_folder_with_one_chapter(out: Path, profile="smoke") -> list[Path]:
+    prof = book.profiles.load_profile(profile, check_device=False)
+    record = {"build_id": "20261201T120000Z-smoke-abcdef", "profile": prof["name"], "profile_path": prof["path"],
+              "model": "tiny", "dataset": "multi30k", "started": "2026-12-01T12:00:00+00:00",
+              "git_commit": "0123456789abcdef", "status": "finished", "chapters": {}}
+    out.mkdir(parents=True)
+    (out / "build.json").write_text(json.dumps(record))
+    executed = out / "book" / "executed"
+    executed.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 1. The data")]),
+                   executed / "01_data.ipynb")
+    return [executed / "01_data.ipynb"]
+
+
+def test_the_intro_names_the_build_and_the_source_page_stays_as_it_is(tmp_path):
+    source = (chapter.REPO_ROOT / "book" / "intro.md").read_text()
+    out = tmp_path / "build"
+    book_dir = book.assemble(out, _build_folder_with_one_chapter(out))
+    intro = (book_dir / "intro.md").read_text()
+    block = intro[intro.index(book.BUILD_BLOCK_START):intro.index(book.BUILD_BLOCK_END)]
+    assert "smoke build: its numbers mean nothing" in block and ":class: warning" in block
+    for fact in ("**profile**: `smoke`", "**model**: `tiny` (a tiny random model)", "English into German",
+                 "200 training pairs", "**built**: 2026-12-01", "20261201T120000Z-smoke-abcdef", "0123456789ab"):
+        assert fact in block, fact
+    assert intro.splitlines()[0] == source.splitlines()[0] and intro.splitlines()[2] == book.BUILD_BLOCK_START
+    assert (chapter.REPO_ROOT / "book" / "intro.md").read_text() == source
+    assert (book_dir / "_static" / "mtlib.css").is_file()
+    book.assemble(out, list((out / "book" / "executed").glob("*.ipynb")))  # again: still one block
+    assert (book_dir / "intro.md").read_text().count(book.BUILD_BLOCK_START) == 1
 
 
 def test_ctrl_c_ends_with_one_line_saying_what_was_kept(tmp_path):
@@ -444,3 +562,191 @@ def test_smoke_chapter_renders_in_chromium(smoke_book, name, tmp_path):
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy2(shot, Path(keep) / shot.name)
+
+
+# --------------------------------------------------------------------------- what a reader sees, in Chromium
+
+# Run in a copy of a page (next to it, so that its styles and images load) once it has loaded: what the page
+# measures is written into the DOM, which Chromium's --dump-dom returns.
+PAGE_CHECK = """<script>
+window.addEventListener("load", () => {
+  const root = document.documentElement, width = root.clientWidth;
+  const clipped = (el) => {
+    for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+      if (getComputedStyle(a).overflowX !== "visible") return true;
+    }
+    return false;
+  };
+  const name = (el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "")
+    + (typeof el.className === "string" && el.className.trim() ? "." + el.className.trim().split(/\\s+/).join(".") : "");
+  const wide = [...document.body.querySelectorAll("*")].filter((el) => {
+    const r = el.getBoundingClientRect();
+    return r.width > 0 && r.right > width + 1 && !clipped(el);
+  }).slice(0, 10).map(name);
+  // content cut off on the right: wider than a box of the article that hides what sticks out (not one that scrolls)
+  const article = document.querySelector(".bd-article") || document.body;
+  const cut = [...article.querySelectorAll("*")].filter((el) => {
+    const r = el.getBoundingClientRect();
+    if (!(r.width > 0 && r.height > 0)) return false;
+    for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+      const o = getComputedStyle(a).overflowX;
+      if (o === "visible") continue;
+      return (o === "hidden" || o === "clip") && r.right > a.getBoundingClientRect().right + 1;
+    }
+    return false;
+  }).slice(0, 10).map(name);
+  const caption = (img) => {  // a figure caption, or the caption line the runner puts after the image
+    const figure = img.closest("figure"), cell = img.closest(".cell_output");
+    const under = figure && figure.querySelector("figcaption");
+    if (under) return under.textContent.trim();
+    const line = cell && [...cell.querySelectorAll("em")].find(
+      (em) => img.compareDocumentPosition(em) & Node.DOCUMENT_POSITION_FOLLOWING);
+    return line ? line.textContent.trim() : "";
+  };
+  const images = [...document.images].map((img) => ({
+    src: img.getAttribute("src") || "", alt: (img.getAttribute("alt") || "").trim(),
+    output: !!img.closest(".cell_output"), caption: caption(img)}));
+  const outputs = [...document.querySelectorAll(".cell_output")].map((el) => el.innerText);
+  // boxes whose content is wider than they are: a reader has to scroll them sideways
+  const scrolled = [...article.querySelectorAll("*")].filter((el) => el.clientWidth > 0
+    && el.scrollWidth > el.clientWidth + 1 && ["auto", "scroll"].includes(getComputedStyle(el).overflowX))
+    .map((el) => {
+      const table = el.tagName === "TABLE" ? el : el.querySelector("table");
+      const columns = table ? Math.max(...[...table.rows].map((row) => row.cells.length)) : 0;
+      const text = (table ? table.textContent : el.textContent).trim().replace(/\\s+/g, " ").slice(0, 60);
+      return {box: name(el), code: !!el.closest("pre, div.highlight"), columns,
+              what: `${name(el)} ${el.scrollWidth} > ${el.clientWidth} px: ${text}`};
+    });
+  const report = {scrolled, scrollWidth: root.scrollWidth, clientWidth: width, innerWidth: window.innerWidth, wide, cut, images,
+                  outputs, details: document.querySelectorAll("details.mtlib-params").length};
+  const out = document.createElement("pre");
+  out.id = "mtlib-check";
+  out.style.display = "none";
+  out.textContent = JSON.stringify(report);
+  document.body.appendChild(out);
+});
+</script>"""
+WIDTHS = (1280, 768)  # a laptop and a tablet: the page never scrolls sideways at either
+WIDE_TABLE = 7  # columns (index included) from which a table may scroll inside its own box on a laptop
+WARNING_WORDS = re.compile(r"\b\w*Warning\b|\bWarning:|\bwarnings\.warn\b")
+
+
+def page_check(page: Path, profile_dir: Path, width: int) -> dict:
+    """What ``page`` measures in Chromium at ``width`` px (``PAGE_CHECK``)."""
+    probe = page.with_name(f".check-{width}-{page.name}")
+    text = page.read_text(encoding="utf-8")
+    end = text.rindex("</body>")  # the page's own end (an output may quote "</body>" in a string)
+    probe.write_text(text[:end] + PAGE_CHECK + text[end:], encoding="utf-8")
+    try:
+        dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}",
+                              f"--window-size={width},1000", "--virtual-time-budget=5000", "--dump-dom",
+                              probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    finally:
+        probe.unlink(missing_ok=True)
+    found = re.search(r'<pre id="mtlib-check"[^>]*>(.*?)</pre>', dom, re.S)
+    assert found, f"{page.name}: the page check did not run:\n{dom[-2000:]}"
+    return json.loads(html_lib.unescape(found.group(1)))
+
+
+def pages(build: Path) -> list[Path]:
+    """The book's pages: the intro, the chapters and the references."""
+    html = build / "book" / "_build" / "html"
+    return [html / "intro.html", *sorted((html / "executed").glob("0*.html")), html / "references.html"]
+
+
+def build_paths(build: Path) -> set[str]:
+    """The absolute paths a page must not name: the build folder, the machine's folders above it, the repository."""
+    paths = {str(build), str(build.resolve()), str(build.parent), str(chapter.REPO_ROOT)}
+    return {p for p in paths if len(p) > 4}
+
+
+@pytest.mark.slow
+def test_smoke_pages_fit_name_no_build_paths_no_warnings_and_describe_their_figures(smoke_book, tmp_path):
+    """What a reader of the smoke book sees, page by page: no sideways scrolling at a laptop's or a tablet's
+    width (wide tables scroll in their own box), no absolute path of the machine that built it, no Python
+    warning in an output, every image with an alt text (a figure's in words, not its file name) and every
+    figure with a caption, and one folded parameter table per chapter."""
+    forbidden = build_paths(smoke_book)
+    problems = []
+    for page in pages(smoke_book):
+        text = page.read_text(encoding="utf-8")
+        problems += [f"{page.name}: names the build path {p}" for p in forbidden if p in text]
+        for width in WIDTHS:
+            seen = page_check(page, tmp_path / "profile", width)
+            if seen["scrollWidth"] > seen["clientWidth"]:
+                problems.append(f"{page.name} at {width} px: the page scrolls sideways ({seen['scrollWidth']} > "
+                                f"{seen['clientWidth']} px), sticking out: {seen['wide']}")
+            problems += [f"{page.name} at {width} px: content cut off on the right: {what}" for what in seen["cut"]]
+            if width == WIDTHS[0]:  # on a laptop code wraps, and only a table of many columns scrolls in its box
+                problems += [f"{page.name} at {width} px: has to be scrolled sideways: {box['what']}"
+                             for box in seen["scrolled"] if box["code"] or box["columns"] < WIDE_TABLE]
+        warned = [line for output in seen["outputs"] for line in output.splitlines() if WARNING_WORDS.search(line)]
+        problems += [f"{page.name}: a warning in an output: {line[:200]}" for line in warned]
+        for image in seen["images"]:
+            alt, src = image["alt"], image["src"]
+            if not alt or alt == src or alt.endswith((".png", ".svg", ".jpg")) or Path(src).name in alt:
+                problems.append(f"{page.name}: an image without alt text in words: {src} (alt {alt!r})")
+        figures = [i for i in seen["images"] if i["output"]]
+        problems += [f"{page.name}: a figure without a caption: {i['alt'][:60]}" for i in figures if not i["caption"]]
+        if page.parent.name == "executed":
+            if seen["details"] != 1:
+                problems.append(f"{page.name}: {seen['details']} folded parameter tables, not one")
+            if "injected-parameters" in text or re.search(r"runs_root\s*=", text):
+                problems.append(f"{page.name}: papermill's parameters cell is shown")
+    assert not problems, "\n".join(problems)
+    intro = (smoke_book / "book" / "_build" / "html" / "intro.html").read_text(encoding="utf-8")
+    record = build_record(smoke_book)
+    for fact in ("This is a smoke build: its numbers mean nothing", record["build_id"], record["started"][:10],
+                 "tiny", "smoke"):
+        assert fact in intro, fact
+
+
+def french_raw_files(folder: Path) -> Path:
+    """Multi30k en/fr raw files offline: the shipped English, and a French side made from it (the official
+    French files cannot be downloaded here; the words do not matter to the book's wording)."""
+    import gzip
+    from mtlib import data
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem in data.RAW_SPLITS:
+        english = gzip.decompress((data.SHIPPED_DIR / f"{stem}.en.gz").read_bytes())
+        (folder / f"{stem}.en.gz").write_bytes(gzip.compress(english))
+        lines = english.decode("utf-8").splitlines()
+        (folder / f"{stem}.fr.gz").write_bytes(gzip.compress("".join(f"fr {s}\n" for s in lines).encode()))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def french_book(tmp_path_factory):
+    """The smoke book into French (``tgt_lang: fr``), its data from a local folder ($MULTI30K_DIR), offline."""
+    root = tmp_path_factory.mktemp("french")
+    raw = french_raw_files(root / "multi30k")
+    profile = root / "smoke_fr.yaml"
+    profile.write_text((book.profiles.PROFILE_DIR / "smoke.yaml").read_text() + "\ntgt_lang: fr\n")
+    out = root / "build"
+    env = {**os.environ, "MULTI30K_DIR": str(raw), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mtlib.book", "--profile", str(profile), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=1500, cwd=chapter.REPO_ROOT)
+    assert proc.returncode == 0, f"French smoke build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return out
+
+
+GERMAN = re.compile(r"\bGerman\b(?! [Ss]hepherd)")  # Multi30k's English captions have German shepherd dogs
+
+
+@pytest.mark.slow
+def test_french_smoke_book_never_says_german(french_book, tmp_path):
+    """Built into French, no page speaks of German (the references page lists papers by their titles, such as
+    "Multi30K: Multilingual English-German Image Descriptions", and is not checked)."""
+    chromium()
+    record = build_record(french_book)
+    assert record["status"] == "finished"
+    said = []
+    for page in pages(french_book)[:-1]:
+        text = page.read_text(encoding="utf-8")
+        said += [f"{page.name}: ...{text[max(0, m.start() - 80):m.end() + 40]!r}..." for m in GERMAN.finditer(text)]
+    assert not said, "\n".join(said)
+    intro = (french_book / "book" / "_build" / "html" / "intro.html").read_text(encoding="utf-8")
+    assert "English into French" in intro
+    seen = page_check(pages(french_book)[1], tmp_path / "profile", WIDTHS[0])
+    assert seen["scrollWidth"] <= seen["clientWidth"]
