@@ -198,6 +198,8 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
             t = time.time()
             runner = merged_copy(model)
             stats.setup_seconds = time.time() - t
+        elif decoder is not None:  # the first call on a decoder() copy reports its build
+            stats.setup_seconds = decoder.__dict__.pop("setup_seconds", 0.0)
         drop_max_length(runner)
         device = next(runner.parameters()).device
         size, start = batch_size, 0

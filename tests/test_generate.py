@@ -152,6 +152,7 @@ def test_one_merged_copy_decodes_every_test_set_of_an_evaluation(tiny, pairs, tm
     trained = modeling.TrainedModel(model, tok, stage="base", base_name="tiny")
     fast = chapter.evaluate_splits(trained, splits, params, name="base")
     assert len(built) == 1 and list(fast) == ["test", "test_2017_flickr"]
+    assert fast["test"].stats.setup_seconds > 0 and fast["test_2017_flickr"].stats.setup_seconds == 0  # once
     slow = chapter.evaluate_splits(trained, splits, {**params, "fast_decode": False}, name="base")
     assert len(built) == 1
     for split in fast:
