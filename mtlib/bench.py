@@ -506,3 +506,35 @@ def multi_gpu_tables(path):
         r = r.astype(object).apply(lambda col: [text(v) for v in col])
         r = r.rename(columns=MULTI_ROW_NAMES).set_index("Stage")
     return s, r, (env.get("card") or "unknown card").split(" (")[0]
+
+
+# -- the book command on a GPU (benchmarks/gpu_check.sh) -----------------------------------------------------
+
+BOOK_GOAL_S = 360  # issue 14: every chapter of the fast book executed on one GPU, the HTML render apart
+
+
+def book_run(folder) -> dict:
+    """One run of the book command on a GPU (a folder in :data:`RESULTS_DIR` written by ``gpu_check.sh``):
+    ``chapters`` (a DataFrame: seconds per chapter, in words), ``total_s``, ``card``, ``profile``, ``commands``,
+    and ``grpo`` (the steady-state fast and seed GRPO rows measured beside it, if the folder holds them)."""
+    import pandas as pd
+    root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
+    build_file = root / "build.json"
+    if not build_file.is_file():
+        raise DataError(f"{build_file} not found: name a folder of benchmarks/results/ that holds a build.json "
+                        f"of benchmarks/gpu_check.sh")
+    build = json.loads(build_file.read_text())
+    run = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}
+    chapters = {name: c for name, c in build.get("chapters", {}).items() if c.get("status") == "executed"}
+    if not chapters:
+        raise DataError(f"{build_file}: no executed chapter")
+    table = pd.DataFrame({"Chapter": list(chapters), "Seconds": [round(c["seconds"], 1) for c in chapters.values()]})
+    total = float(table["Seconds"].sum())
+    table["Share of the build"] = [f"{100 * s / total:.0f}%" for s in table["Seconds"]]
+    grpo = {}
+    for path in sorted(root.glob("grpo_seed_vs_fast*.json")):
+        for row in json.loads(path.read_text()).get("rows", []):
+            grpo["seed" if row["shape"] == "seed" else "fast"] = row
+    return {"chapters": table, "total_s": total, "card": run.get("card", "unknown card").split(",")[0],
+            "profile": build.get("profile"), "model": build.get("model"), "commands": run.get("book_commands", []),
+            "grpo": grpo, "missing": [c for c in build.get("chapters", {}) if c not in chapters]}

@@ -219,6 +219,9 @@ SCHEMA: dict[str, Param] = {
     "grpo_file": Param("str", "h100_grpo_breakdown.json", ("06_gpu_speed",),
                        "measured GRPO step phases: a name in benchmarks/results/ or a path",
                        "measured GRPO step phases (a name there, or a path)"),
+    "book_run": Param("str", "gpu_check_h200_2026-12-01", ("06_gpu_speed",),
+                      "the book command run on a GPU (benchmarks/gpu_check.sh): a folder in benchmarks/results/",
+                      "the book command on a GPU (a folder there)"),
     "multi_gpu_file": Param("str", "multi_gpu.json", ("06_gpu_speed",),
                             "one GPU against two (benchmarks/gpu_multi.py's output): a name in benchmarks/results/ "
                             "or a path; shown only if it exists", "one GPU against two (shown if measured)"),

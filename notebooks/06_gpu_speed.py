@@ -47,6 +47,7 @@ profile = None                            # name of the profile the runner used 
 benchmark_files = ["h100_run6.json"]      # measured results, in benchmarks/results/ (names there, or paths)
 paths_file = "h100_translate_paths.json"  # measured translation paths (a name there, or a path)
 grpo_file = "h100_grpo_breakdown.json"    # measured GRPO step phases (a name there, or a path)
+book_run = "gpu_check_h200_2026-12-01"    # the book command on a GPU (a folder there)
 multi_gpu_file = "multi_gpu.json"         # one GPU against two (shown if measured)
 
 # %% tags=["hide-input"]
@@ -178,6 +179,30 @@ for f in files:
     speedups = bench.speedup_table(bench.load_rows(f))
     speedups = bench.in_words(speedups[speedups.recipe.isin(bench.SUMMARY_RECIPES)])
     display(on_card(plots.speedup_bars(speedups), "Speed-up of each recipe over the seed recipe", cards[f]))
+
+# %% [markdown]
+# ## The whole book on one GPU
+
+# %% tags=["remove-input"]
+book = bench.book_run(book_run)
+fast_grpo, seed_grpo = book["grpo"].get("fast"), book["grpo"].get("seed")
+text = [f"The book command itself (`benchmarks/gpu_check.sh`: profile `{book['profile']}`, the fast settings on "
+        f"`{book['model']}`, all four test sets) executed its chapters in **{num(book['total_s'])} s** on one "
+        f"{book['card']}; the goal is {bench.BOOK_GOAL_S} s, so it is "
+        f"{'met' if book['total_s'] <= bench.BOOK_GOAL_S else 'not met yet'}. The HTML render is not included "
+        f"(it needs no GPU)." + (f" Chapters not in this build: {', '.join(book['missing'])}." if book["missing"] else "")]
+if fast_grpo and seed_grpo:
+    text.append(f"GRPO, measured the same day on a card of the same kind, the fast shape and the seed recipe in one "
+                f"process, each after "
+                f"{len(fast_grpo['step_seconds']) - fast_grpo['steps_timed']} warm-up steps: the fast shape "
+                f"samples and learns from **{num(fast_grpo['completions_per_s'])} completions/s**, the seed recipe "
+                f"{num(seed_grpo['completions_per_s'])} ({num(fast_grpo['completions_per_s'] / seed_grpo['completions_per_s'])} "
+                f"times). The fast shape's warm-up steps took {num(fast_grpo['warmup_seconds'])} s, "
+                f"{num(fast_grpo['warmup_seconds'] / (len(fast_grpo['step_seconds']) - fast_grpo['steps_timed']))} s "
+                f"a step against {num(fast_grpo['seconds_per_step'])} s later, while compiled kernels were being "
+                f"built (each step's time is in the results file).")
+md("\n\n".join(text))
+display(book["chapters"].set_index("Chapter"))
 
 # %% [markdown]
 # ## What the fast recipe changes, and why quality should hold

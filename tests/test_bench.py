@@ -1,6 +1,8 @@
 """The GPU benchmark table: ratios to the seed recipe, first successful measurement kept, errors skipped."""
 import json
 
+import pytest
+
 from mtlib.bench import load_rows, markdown, speedup_table
 
 
@@ -260,3 +262,17 @@ def test_several_gpus_absent_is_none_and_present_reads_as_words(tmp_path):
     assert not [c for c in [*s.columns, *r.columns, r.index.name] if "_" in c]
     assert r.iloc[1]["Peak memory per card (GiB)"] == "30.1, 30.4"
     assert r.iloc[2]["Error or note"].startswith("OutOfMemoryError")
+
+
+def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_path):
+    from mtlib import bench
+    from mtlib.errors import DataError
+
+    run = bench.book_run("gpu_check_h200_2026-12-01")
+    build = json.loads((bench.RESULTS_DIR / "gpu_check_h200_2026-12-01" / "build.json").read_text())
+    assert list(run["chapters"]["Chapter"]) == list(build["chapters"])
+    assert run["total_s"] == pytest.approx(sum(c["seconds"] for c in build["chapters"].values()), abs=0.5)
+    assert run["card"].startswith("NVIDIA H200") and set(run["grpo"]) == {"fast", "seed"}
+    assert run["grpo"]["fast"]["completions_per_s"] > run["grpo"]["seed"]["completions_per_s"]
+    with pytest.raises(DataError, match="build.json"):
+        bench.book_run(tmp_path)
