@@ -606,7 +606,7 @@ window.addEventListener("load", () => {
   const images = [...document.images].map((img) => ({
     src: img.getAttribute("src") || "", alt: (img.getAttribute("alt") || "").trim(),
     output: !!img.closest(".cell_output"), caption: caption(img)}));
-  const outputs = [...document.querySelectorAll(".cell_output")].map((el) => el.innerText);
+  const outputs = [...document.querySelectorAll(".cell_output")].map((el) => el.textContent);  // folded ones too
   // boxes whose content is wider than they are: a reader has to scroll them sideways
   const scrolled = [...article.querySelectorAll("*")].filter((el) => el.clientWidth > 0
     && el.scrollWidth > el.clientWidth + 1 && ["auto", "scroll"].includes(getComputedStyle(el).overflowX))
