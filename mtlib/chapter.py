@@ -5,6 +5,7 @@ A chapter cell reads like prose: ``params = chapter.header("03_sft", globals())`
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -297,13 +298,14 @@ def resolve_model(model: str, runs_root: str | os.PathLike, texts=None) -> str:
 def train_sft_first(params: dict, pairs, model_path: str):
     """Chapter 4 opened alone: train the SFT stage here (the seed recipe for ``sft_steps`` steps, with the
     chapter's LoRA settings) so GRPO starts from a policy that translates; returns the new run's row."""
-    from . import modeling, train
+    from . import modeling
     base, tokenizer = modeling.load_model(model_path, max_seq_length=params["max_seq_length"],
                                           load_in_4bit=params["load_in_4bit"], revision=params.get("model_revision"))
     lora = modeling.add_lora(base, r=params["lora_r"], alpha=params["lora_alpha"], dropout=params["lora_dropout"],
                              seed=params["seed"], gradient_checkpointing=params["gradient_checkpointing"])
-    sft = train.SFTParams(max_steps=params["sft_steps"], seed=params["seed"], max_seq_length=params["max_seq_length"],
-                          logging_steps=params["logging_steps"]).validate()
+    from . import parameters
+    sft = sft_params({**parameters.defaults("03_sft"), "num_steps": params["sft_steps"], "seed": params["seed"],
+                      "max_seq_length": params["max_seq_length"], "logging_steps": params["logging_steps"]})
     run_sft(lora, tokenizer, pairs["train"], sft, params, config=run_config(params, trained_by="04_grpo"))
     del base, lora
     return latest_run(params["runs_root"], "sft", params.get("build_id"))
@@ -391,7 +393,7 @@ def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
             fast_decode=params.get("fast_decode", False))
     out = {}
     fast = params.get("fast_decode", False)
-    with generate.decoder(trained.model, fast) as runner:  # one merged copy for every test set
+    with generate.decoder(trained.model) if fast else contextlib.nullcontext() as runner:  # one copy, every test set
         for split in test_splits(pairs):
             out[split] = generate.evaluate(
                 trained, pairs[split], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"], name=name,

@@ -240,7 +240,7 @@ def _unsloth_mask_originals() -> dict:
     ``torch.compile``-d versions and keeps the originals as ``_unsloth_original_<name>``.
     """
     import transformers.masking_utils as masking_utils
-    prefix = "_unsloth_original_"
+    prefix = UNSLOTH_STASH
     return {n[len(prefix):]: getattr(masking_utils, n) for n in dir(masking_utils) if n.startswith(prefix)}
 
 

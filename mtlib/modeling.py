@@ -192,12 +192,9 @@ def contiguous_head_input(model, on: bool = True):
 def add_lora(model, r: int = 16, alpha: int = 16, dropout: float = 0.0, target_modules=LORA_TARGETS,
              gradient_checkpointing: bool = True, seed: int = 3407):
     """Wrap ``model`` with LoRA adapters on ``target_modules`` (rank ``r``, scale ``alpha/r``); returns the PEFT model."""
-    if not isinstance(r, int) or r <= 0:
-        raise ConfigError(f"LoRA rank r must be a positive integer, got {r!r}")
-    if alpha <= 0:
-        raise ConfigError(f"LoRA alpha must be positive, got {alpha!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    from .parameters import check_value  # the chapters' rules for these values, declared once
+    r, alpha, dropout = (check_value(name, value, "add_lora") for name, value in
+                         (("lora_r", r), ("lora_alpha", alpha), ("lora_dropout", dropout)))
     backend = backend_of(model)
     if backend == "unsloth":
         from unsloth import FastLanguageModel

@@ -7,6 +7,8 @@ The parameters themselves (type, default, bounds, explanation, chapters) are dec
 A profile (``profiles/<name>.yaml``) overrides the chapters' parameters. Its top level holds
 
 * ``description`` (text) and ``requires_cuda`` (bool): about the profile itself;
+* ``extends: <profile>``: start from that profile's values (a shipped name, or a path relative to this file);
+  this file's keys replace the parent's, and a chapter section replaces the parent's values key by key;
 * ``<parameter>: value``: applies to every chapter whose parameters cell has that name;
 * ``<chapter>: {<parameter>: value}`` (e.g. ``03_sft: {lr: 1e-4}``): applies to that chapter only.
 
@@ -100,15 +102,7 @@ def load_profile(name_or_path: str | Path, check_device: bool = True) -> dict:
     """
     path = _resolve(name_or_path)
     where = f"profile {path}"
-    try:
-        with open(path, encoding="utf-8") as f:  # a file, so that YAML's messages name it
-            raw = read_yaml(f)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a mapping of parameter: value, got {type(raw).__name__}")
+    raw, parents = _read_extended(path, [])
     description = raw.pop("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{where}: 'description' must be text")
@@ -128,10 +122,48 @@ def load_profile(name_or_path: str | Path, check_device: bool = True) -> dict:
         check_combinations({**{k: v for k, v in shared.items() if chapter in SCHEMA[k].chapters},
                              **chapters.get(chapter, {})}, f"{where}, chapter {chapter}")
     profile = {"name": path.stem, "path": str(path), "description": description,
-               "requires_cuda": requires_cuda, "parameters": shared, "chapters": chapters}
+               "requires_cuda": requires_cuda, "parameters": shared, "chapters": chapters,
+               "extends": [str(p) for p in parents]}
     if check_device:
         check_cuda(profile)
     return profile
+
+
+def _read_mapping(path: Path) -> dict:
+    where = f"profile {path}"
+    try:
+        with open(path, encoding="utf-8") as f:  # a file, so that YAML's messages name it
+            raw = read_yaml(f)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping of parameter: value, got {type(raw).__name__}")
+    return raw
+
+
+def _read_extended(path: Path, seen: list) -> tuple[dict, list]:
+    """The profile's mapping with what it ``extends`` merged under it, and the parent files (nearest first)."""
+    if path in seen:
+        raise ConfigError(f"profile {seen[0]}: 'extends' goes round in a circle: "
+                          + " -> ".join(str(p) for p in [*seen, path]))
+    raw = _read_mapping(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw, []
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"profile {path}: 'extends' must name a profile, got {parent!r}")
+    relative = path.parent / parent
+    parent_path = _resolve(relative if relative.suffix in (".yaml", ".yml") else parent)
+    base, parents = _read_extended(parent_path, [*seen, path])
+    merged = dict(base)
+    for key, value in raw.items():
+        if key in CHAPTERS and isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = {**base[key], **value}
+        else:
+            merged[key] = value
+    return merged, [parent_path, *parents]
 
 
 def check_cuda(profile: dict) -> None:

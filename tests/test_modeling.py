@@ -142,3 +142,16 @@ def test_load_trained_loads_the_pinned_revision_of_a_hub_base_and_records_it(tmp
     assert asked[-1] == ("some-org/some-model", "abc123") and again.extra["model_revision"] == "abc123"
     load_trained(run, backend="hf")  # the SFT adapter recorded none: the newest, as before
     assert asked[-1] == ("some-org/some-model", None)
+
+
+def test_add_lora_checks_its_values_by_the_chapters_rules(tiny):
+    """add_lora's limits are the parameters' own (mtlib.parameters), not a second set of rules."""
+    from mtlib import parameters
+    from mtlib.errors import ConfigError
+    from mtlib.modeling import add_lora
+
+    model, _ = tiny
+    too_high = parameters.SCHEMA["lora_dropout"].max + 0.05
+    for kwargs, name in (({"dropout": too_high}, "lora_dropout"), ({"r": 0}, "lora_r"), ({"alpha": 0}, "lora_alpha")):
+        with pytest.raises(ConfigError, match=name):
+            add_lora(model, **kwargs)

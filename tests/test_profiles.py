@@ -201,3 +201,42 @@ def test_max_seq_length_below_the_working_minimum_is_refused(tmp_path):
         profiles.load_profile(path)
     ok = write(tmp_path, f"max_seq_length: {profiles.MIN_SEQ_LENGTH}\n", "ok.yaml")
     assert profiles.load_profile(ok)["parameters"]["max_seq_length"] == profiles.MIN_SEQ_LENGTH
+
+
+def test_a_profile_extends_another_and_says_what_it_changes(tmp_path):
+    """extends: the parent's values, with the child's keys replacing them (chapter sections key by key)."""
+    (tmp_path / "base.yaml").write_text("requires_cuda: false\nmax_new_tokens: 64\n03_sft:\n  num_steps: 9\n  lr: 1e-4\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nmax_new_tokens: 32\n03_sft:\n  lr: 2e-4\n")
+    child = profiles.load_profile(tmp_path / "child.yaml")
+    assert child["parameters"]["max_new_tokens"] == 32
+    assert child["chapters"]["03_sft"] == {"num_steps": 9, "lr": 2e-4}
+    assert child["extends"] == [str(tmp_path / "base.yaml")]
+    fast, check = (profiles.load_profile(n, check_device=False) for n in ("fast", "gpu-check"))
+    assert check["requires_cuda"] and check["chapters"] == fast["chapters"]
+    (tmp_path / "loop.yaml").write_text("extends: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="circle"):
+        profiles.load_profile(tmp_path / "loop.yaml")
+    (tmp_path / "bad.yaml").write_text("extends: base.yaml\n03_sft:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match="lr"):
+        profiles.load_profile(tmp_path / "bad.yaml")
+
+
+def test_fast_profiles_state_only_what_differs_from_what_they_extend():
+    """fast repeats no chapter default; gpu-check and fast_2gpu repeat nothing of fast's (they extend it)."""
+    from mtlib import parameters
+    for name in ("fast", "gpu-check", "fast_2gpu"):
+        raw = profiles.read_yaml((profiles.PROFILE_DIR / f"{name}.yaml").read_text())
+        parent = profiles.load_profile(raw["extends"], check_device=False) if "extends" in raw else None
+        for key, value in raw.items():
+            if key in parameters.CHAPTERS:
+                for k, v in value.items():
+                    before = (parent["chapters"].get(key, {}).get(k, parent["parameters"].get(k)) if parent
+                              else None)
+                    if before is None:
+                        before = parameters.defaults(key)[k]
+                    assert v != before, f"{name}.yaml repeats {key}'s {k} = {v!r}"
+            elif key in parameters.SCHEMA and key not in ("model", "dataset"):
+                before = parent["parameters"].get(key) if parent else None
+                assert value != (parameters.SCHEMA[key].default if before is None else before), \
+                    f"{name}.yaml repeats {key} = {value!r}"
