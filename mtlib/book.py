@@ -48,7 +48,7 @@ LOCK_FILE = ".build.lock"
 BUILD_ENTRIES = (BUILD_FILE, "runs", "book", "tiny-model", "running", "failed", "jupyter-book.log", "kernels.log",
                  ".render")
 # The repository's source folders: a build never writes into them, nor into the repository root itself.
-SOURCE_DIRS = ("mtlib", "notebooks", "profiles", "tests", "book", "scripts")
+SOURCE_DIRS = ("mtlib", "notebooks", "profiles", "tests", "book", "scripts", "benchmarks")
 
 
 def chapters(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:

@@ -175,6 +175,7 @@ def _out_cases(tmp_path):
     return [(".", "repository's root"), (str(repo), "repository's root"), (str(repo.parent), "holds the repository"),
             (str(repo / "notebooks" / "out"), "inside the repository's notebooks/ folder"),
             (str(repo / "mtlib"), "inside the repository's mtlib/ folder"),
+            (str(repo / "benchmarks" / "results" / "x"), "inside the repository's benchmarks/ folder"),
             (str(tmp_path / "file.txt"), "is a file"), (str(tmp_path / "file.txt" / "sub"), "is a file"),
             ("/proc/mtlib-book-out", "/proc"), (str(tmp_path / "mine"), "holds other files (thesis.tex)")]
 
