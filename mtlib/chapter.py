@@ -15,6 +15,7 @@ from .errors import ConfigError, MtlibError
 from .project import REPO_ROOT, colab_link  # noqa: F401  (chapters and tests use them from here)
 
 TINY_MODEL = "tiny"
+TWIN_PREFIX = "twin:"  # model: twin:<hub id> builds that model's shape with random weights
 
 # Without ipywidgets tqdm.auto falls back to text bars and says so on stderr in every chapter.
 warnings.filterwarnings("ignore", message="IProgress not found")
@@ -26,6 +27,12 @@ MODEL_FREE_CHAPTERS = ("01_data", "02_metrics", "06_gpu_speed")  # their numbers
 def is_smoke(params: dict) -> bool:
     """Whether the chapter runs on the tiny random model (its numbers then mean nothing)."""
     return params.get("model") == TINY_MODEL
+
+
+def is_twin(params: dict) -> bool:
+    """Whether the chapter runs on a shape twin (``twin:<hub id>``: the real shape, random weights), as the
+    gpu-check profile does: its timings are real, its scores and translations mean nothing."""
+    return str(params.get("model") or "").startswith(TWIN_PREFIX)
 
 
 def chapter_params(chapter: str, namespace: dict) -> dict:
@@ -65,6 +72,13 @@ def notice(params: dict, chapter: str | None = None):
                  "on a CPU in minutes. Every score, curve and translation below is noise. Run the "
                  "<code>seed</code> or <code>fast</code> profile on a GPU, or open the chapter in Colab, for "
                  "real results."))
+    if is_twin(params):
+        return HTML(_BOX.format(
+            kind="warning", color="#e0a800", bg="#fff8e1",
+            title="Shape twin: the scores in this chapter mean nothing",
+            text="This chapter ran on a shape twin of the model (<code>twin:</code>): its exact architecture with "
+                 "random weights, built on the spot so that the GPU path runs offline without a download. Its "
+                 "times and memory are those of the real model; its scores, curves and translations are noise."))
     if params.get("profile") == "smoke" and chapter in MODEL_FREE_CHAPTERS:
         return HTML(_BOX.format(
             kind="note", color="#2f6fb0", bg="#eef4fb", title="Smoke build",
@@ -495,10 +509,19 @@ def batch_table(train_params, params: dict, stage: str):
     return pd.DataFrame({"value": {k: str(v) for k, v in rows.items()}})
 
 
-def runs_are_smoke(runs) -> bool:
-    """Whether any run in ``load_runs``' table used the tiny random model (its scores then mean nothing)."""
+def random_model(runs) -> str | None:
+    """The model with random weights behind ``load_runs``' table (the tiny model, or a shape twin), or None:
+    its scores mean nothing. Its value suits :func:`notice` (``{"model": ...}``)."""
     models = runs["model"].astype(str)
-    return bool((models.eq(TINY_MODEL) | models.str.contains("tiny-model", regex=False)).any())
+    if (models.eq(TINY_MODEL) | models.str.contains("tiny-model", regex=False)).any():
+        return TINY_MODEL
+    twins = models[models.str.startswith(TWIN_PREFIX) | models.str.contains("/twin-", regex=False)]
+    return None if twins.empty else (twins.iloc[0] if twins.iloc[0].startswith(TWIN_PREFIX) else TWIN_PREFIX)
+
+
+def runs_are_smoke(runs) -> bool:
+    """Whether any run in ``load_runs``' table used a model with random weights (tiny or a shape twin)."""
+    return random_model(runs) is not None
 
 
 def newest_evaluations(runs):

@@ -494,7 +494,7 @@ def random_weights(runs) -> bool:
     """Whether the runs used a model with random weights (the smoke profile's tiny model, or a shape twin)."""
     if runs is None or len(runs) == 0:
         return False
-    return chapter.runs_are_smoke(runs) or bool(runs["model"].astype(str).str.contains("twin-", regex=False).any())
+    return chapter.runs_are_smoke(runs)
 
 
 def _seed_paragraph(seeds: pd.DataFrame) -> str:

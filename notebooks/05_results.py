@@ -56,7 +56,9 @@ runs = results.load_runs(runs_root, build_id=build_id)
 if runs.empty:
     display(chapter.no_runs_notice(runs_root, build_id))
 elif chapter.runs_are_smoke(runs):
-    display(chapter.notice({"model": chapter.TINY_MODEL}))
+    display(chapter.notice({"model": chapter.random_model(runs)}))
+if (stale := chapter.stale_grpo_notice(runs_root, build_id=build_id)) is not None:
+    display(stale)
 
 # %% [markdown]
 # ## Scores per system and test set

@@ -111,6 +111,10 @@ def test_runs_are_smoke(tmp_path):
     assert not chapter.runs_are_smoke(runs.assign(model="meta-llama/Llama-3.2-3B-Instruct"))
     assert chapter.runs_are_smoke(runs.assign(model="tiny"))
     assert chapter.runs_are_smoke(runs.assign(model="/build/smoke/tiny-model"))
+    twin = "twin:meta-llama/Llama-3.2-3B-Instruct"
+    assert chapter.runs_are_smoke(runs.assign(model=twin)) and chapter.random_model(runs.assign(model=twin)) == twin
+    assert "Shape twin" in chapter.notice({"model": chapter.random_model(runs.assign(model=twin))}).data
+    assert chapter.random_model(runs.assign(model="meta-llama/Llama-3.2-3B-Instruct")) is None
 
 
 def _build_runs(root, build_id, bleu_base=10.0):
