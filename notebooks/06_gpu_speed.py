@@ -569,7 +569,7 @@ display(pd.DataFrame(split_rows).set_index("Stage"))
 # profile's batches:
 #
 # ```bash
-# python -m benchmarks.gpu_multi --data <multi30k raw folder> --out <out dir>
+# python -m benchmarks.gpu_multi --out <out dir>
 # ```
 
 # %% tags=["remove-input"]
