@@ -62,28 +62,21 @@ def notice(params: dict, chapter: str | None = None):
     A chapter without a model (data, metrics) built with the smoke profile gets a note that its numbers
     are real, so that the reader knows which pages to trust.
     """
-    from IPython.display import HTML
     if is_smoke(params):
-        return HTML(_BOX.format(
-            kind="warning", color="#e0a800", bg="#fff8e1",
-            title="Smoke build: the numbers in this chapter mean nothing",
-            text="This chapter ran with the <code>smoke</code> profile: a tiny, randomly initialised model, "
-                 "a few hundred sentence pairs and a handful of training steps, so that the whole book builds "
-                 "on a CPU in minutes. Every score, curve and translation below is noise. Run the "
-                 "<code>seed</code> or <code>fast</code> profile on a GPU, or open the chapter in Colab, for "
-                 "real results."))
+        return box("Smoke build: the numbers in this chapter mean nothing",
+                   "This chapter ran with the <code>smoke</code> profile: a tiny, randomly initialised model, a few "
+                   "hundred sentence pairs and a handful of training steps, so that the whole book builds on a CPU in "
+                   "minutes. Every score, curve and translation below is noise. Run the <code>seed</code> or "
+                   "<code>fast</code> profile on a GPU, or open the chapter in Colab, for real results.", kind="warning")
     if is_twin(params):
-        return HTML(_BOX.format(
-            kind="warning", color="#e0a800", bg="#fff8e1",
-            title="Shape twin: the scores in this chapter mean nothing",
-            text="This chapter ran on a shape twin of the model (<code>twin:</code>): its exact architecture with "
-                 "random weights, built on the spot so that the GPU path runs offline without a download. Its "
-                 "times and memory are those of the real model; its scores, curves and translations are noise."))
+        return box("Shape twin: the scores in this chapter mean nothing",
+                   "This chapter ran on a shape twin of the model (<code>twin:</code>): its exact architecture with "
+                   "random weights, built on the spot so that the GPU path runs offline without a download. Its "
+                   "times and memory are those of the real model; its scores, curves and translations are noise.",
+                   kind="warning")
     if params.get("profile") == "smoke" and chapter in MODEL_FREE_CHAPTERS:
-        return HTML(_BOX.format(
-            kind="note", color="#2f6fb0", bg="#eef4fb", title="Smoke build",
-            text="The book was built with the <code>smoke</code> profile, whose models are tiny and random. "
-                 "This chapter uses no model of this build: its numbers are real."))
+        return box("Smoke build", "The book was built with the <code>smoke</code> profile, whose models are tiny "
+                   "and random. This chapter uses no model of this build: its numbers are real.", kind="note")
     return None
 
 
