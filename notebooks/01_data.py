@@ -51,7 +51,7 @@ src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
 n_examples = 5                     # example pairs to show
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display

@@ -46,7 +46,7 @@ src_lang = "en"                    # source language
 tgt_lang = "de"                    # target language
 n_examples = 5                     # example rows to show
 
-# %%
+# %% tags=["hide-input"]
 import pandas as pd
 from IPython.display import Markdown, display
 

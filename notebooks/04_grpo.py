@@ -85,7 +85,7 @@ fast_decode = False                # decode with a merged bf16 copy of the model
 max_new_tokens = 128               # longest translation at evaluation, in tokens
 n_examples = 5                     # translations to show side by side
 
-# %%
+# %% tags=["hide-input"]
 import mtlib.modeling as modeling  # first: on a GPU it imports Unsloth before transformers/trl
 import numpy as np
 import pandas as pd

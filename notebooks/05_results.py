@@ -46,7 +46,7 @@ build_id = None                    # read only this build's runs (set by the boo
 n_bootstrap = 1000                 # paired-bootstrap resamples per comparison
 n_examples = 5                     # translations to show side by side
 
-# %%
+# %% tags=["hide-input"]
 from IPython.display import Markdown, display
 
 from mtlib import chapter, discussion, plots, results
