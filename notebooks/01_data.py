@@ -73,7 +73,7 @@ src, tgt = prompts.language_name(src_lang), prompts.language_name(tgt_lang)
 
 # %%
 pairs = data.load_pairs(dataset, src_lang=src_lang, tgt_lang=tgt_lang, revision=dataset_revision)
-pd.DataFrame({"pairs": {name: len(split) for name, split in pairs.items()}})
+chapter.readable(pd.DataFrame({"pairs": {name: len(split) for name, split in pairs.items()}}).rename_axis("split"))
 
 # %% tags=["remove-input"]
 display(Markdown(f"A few training pairs, as the model will see them: the {src} caption is the source, "

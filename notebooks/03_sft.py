@@ -113,7 +113,7 @@ params = chapter.header("03_sft", globals())
 
 # %%
 pairs, splits = chapter.chapter_pairs(params)
-pd.DataFrame({"pairs": {name: len(pairs[name]) for name in ["train", *splits]}})
+chapter.readable(pd.DataFrame({"pairs": {name: len(pairs[name]) for name in ["train", *splits]}}).rename_axis("split"))
 
 # %% [markdown]
 # ## The base model

@@ -33,7 +33,7 @@ def test_fresh_clone_with_nothing_beside_it_runs_the_data_chapter(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     text = _outputs(tmp_path / "out" / "book" / "executed" / "01_data.ipynb")
     for split, size in (("test_2017_flickr", "1000"), ("test_2017_mscoco", "461"), ("test_2018_flickr", "1071")):
-        assert split in text and size in text, split
+        assert plots.TEST_SET_LABELS[split] in text and size in text, split
 
 
 def _run_alone(name, workdir):
