@@ -400,7 +400,7 @@ def evaluate_splits(trained, pairs, params: dict, name: str) -> dict:
             fast_decode=params.get("fast_decode", False))
     out = {}
     fast = params.get("fast_decode", False)
-    with generate.decoder(trained.model) if fast else contextlib.nullcontext() as runner:  # one copy, every test set
+    with generate.decoding_model(trained.model) if fast else contextlib.nullcontext() as runner:  # one copy, every test set
         for split in test_splits(pairs):
             out[split] = generate.evaluate(
                 trained, pairs[split], src_lang=params["src_lang"], tgt_lang=params["tgt_lang"], name=name,

@@ -127,7 +127,7 @@ def drop_max_length(model) -> None:
 
 
 @contextlib.contextmanager
-def decoder(model, fast_decode: bool = True):
+def decoding_model(model, fast_decode: bool = True):
     """The model that decodes several :func:`translate` calls (``translate(..., decoder=...)``).
 
     With ``fast_decode`` one merged copy (:func:`mtlib.fastgen.merged_copy`) is built on entry, for every test set
@@ -162,7 +162,7 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
     With ``return_stats=True`` returns ``(outputs, TranslateStats)``. ``fast_decode=True`` decodes with
     a merged dense copy of the model (:func:`mtlib.fastgen.merged_copy`: 4-bit base dequantized, LoRA
     folded in, plain transformers) that is built for this call and freed after it; ``decoder``: a model from
-    :func:`decoder` to decode with instead (built once for several calls, freed by its caller). Adding
+    :func:`decoding_model` to decode with instead (built once for several calls, freed by its caller). Adding
     ``cache_implementation="static"`` lets transformers compile the decode step on CUDA: about twice as
     fast per call, but the first call of each batch shape spends ~35 s compiling (worth it only when the
     same shape is translated again and again, as in a benchmark).
@@ -191,50 +191,41 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
     outputs: list[str | None] = [None] * len(prompts)
     was_training = model.training
     _for_inference(model)
-    runner = model if decoder is None else decoder
-    own_copy = fast_decode and decoder is None  # built here, so freed here
+    building = decoding_model(model, fast_decode) if decoder is None else contextlib.nullcontext(decoder)
     try:
-        if own_copy:
-            t = time.time()
-            runner = merged_copy(model)
-            stats.setup_seconds = time.time() - t
-        elif decoder is not None:  # the first call on a decoder() copy reports its build
-            stats.setup_seconds = decoder.__dict__.pop("setup_seconds", 0.0)
-        drop_max_length(runner)
-        device = next(runner.parameters()).device
-        size, start = batch_size, 0
-        with tqdm(total=len(prompts), desc="translate", unit="sent", disable=not progress) as bar:
-            while start < len(order):
-                idx = order[start:start + size]
-                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(device)
-                try:
-                    with torch.inference_mode(), \
-                            original_generation_masks() if runner is not model else contextlib.nullcontext():
-                        out = runner.generate(**enc, generation_config=gen_config)
-                except Exception as exc:
-                    if not _is_oom(exc) or size == 1:
-                        if own_copy:
-                            traceback.clear_frames(exc.__traceback__)  # frames would keep the copy alive
-                        raise
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                    size = max(1, size // 2)
-                    stats.oom_retries += 1
-                    stats.batch_size_used = min(stats.batch_size_used, size)
-                    log.warning("out of memory: retrying with batch_size=%d", size)
-                    continue
-                new = out[:, enc["input_ids"].shape[1]:]
-                stats.new_tokens += int((new != tokenizer.pad_token_id).sum())
-                for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                    outputs[i] = text.strip()
-                start += len(idx)
-                bar.update(len(idx))
+        with building as runner:  # a copy built here is freed on leaving; a decoder passed in, by its caller
+            stats.setup_seconds = runner.__dict__.pop("setup_seconds", 0.0)  # the first call on a copy reports it
+            drop_max_length(runner)
+            device = next(runner.parameters()).device
+            size, start = batch_size, 0
+            with tqdm(total=len(prompts), desc="translate", unit="sent", disable=not progress) as bar:
+                while start < len(order):
+                    idx = order[start:start + size]
+                    enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                                    add_special_tokens=False).to(device)
+                    try:
+                        with torch.inference_mode(), \
+                                original_generation_masks() if runner is not model else contextlib.nullcontext():
+                            out = runner.generate(**enc, generation_config=gen_config)
+                    except Exception as exc:
+                        if not _is_oom(exc) or size == 1:
+                            if runner is not model:
+                                traceback.clear_frames(exc.__traceback__)  # frames would keep the copy alive
+                            raise
+                        if torch.cuda.is_available():
+                            torch.cuda.empty_cache()
+                        size = max(1, size // 2)
+                        stats.oom_retries += 1
+                        stats.batch_size_used = min(stats.batch_size_used, size)
+                        log.warning("out of memory: retrying with batch_size=%d", size)
+                        continue
+                    new = out[:, enc["input_ids"].shape[1]:]
+                    stats.new_tokens += int((new != tokenizer.pad_token_id).sum())
+                    for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                        outputs[i] = text.strip()
+                    start += len(idx)
+                    bar.update(len(idx))
     finally:
-        if own_copy:
-            del runner
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
         _restore_training(model, was_training)
     stats.seconds = time.time() - t0
     return (outputs, stats) if return_stats else outputs
@@ -261,7 +252,7 @@ def evaluate(model_or_trained, split, src_lang: str = "en", tgt_lang: str = "de"
     ``(model, tokenizer)`` pair / model + ``tokenizer=`` (stage "base"). ``split_name`` defaults to the
     Dataset's split name, else "test". ``translator``: a function with :func:`translate`'s signature used in
     its place (``mtlib.parallel`` passes one that splits the sentences across processes). ``decoder``: the
-    model from :func:`decoder` that decodes every split of an evaluation (not recorded).
+    model from :func:`decoding_model` that decodes every split of an evaluation (not recorded).
     """
     import pandas as pd
     from . import metrics as _metrics
@@ -283,7 +274,7 @@ def evaluate(model_or_trained, split, src_lang: str = "en", tgt_lang: str = "de"
         with run.timer("translate"):
             hyps, stats = translator(trained.model, trained.tokenizer, sources, tgt_lang=tgt_lang, src_lang=src_lang,
                                     batch_size=batch_size, max_new_tokens=max_new_tokens, return_stats=True,
-                                    **({"decoder": decoder} if decoder is not None else {}), **translate_kwargs)
+                                    decoder=decoder, **translate_kwargs)
         with run.timer("score"):
             scores = _metrics.corpus_scores(hyps, refs)
         df = pd.DataFrame({"source": sources, "reference": refs, "hypothesis": hyps})

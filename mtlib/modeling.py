@@ -342,7 +342,7 @@ def load_trained(run_or_adapter_dir, max_seq_length: int = 512, load_in_4bit: bo
             from peft import PeftModel
             model, tokenizer = load_model(base, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
                                           dtype=dtype, backend="unsloth", revision=revision)
-            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
             model = FastLanguageModel.patch_peft_model(model, use_gradient_checkpointing=checkpointing)
         else:
             model, tokenizer = FastLanguageModel.from_pretrained(

@@ -581,7 +581,7 @@ def _evaluate_worker(spec, state):
     from datasets import load_from_disk
 
     from . import modeling
-    from .generate import decoder
+    from .generate import decoding_model
     from .results import write_json
 
     load, record = spec["load"], spec["record"]
@@ -599,7 +599,7 @@ def _evaluate_worker(spec, state):
     kwargs = dict(src_lang=spec["src_lang"], tgt_lang=spec["tgt_lang"], batch_size=spec["batch_size"],
                   max_new_tokens=spec["max_new_tokens"], **spec["translate_kwargs"])
     result = {}
-    with decoder(model, kwargs.get("fast_decode", False)) as runner:  # one merged copy for every test set
+    with decoding_model(model, kwargs.get("fast_decode", False)) as runner:  # one merged copy for every test set
         kwargs["decoder"] = runner
         _evaluate_each(spec, state, trained, splits, translator, kwargs, result)
     if state.is_main_process:

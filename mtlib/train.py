@@ -166,8 +166,8 @@ def _common_args(p, output_dir) -> dict:
 def _data_parallel_args() -> dict:
     """Under a data-parallel launcher (mtlib.parallel): every LoRA weight gets a gradient each step, so DDP
     need not search the graph for unused parameters (a PEFT model would otherwise make the Trainer ask it to)."""
-    import os
-    return {"ddp_find_unused_parameters": False} if int(os.environ.get("WORLD_SIZE", 1) or 1) > 1 else {}
+    from .modeling import _distributed
+    return {"ddp_find_unused_parameters": False} if _distributed() else {}
 
 
 def _ensure_lora(model):
