@@ -23,7 +23,6 @@ others go on. Writes ``--out/multi_gpu.json`` (rows, summary against the goals, 
 from __future__ import annotations
 
 import argparse
-import collections
 import gc
 import json
 import os
@@ -35,10 +34,12 @@ import time
 import traceback
 from pathlib import Path
 
+from mtlib.bench import MULTI_GPU_GOALS
+
 REPO = Path(__file__).resolve().parents[1]
 
 TAG = "[gpu_multi]"
-GOALS = {"sft": 1.8, "grpo": 1.7, "translate": 1.8}  # throughput of 2 GPUs as a multiple of 1 GPU's
+GOALS = MULTI_GPU_GOALS  # throughput of 2 GPUs as a multiple of 1 GPU's (declared in mtlib.bench)
 CONFIGS = {  # name: (processes, backend, stages)
     "1gpu": (1, "auto", ("sft", "translate", "grpo")),
     "2gpu": (2, "auto", ("sft", "translate")),

@@ -10,7 +10,6 @@ taken between rows of one file: one run on one card.
 """
 from __future__ import annotations
 
-import ast
 import json
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .chapter import REPO_ROOT
 from .errors import DataError
+from .parameters import MODEL  # the model whose shape twin the benchmarks measure
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,7 +53,7 @@ def load_rows(paths) -> list[dict]:
 
 def environment(path) -> dict:
     """Card and library versions a benchmark file was measured with."""
-    return json.loads(result_path(path).read_text()).get("env", {})
+    return _result(path).get("env", {})
 
 
 def speedup_table(rows):
@@ -126,10 +126,10 @@ def multi_gpu(path):
     throughput, time and peak memory per card (GiB), or its error.
     """
     import pandas as pd
-    path = Path(path) if Path(path).exists() else RESULTS_DIR / path
-    if not path.is_file():
+    try:
+        result = _result(path)
+    except DataError:  # nothing measured yet
         return None
-    result = json.loads(path.read_text())
     rows = [r for r in result.get("rows", []) if r.get("stage") in STAGES or "error" in r or "skipped" in r]
     cols = ["stage", "config", "processes", "backend", "batch", "throughput", "unit", "seconds",
             "peak_gib_per_card", "error", "skipped"]
@@ -141,7 +141,6 @@ def multi_gpu(path):
 
 # ------------------------------------------------------------------------------ what the reader sees
 
-MODEL = "meta-llama/Llama-3.2-3B-Instruct"   # the model whose shape twin the benchmarks measure
 STAGE_NAMES = {"sft": "SFT", "translate": "Translation", "grpo": "GRPO"}
 RECIPE_NAMES = {  # (stage or None, recipe) -> the recipe in words
     (None, "seed"): "seed", (None, "fast"): "fast", ("translate", "fast"): "fast, compiled",
@@ -193,18 +192,20 @@ def _result(path) -> dict:
     return json.loads(result_path(path).read_text())
 
 
+def _card_field(path) -> str:
+    result = _result(path)
+    return (result.get("env") or {}).get("card") or result.get("card") or ""
+
+
 def card(path) -> str:
     """The card a results file was measured on (``env.card``, else a top-level ``card``), without the
     provenance note some files add in parentheses; "unknown card" when the file does not say."""
-    result = _result(path)
-    name = (result.get("env") or {}).get("card") or result.get("card") or "unknown card"
-    return name.split(" (")[0].strip()
+    return _card_field(path).split(" (")[0].strip() or "unknown card"
 
 
 def card_note(path) -> str | None:
     """The note in parentheses after a file's card name (how the card was recorded), or None."""
-    result = _result(path)
-    name = (result.get("env") or {}).get("card") or result.get("card") or ""
+    name = _card_field(path)
     return name.split(" (", 1)[1].rstrip(")") if " (" in name else None
 
 
@@ -237,7 +238,7 @@ def pick(table, stage: str, recipe: str, file: str | None = None):
     None when that run did not measure it."""
     hit = table[(table.stage == stage) & (table.recipe == recipe)]
     if file is not None:
-        hit = hit[hit.file == file]
+        hit = hit[hit.file == Path(file).name]  # measurements keep the file's name
     return hit.iloc[0] if len(hit) else None
 
 
@@ -458,16 +459,12 @@ MULTI_ROW_NAMES = {"stage": "Stage", "config": "Configuration", "processes": "Pr
                    "peak_gib_per_card": "Peak memory per card (GiB)", "note": "Error or note"}
 
 
+MULTI_GPU_GOALS = {"sft": 1.8, "grpo": 1.7, "translate": 1.8}  # issue 15: 2 GPUs' throughput over 1 GPU's
+
+
 def multi_gpu_goals() -> dict:
-    """The speed-up goals of ``benchmarks/gpu_multi.py`` (``GOALS``: several GPUs' throughput as a multiple of
-    one GPU's, per stage), read from the program where they are declared; {} when it is not there."""
-    program = REPO_ROOT / "benchmarks" / "gpu_multi.py"
-    if not program.is_file():
-        return {}
-    for node in ast.parse(program.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "GOALS" for t in node.targets):
-            return ast.literal_eval(node.value)
-    return {}
+    """The speed-up goals of ``benchmarks/gpu_multi.py``: several GPUs' throughput as a multiple of one GPU's."""
+    return dict(MULTI_GPU_GOALS)
 
 
 def multi_gpu_tables(path):
@@ -476,14 +473,14 @@ def multi_gpu_tables(path):
     measured = multi_gpu(path)
     if measured is None:
         return None
-    summary_, rows, env = measured
+    summary_, rows, _ = measured
     s = summary_.copy()
     if not s.empty:
         s["stage"] = [STAGE_NAMES.get(x, x) for x in s.stage]
         s["unit"] = [UNIT_NAMES.get(u, u) for u in s.unit]
         for col in ("one_gpu_throughput", "several_throughput"):
             s[col] = [_num(v) for v in s[col]]
-        s["speedup"] = [f"{v:g}×" if v == v and v is not None else "–" for v in s.speedup]
+        s["speedup"] = [_ratio(v) for v in s.speedup]
         s["goal"] = [f"≥ {v:g}×" if v == v and v is not None else "–" for v in s.goal]
         s["met"] = [_yes(m) for m in s.met]
         gpus = int(s.gpus.iloc[0]) if "gpus" in s and s.gpus.notna().any() else None
@@ -505,7 +502,7 @@ def multi_gpu_tables(path):
         r = r[[c for c in MULTI_ROW_NAMES if c in r]]
         r = r.astype(object).apply(lambda col: [text(v) for v in col])
         r = r.rename(columns=MULTI_ROW_NAMES).set_index("Stage")
-    return s, r, (env.get("card") or "unknown card").split(" (")[0]
+    return s, r, card(path)
 
 
 # -- the book command on a GPU (benchmarks/gpu_check.sh) -----------------------------------------------------

@@ -482,18 +482,6 @@ def tidy_notebook(notebook: Path) -> int:
     return changed
 
 
-def strip_progress_bars(notebook: Path) -> int:
-    """Drop tqdm progress-bar lines (and banner lines) from a notebook's stream outputs (noise on a printed
-    page); returns how many outputs were changed. Warnings and other stderr text stay."""
-    import nbformat
-    nb = nbformat.read(notebook, as_version=4)
-    changed = _clean_streams(nb)
-    if changed:
-        from .results import atomic_write_text
-        atomic_write_text(notebook, nbformat.writes(nb))
-    return changed
-
-
 # --------------------------------------------------------------------------- rendering
 
 def _build_facts(out: Path) -> dict | None:

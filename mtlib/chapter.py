@@ -108,14 +108,6 @@ def show_figures(dpi: int = 110) -> None:
         shell.display_formatter.formatters["image/png"].for_type(Figure, functools.partial(_figure_png, dpi=dpi))
 
 
-def show_figure(fig, caption: str | None = None, alt: str | None = None):
-    """Display ``fig`` with ``caption`` under it and ``alt`` as its alt text (either None: the figure's own,
-    see :func:`mtlib.plots.describe`)."""
-    from IPython.display import display
-    from . import plots
-    display(plots.describe(fig, caption, alt))
-
-
 # -- paths as a reader sees them ---------------------------------------------------------------------------
 
 BUILD_MARK = "<build>"  # how a path inside the book's build folder is shown
@@ -606,10 +598,10 @@ def significance_display(table, digits: int = 2):
 
 def _test_set_names(table, level: str):
     """The test sets of an index level by their names in words (``test_2017_mscoco`` -> "2017 MSCOCO")."""
-    from .plots import TEST_SET_LABELS
+    from .plots import test_set_name
     if level not in (table.index.names or []):
         return table
-    return table.rename(index=lambda v: TEST_SET_LABELS.get(v, v), level=level)
+    return table.rename(index=test_set_name, level=level)
 
 
 def show_significance(table, digits: int = 2):
@@ -641,12 +633,12 @@ SCORE_NAMES = {"split": "test set"}  # in a score table a split is always a test
 
 
 def _readable_label(label, names: dict):
-    from .plots import TEST_SET_LABELS
+    from .plots import test_set_name
     if not isinstance(label, str):
         return label
     if label in names:
         return names[label]
-    return TEST_SET_LABELS.get(label, label) if label.startswith("test_") else label
+    return test_set_name(label) if label.startswith("test_") else label
 
 
 def readable(table, names: dict | None = None):
@@ -727,7 +719,7 @@ def show_scores(table, digits: int = 2, n_bootstrap: int | None = None, seed: in
     if table is None or len(table) == 0:
         display(Markdown("No scores yet."))
         return
-    shown = _test_set_names(readable(table, SCORE_NAMES), "test set")
+    shown = readable(table, SCORE_NAMES)  # test sets in words too
     p_cols = [c for c in ("p", "Holm-adjusted p") if c in shown.columns]
     # p-values keep four decimals: the smallest, 1 / (N + 1), is about 0.001 for 1,000 resamples
     display(shown.round({**{c: digits for c in shown.columns}, **dict.fromkeys(p_cols, 4)}) if p_cols
@@ -777,10 +769,10 @@ def run_costs(runs_root, build_id: str | None = None):
     "peak memory (GB)"; :func:`shown_readably`)."""
     import pandas as pd
     from . import results
-    from .plots import TEST_SET_LABELS
+    from .plots import test_set_name
     runs = results.load_runs(runs_root, include_unscored=True, build_id=build_id)
     scored = runs["split"].map(lambda s: not (s is None or pd.isna(s)))
-    runs = runs.assign(kind=[f"evaluation: {TEST_SET_LABELS.get(s, s)}" if ok else "training"
+    runs = runs.assign(kind=[f"evaluation: {test_set_name(s)}" if ok else "training"
                              for s, ok in zip(runs["split"], scored)],
                        kind_order=[(1, s != "test", str(s)) if ok else (0, False, "") for s, ok in zip(runs["split"], scored)])
     newest = runs.sort_values(["started", "run_id"]).groupby(["stage", "kind"], sort=False).tail(1)

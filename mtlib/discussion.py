@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import chapter, metrics, results
+from . import chapter, metrics, plots, results
 from .errors import DataError
 from .prompts import language_name
 
@@ -34,12 +34,6 @@ SCORES = ("bleu", "chrf", "ter")
 def system_name(stage: str) -> str:
     """A stage as the reader knows it: ``sft`` -> "SFT", ``base`` -> "base model"."""
     return SYSTEM_NAMES.get(stage, stage)
-
-
-def test_set_name(split: str) -> str:
-    """A test set in words (``test_2017_mscoco`` -> "2017 MSCOCO")."""
-    from .plots import TEST_SET_LABELS
-    return TEST_SET_LABELS.get(split, split)
 
 
 def _split_key(split: str):
@@ -137,7 +131,7 @@ def overview_table(stats: pd.DataFrame) -> pd.DataFrame:
     for (stage, split), r in stats.iterrows():
         copies = ("n/a" if pd.isna(r["copies"]) else
                   f"{int(r['copies'])} of {int(r['n'])} ({100 * r['copy_rate']:.1f}%)")
-        rows.append({"system": system_name(stage), "test set": test_set_name(split), "BLEU": round(r["bleu"], 2),
+        rows.append({"system": system_name(stage), "test set": plots.test_set_name(split), "BLEU": round(r["bleu"], 2),
                      "chrF": round(r["chrf"], 2), "TER": round(r["ter"], 2), "BLEU band": r["band"],
                      "length ratio (output / reference)": round(r["length_ratio"], 3),
                      "untranslated copies": copies})
@@ -209,11 +203,6 @@ def _the(stage: str, bold: bool = False) -> str:
     return f"the {name}" if stage == "base" else name
 
 
-def _and(words) -> str:
-    words = list(words)
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
 def _verdict_sentence(r) -> str:
     best, runner = _the(r["best"]), _the(r["runner_up"])
     tested = [(metrics.METRIC_NAMES[m], r[f"{m}_verdict"], r[f"{m}_p"]) for m in SCORES
@@ -245,7 +234,7 @@ def findings(stats: pd.DataFrame, significance=None, src_lang: str | None = None
              "(BLEU and chrF: higher is better; TER: lower is better):", ""]
     for _, r in best_systems(stats, significance).iterrows():
         band = f"{r['bleu']:.2f} (band: *{r['band']}*)"
-        text = f"- **{test_set_name(r['split'])}**: "
+        text = f"- **{plots.test_set_name(r['split'])}**: "
         if not isinstance(r["runner_up"], str):
             lines.append(text + f"{_the(r['best'], True)} has a BLEU of {band}; it is the only system evaluated on "
                          "this test set.")
@@ -253,7 +242,7 @@ def findings(stats: pd.DataFrame, significance=None, src_lang: str | None = None
         margins = (f"{r['chrf_margin']:+.2f} chrF, {r['ter_margin']:+.2f} TER (a negative TER margin is in its "
                    "favour). ")
         if len(r["tied"]) > 1:
-            text += f"{_and(_the(s, s == r['best']) for s in r['tied'])} share the highest BLEU, {band}"
+            text += f"{plots.series(_the(s, s == r['best']) for s in r['tied'])} share the highest BLEU, {band}"
             if round(r["chrf_margin"], 2) == 0 and round(r["ter_margin"], 2) == 0:
                 text += f"; {_the(r['best'])} and {_the(r['runner_up'])} do not differ on chrF or TER either. "
             else:
@@ -287,7 +276,7 @@ def _length_sentence(main: pd.DataFrame, split: str) -> str:
                          "penalty applies)")
         else:
             parts.append(f"{system_name(stage)} {ratio:.2f}")
-    return (f"**Length.** Output length over reference length on {test_set_name(split)}, in 13a tokens as BLEU "
+    return (f"**Length.** Output length over reference length on {plots.test_set_name(split)}, in 13a tokens as BLEU "
             f"counts them: " + ", ".join(parts) + ".")
 
 
@@ -307,9 +296,7 @@ def _copy_sentence(main: pd.DataFrame, src_lang: str | None, threshold: float) -
 
 def sentence_metric(hyps, refs, metric: str = "chrf") -> np.ndarray:
     """Per-sentence BLEU (effective order, as ``sacrebleu.sentence_bleu``), chrF or TER."""
-    from sacrebleu.metrics import BLEU, CHRF, TER
-    scorer = {"bleu": lambda: BLEU(effective_order=True), "chrf": CHRF, "ter": TER}[metric]()
-    return np.array([scorer.sentence_score(h, [r]).score for h, r in zip(hyps, refs)], dtype=float)
+    return metrics.sentence_scores(hyps, refs)[metric].to_numpy(dtype=float)
 
 
 def _paired(translations: dict, pairs=PAIRS, metric: str = "chrf"):
@@ -353,7 +340,7 @@ def wins_table(wins: pd.DataFrame) -> pd.DataFrame:
     name = metrics.METRIC_NAMES[wins.attrs.get("metric", "chrf")]
     view = pd.DataFrame({
         "comparison": [f"{system_name(s)} vs {system_name(b)}" for s, b in zip(wins["system"], wins["baseline"])],
-        "test set": [test_set_name(s) for s in wins["split"]],
+        "test set": [plots.test_set_name(s) for s in wins["split"]],
         "sentences won": wins["wins"], "sentences lost": wins["losses"], "ties": wins["ties"],
         f"mean {name} gain per sentence": wins["mean_gain"].round(2)})
     return view.set_index(["comparison", "test set"])
@@ -365,7 +352,7 @@ def wins_summary(wins: pd.DataFrame, split: str | None = None) -> str:
         return "No two systems translated the same sentences: no sentence-level comparison."
     split = split or sorted(wins["split"], key=_split_key)[0]
     metric, margin = metrics.METRIC_NAMES[wins.attrs.get("metric", "chrf")], wins.attrs.get("margin", TIE_MARGIN)
-    lines = [f"Sentence by sentence on {test_set_name(split)}, by sentence-level {metric} (a sentence is won or "
+    lines = [f"Sentence by sentence on {plots.test_set_name(split)}, by sentence-level {metric} (a sentence is won or "
              f"lost by more than {margin:g} point{'s' if margin != 1 else ''}, otherwise tied):", ""]
     for _, r in wins[wins["split"] == split].iterrows():
         lines.append(f"- {system_name(r['system'])} beats {_the(r['baseline'])} on {r['wins']} of {r['n']} "
@@ -452,7 +439,7 @@ def seeds_table(summary: pd.DataFrame) -> pd.DataFrame:
     def cell(r, m):
         return f"{r[f'{m}_mean']:.2f} ± {r[f'{m}_sd']:.2f}" if r["n_seeds"] > 1 else f"{r[f'{m}_mean']:.2f}"
     view = pd.DataFrame({"system": [system_name(s) for s in summary["stage"]],
-                         "test set": [test_set_name(s) for s in summary["split"]],
+                         "test set": [plots.test_set_name(s) for s in summary["split"]],
                          "training seeds": summary["seeds"],
                          **{metrics.METRIC_NAMES[m]: [cell(r, m) for _, r in summary.iterrows()] for m in SCORES}})
     return view.set_index(["system", "test set"])
@@ -511,7 +498,7 @@ def _seed_paragraph(seeds: pd.DataFrame) -> str:
                 "uncertainty that comes from the choice of test sentences only, not that of training: a ranking "
                 "from one seed per system is a single observation. Training each system with several seeds would "
                 "let this section report the mean ± standard deviation over them.")
-    split = test_set_name(main["split"].iloc[0])
+    split = plots.test_set_name(main["split"].iloc[0])
     parts = [f"{system_name(r['stage'])} over {r['n_seeds']} seeds ({r['seeds']}): BLEU {r['bleu_mean']:.2f} ± "
              f"{r['bleu_sd']:.2f}, chrF {r['chrf_mean']:.2f} ± {r['chrf_sd']:.2f}, TER {r['ter_mean']:.2f} ± "
              f"{r['ter_sd']:.2f}" for _, r in several.iterrows()]
@@ -545,7 +532,7 @@ def limitations(runs, seeds: pd.DataFrame | None = None, comparison: pd.DataFram
             "tokens that are easy to match, so the two kinds of number measure different things and are not "
             "comparable; only scores with the same signature are.")
     if comparison is not None and len(comparison):
-        split = test_set_name(comparison.attrs.get("split", MAIN_SPLIT))
+        split = plots.test_set_name(comparison.attrs.get("split", MAIN_SPLIT))
         moves = [f"{system} {r.iloc[0]:.2f} → {r.iloc[1]:.2f} → {r.iloc[2]:.2f}" for system, r in comparison.iterrows()]
         text += (f" The same translations of this build on {split}, scored cased and detokenized → lowercased → "
                  "lowercased on tokenized text with hyphens split: " + "; ".join(moves) + ".")

@@ -43,6 +43,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .errors import ConfigError, MtlibError, TrainingError
+from .project import REPO_ROOT
 from .prompts import template_date
 
 TAG = "[mtlib.parallel]"              # lines the workers print for the launching process to show
@@ -66,7 +67,6 @@ def backend_note(stage: str, backend: str, num_processes: int) -> str | None:
     if backend == "hf" and stage != "grpo":
         return "the plain transformers + PEFT backend (no CUDA, or Unsloth not installed)"
     return BACKEND_NOTES.get((stage, backend), f"{backend} backend in every process")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- how many ------------------------------------------------------------------------------------------
@@ -135,15 +135,8 @@ def batch_summary(stage: str, params, num_processes: int) -> dict:
 def choose_backend(stage: str, num_processes: int, backend: str | None = None) -> str:
     """The backend the worker processes load the model with: ``backend`` if given, else
     :data:`MULTI_PROCESS_BACKEND` (one process: the in-process choice, Unsloth where usable)."""
-    from .modeling import BACKENDS, resolve_backend
-    wanted = backend or (MULTI_PROCESS_BACKEND[stage] if num_processes > 1 else "auto")
-    if wanted not in BACKENDS:
-        raise ConfigError(f"backend must be one of {BACKENDS}, got {wanted!r}")
-    if wanted == "auto":
-        return resolve_backend("auto")
-    if wanted == "unsloth":
-        return resolve_backend("unsloth")
-    return "hf"
+    from .modeling import resolve_backend
+    return resolve_backend(backend or (MULTI_PROCESS_BACKEND[stage] if num_processes > 1 else "auto"))
 
 
 # -- launching -----------------------------------------------------------------------------------------
@@ -411,10 +404,10 @@ def evaluate_splits(trained, splits: dict, num_processes: int = 2, runs_root="ru
         shutil.copy2(work / "evaluate.log", run_dir / "launch" / "evaluate.log")
         with open(run_dir / "translations.jsonl", encoding="utf-8") as f:  # as written: no dtype guessing
             translations = pd.DataFrame([json.loads(line) for line in f])
-        out[split] = Evaluation(metrics=read_json(run_dir / "metrics.json")[split],
-                                translations=translations, run_dir=run_dir, stage=trained.stage,
+        scores = read_json(run_dir / "metrics.json")[split]
+        out[split] = Evaluation(metrics=scores, translations=translations, run_dir=run_dir, stage=trained.stage,
                                 stats=TranslateStats(**read_json(run_dir / "translate_stats.json")),
-                                per_split={split: read_json(run_dir / "metrics.json")[split]})
+                                per_split={split: scores})
     shutil.rmtree(work, ignore_errors=True)  # kept above on failure, for the log
     return out
 

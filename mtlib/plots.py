@@ -55,7 +55,8 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if np.isfinite(value) else "none"
 
 
-def _series(names: Sequence[str]) -> str:
+def series(names: Sequence[str]) -> str:
+    """Names as prose: "a", "a and b", "a, b and c"."""
     names = [str(n) for n in names]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -167,6 +168,13 @@ def log_label(key: str) -> tuple[str, str]:
 
 TEST_SET_LABELS = {"test": "test (2016 Flickr)", "test_2016_flickr": "2016 Flickr", "test_2017_flickr": "2017 Flickr",
                    "test_2017_mscoco": "2017 MSCOCO", "test_2018_flickr": "2018 Flickr", "validation": "validation"}
+
+
+def test_set_name(split: str) -> str:
+    """A test set in words (``test_2017_mscoco`` -> "2017 MSCOCO"); another name as given."""
+    return TEST_SET_LABELS.get(split, split)
+
+
 METRIC_LABELS = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
                  "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
 LOWER_IS_BETTER = {"ter"}
@@ -249,7 +257,7 @@ def training_curves(log_history: Sequence[dict] | pd.DataFrame, columns: Sequenc
                          f"{_fmt(float(last[col]))} at step {int(last['step'])}")
     if title:
         fig.suptitle(title)
-    names = _series([_lower_first(log_label(c)[0]) if i else log_label(c)[0] for i, c in enumerate(present)])
+    names = series([_lower_first(log_label(c)[0]) if i else log_label(c)[0] for i, c in enumerate(present)])
     steps = f"{int(df['step'].min())} to {int(df['step'].max())}"
     return describe(fig, f"{title + ': ' if title else ''}{names}, by training step.",
                     f"{len(present)} line chart{'s' if len(present) > 1 else ''}, one a row, against the training "
@@ -304,11 +312,11 @@ def score_bars(table: pd.DataFrame, metrics: Sequence[str] = ("bleu", "chrf", "r
                title="system", frameon=False)
     names = [METRIC_LABELS.get(m, _words(m)) for m in metrics]
     sets = [_test_set_label(g) for g in groups if g is not None]
-    return describe(fig, f"{_series(names)} of each system" + (f" on each test set" if sets else "")
+    return describe(fig, f"{series(names)} of each system" + (f" on each test set" if sets else "")
                     + " (the values are those of the score table).",
-                    f"Horizontal bar charts, one a row, of {_series(names)}"
-                    + (f" on the test sets {_series(sets)}" if sets else "")
-                    + f", one bar per system ({_series(systems)}), each bar labelled with its value.")
+                    f"Horizontal bar charts, one a row, of {series(names)}"
+                    + (f" on the test sets {series(sets)}" if sets else "")
+                    + f", one bar per system ({series(systems)}), each bar labelled with its value.")
 
 
 @_styled
@@ -373,7 +381,7 @@ def path_times(table: pd.DataFrame, target: float | None = None) -> Figure:
     return describe(fig, "Seconds to translate 1,000 sentences on each decoding path"
                     + (f", against the target of {target:g} s (dashed line)." if target is not None else "."),
                     f"Horizontal bar chart of {len(table)} decoding paths, coloured by process "
-                    f"({_series(processes)}): from {table.seconds_1000[fastest]:g} s ({flat[where.index(fastest)]}) "
+                    f"({series(processes)}): from {table.seconds_1000[fastest]:g} s ({flat[where.index(fastest)]}) "
                     f"to {table.seconds_1000[slowest]:g} s ({flat[where.index(slowest)]})"
                     + (f"; a dashed line marks the target of {target:g} s." if target is not None else "."))
 
@@ -401,5 +409,5 @@ def step_phases(phases: pd.DataFrame) -> Figure:
     _sizes(ax)
     totals = phases[parts].sum(axis=1)
     return describe(fig, "Seconds per GRPO step, split into its phases, for each batch size.",
-                    f"Stacked horizontal bar chart, one bar per batch size, split into {_series(_words(str(c)) for c in parts)}: "
+                    f"Stacked horizontal bar chart, one bar per batch size, split into {series(_words(str(c)) for c in parts)}: "
                     + "; ".join(f"batch {b}: {t:.1f} s per step" for b, t in zip(phases.index, totals)) + ".")

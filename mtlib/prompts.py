@@ -14,12 +14,17 @@ LANGUAGE_NAMES = {
 }
 
 
+def _primary(code: str) -> str:
+    """The primary subtag of a language code, lower case (``"fr-CA"``, ``"FR_ca"`` -> ``"fr"``)."""
+    if not isinstance(code, str) or not code.strip():
+        raise ValueError(f"language code must be a non-empty string, got {code!r}")
+    return code.strip().lower().replace("_", "-").split("-")[0]
+
+
 def language_name(code: str) -> str:
     """English name of a language code (``"de"`` -> ``"German"``, ``"fr-CA"`` -> ``"French"``: a region subtag
     is ignored, case too); an unknown code is returned as given, so prose still names the language."""
-    if not isinstance(code, str) or not code.strip():
-        raise ValueError(f"language code must be a non-empty string, got {code!r}")
-    return LANGUAGE_NAMES.get(code.strip().lower().replace("_", "-").split("-")[0], code.strip())
+    return LANGUAGE_NAMES.get(_primary(code), code.strip())
 
 
 # What a chatty model writes before its answer, per target language: the length reward's example in
@@ -33,8 +38,7 @@ PREAMBLES = {
 
 def preamble(tgt_lang: str) -> str:
     """"Here is the translation: " in the target language (:data:`PREAMBLES`), else in English."""
-    language_name(tgt_lang)  # the same check of the code
-    return PREAMBLES.get(tgt_lang.strip().lower().replace("_", "-").split("-")[0], PREAMBLES["en"])
+    return PREAMBLES.get(_primary(tgt_lang), PREAMBLES["en"])
 
 
 def system_prompt(tgt_lang: str = "de", src_lang: str = "en") -> str:

@@ -55,8 +55,8 @@ params = chapter.header("05_results", globals())
 runs = results.load_runs(runs_root, build_id=build_id)
 if runs.empty:
     display(chapter.no_runs_notice(runs_root, build_id))
-elif chapter.runs_are_smoke(runs):
-    display(chapter.notice({"model": chapter.random_model(runs)}))
+elif (random_weights := chapter.random_model(runs)) is not None:
+    display(chapter.notice({"model": random_weights}))
 if (stale := chapter.stale_grpo_notice(runs_root, build_id=build_id)) is not None:
     display(stale)
 

@@ -192,13 +192,14 @@ text = [f"The book command itself (`benchmarks/gpu_check.sh`: profile `{book['pr
         f"{'met' if book['total_s'] <= bench.BOOK_GOAL_S else 'not met yet'}. The HTML render is not included "
         f"(it needs no GPU)." + (f" Chapters not in this build: {', '.join(book['missing'])}." if book["missing"] else "")]
 if fast_grpo and seed_grpo:
+    warm_steps = len(fast_grpo["step_seconds"]) - fast_grpo["steps_timed"]
     text.append(f"GRPO, measured the same day on a card of the same kind, the fast shape and the seed recipe in one "
                 f"process, each after "
-                f"{len(fast_grpo['step_seconds']) - fast_grpo['steps_timed']} warm-up steps: the fast shape "
+                f"{warm_steps} warm-up steps: the fast shape "
                 f"samples and learns from **{num(fast_grpo['completions_per_s'])} completions/s**, the seed recipe "
                 f"{num(seed_grpo['completions_per_s'])} ({num(fast_grpo['completions_per_s'] / seed_grpo['completions_per_s'])} "
                 f"times). The fast shape's warm-up steps took {num(fast_grpo['warmup_seconds'])} s, "
-                f"{num(fast_grpo['warmup_seconds'] / (len(fast_grpo['step_seconds']) - fast_grpo['steps_timed']))} s "
+                f"{num(fast_grpo['warmup_seconds'] / warm_steps)} s "
                 f"a step against {num(fast_grpo['seconds_per_step'])} s later, while compiled kernels were being "
                 f"built (each step's time is in the results file).")
 md("\n\n".join(text))
