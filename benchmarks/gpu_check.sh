@@ -7,11 +7,7 @@
 #   usage:  benchmarks/gpu_check.sh WHEELS_DIR OUT_DIR [book arguments, e.g. --only 03_sft --no-html]
 set -euo pipefail
 wheels=${1:?usage: gpu_check.sh WHEELS_DIR OUT_DIR [book arguments]}; out=${2:?OUT_DIR}; shift 2
-# once per machine: a later call on the same machine (e.g. --resume of the next chapters) reuses the install
-[ -f /tmp/site/.mtlib-wheels ] || { python3 -m pip install -q --no-index --no-deps --target /tmp/site "$wheels"/*.whl \
-  "$wheels"/book/*.whl 2>&1 | grep -v -i "warning\|already exists"; touch /tmp/site/.mtlib-wheels; } || true
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source "$(dirname "$0")/gpu_env.sh" "$wheels"
 start=$(date +%s)
 status=0
 python3 -m mtlib.book --profile gpu-check --out "$out" "$@" || status=$?

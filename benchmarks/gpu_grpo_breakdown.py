@@ -8,6 +8,10 @@ optimizer (the rest of the step).
 
     python -m benchmarks.gpu_grpo_breakdown --out OUT_DIR [--shapes 32x4,64x2,128x1]
     python -m benchmarks.gpu_grpo_breakdown --out OUT_DIR --tiny     (CPU check)
+
+Unsloth's GRPO loss has switches read from the environment (``UNSLOTH_GRPO_SEQ_PACKING=0``: the padded
+batch instead of one packed row; ``UNSLOTH_GRPO_PREFIX_GROUPER=0``); the row records the ones set, so one
+call per setting compares them. ``--profile``: torch.profiler's table of the last timed step.
 """
 from __future__ import annotations
 
@@ -27,12 +31,18 @@ def main():
                     help="per-device batch x accumulation (fast recipe), or seed (the original recipe, 2x2)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--skip", type=int, default=1, help="warm-up steps left out (Unsloth compiles per new shape)")
+    ap.add_argument("--max-completion", type=int, default=None,
+                    help="longest completion (default: the book's); the random twin never stops early")
+    ap.add_argument("--pad-multiple", type=int, default=None, help="GRPOParams.pad_to_multiple_of")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler table of the last step, per shape")
+    ap.add_argument("--label", default="", help="a name for this setting in the rows")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     from mtlib import modeling  # noqa: F401  (Unsloth first)
+    import os
     import torch
 
     from mtlib import data, tiny
@@ -69,15 +79,23 @@ def main():
         setattr(obj, name, wrapper)
 
     class Steps(TrainerCallback):
-        def __init__(self):
-            self.marks, self.start = [], None
+        def __init__(self, profile_step=None):
+            self.marks, self.start, self.profile_step, self.profiler = [], None, profile_step, None
 
         def on_train_begin(self, a, state, c, **kw):
             self.start = time.time()
 
+        def on_step_begin(self, a, state, c, **kw):
+            if self.profile_step is not None and state.global_step + 1 == self.profile_step:
+                acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+                self.profiler = torch.profiler.profile(activities=acts)
+                self.profiler.__enter__()
+
         def on_step_end(self, a, state, c, **kw):
             sync()
             self.marks.append((time.time(), dict(clock)))
+            if self.profiler is not None:
+                self.profiler.__exit__(None, None, None)
 
     for shape in args.shapes.split(","):
         seed = shape == "seed"  # the original study's recipe: 2 x 2, gradient checkpointing, the model's own decoding
@@ -86,8 +104,9 @@ def main():
         model = add_lora(model, r=16, alpha=16, gradient_checkpointing=seed)
         params = GRPOParams(max_steps=args.steps, save_steps=10_000, per_device_train_batch_size=bs,
                             gradient_accumulation_steps=acc, fast_generation=not seed,
-                            max_completion_length=8 if args.tiny else 76)
-        steps = Steps()
+                            max_completion_length=args.max_completion or (8 if args.tiny else 76),
+                            pad_to_multiple_of=args.pad_multiple)
+        steps = Steps(profile_step=args.steps if args.profile else None)
         trainer = build_grpo_trainer(model, tok, train.select(range(4000)), params, output_dir=out / f"grpo-{shape}",
                                      callbacks=[steps])
         clock.clear()
@@ -102,7 +121,10 @@ def main():
         per = {k: (c1.get(k, 0.0) - c0.get(k, 0.0)) / n for k in ("generate", "generate_and_score", "loss_forward")}
         step_s = (t1 - t0) / n
         times = [steps.start] + [m[0] for m in steps.marks]
-        row = dict(shape=shape, steps_timed=n, warmup_seconds=round(t0 - steps.start, 2), step_seconds=[round(b - a, 2) for a, b in zip(times, times[1:])],
+        unsloth_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("UNSLOTH_GRPO")}
+        row = dict(shape=shape, label=args.label, unsloth_env=unsloth_env,
+                   max_completion_length=params.max_completion_length, pad_to_multiple_of=args.pad_multiple,
+                   steps_timed=n, warmup_seconds=round(t0 - steps.start, 2), step_seconds=[round(b - a, 2) for a, b in zip(times, times[1:])],
                    seconds_per_step=round(step_s, 2),
                    completions_per_s=round(bs * acc / step_s, 2),
                    generate_s=round(per["generate"], 2),
@@ -112,7 +134,12 @@ def main():
                    peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        (out / "grpo_breakdown.json").write_text(json.dumps(
+        if steps.profiler is not None:
+            sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+            table = steps.profiler.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70)
+            (out / f"profile_{args.label or 'run'}_{shape}.txt").write_text(table)
+            print(table[:6000], flush=True)
+        (out / f"grpo_breakdown{'_' + args.label if args.label else ''}.json").write_text(json.dumps(
             {"rows": rows, "card": torch.cuda.get_device_name(0) if cuda else "cpu"}, indent=1))
         del trainer, model
         if cuda:

@@ -67,8 +67,7 @@ class SFTParams:
         if self.train_sampling_strategy not in ("random", "sequential", "group_by_length"):
             raise ConfigError("SFTParams.train_sampling_strategy must be 'random', 'sequential' or "
                               f"'group_by_length', got {self.train_sampling_strategy!r}")
-        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
-            raise ConfigError(f"SFTParams.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of!r}")
+        _pad_multiple(self)
         return self
 
 
@@ -91,6 +90,7 @@ class GRPOParams:
     top_p: float = 0.95
     repetition_penalty: float = 1.2
     fast_generation: bool = _book("grpo", "fast_generation")  # completions from a merged bf16 copy (fastgen)
+    pad_to_multiple_of: int | None = None               # prompts and completions padded: fewer distinct shapes
     lr: float = _book("grpo", "lr")
     max_steps: int = _book("grpo", "max_steps")
     per_device_train_batch_size: int = _book("grpo", "per_device_train_batch_size")
@@ -111,6 +111,7 @@ class GRPOParams:
         _validate_trainer_only(self)
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"GRPOParams.top_p must be in (0, 1], got {self.top_p!r}")
+        _pad_multiple(self)
         if not self.rewards:
             raise ConfigError("GRPOParams.rewards must name at least one reward")
         from .rewards import REWARDS
@@ -124,6 +125,11 @@ def _positive(params, name, minimum=1):
     v = getattr(params, name)
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ConfigError(f"{type(params).__name__}.{name} must be an integer >= {minimum}, got {v!r}")
+
+
+def _pad_multiple(p):
+    if p.pad_to_multiple_of is not None:
+        _positive(p, "pad_to_multiple_of")
 
 
 def _validate_trainer_only(p):
@@ -284,7 +290,8 @@ def build_grpo_trainer(model, tokenizer, train_split, params: GRPOParams | None 
                       epsilon=params.epsilon, epsilon_high=params.epsilon_high,
                       num_generations=params.num_generations, max_completion_length=params.max_completion_length,
                       temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                      repetition_penalty=params.repetition_penalty, reward_weights=list(params.reward_weights))
+                      repetition_penalty=params.repetition_penalty, reward_weights=list(params.reward_weights),
+                      pad_to_multiple_of=params.pad_to_multiple_of)
     funcs = build_rewards(params.rewards, tokenizer)
     tokenizer.padding_side = "left"
     from .generate import drop_max_length
