@@ -11,7 +11,7 @@ optimizer (the rest of the step).
 
 Unsloth's GRPO loss has switches read from the environment (``UNSLOTH_GRPO_SEQ_PACKING=0``: the padded
 batch instead of one packed row; ``UNSLOTH_GRPO_PREFIX_GROUPER=0``); the row records the ones set, so one
-call per setting compares them. ``--profile``: torch.profiler's table of the last timed step.
+call per setting compares them. ``--profile``: torch.profiler's table of one more step after the timed ones.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--max-completion", type=int, default=None,
                     help="longest completion (default: the book's); the random twin never stops early")
     ap.add_argument("--pad-multiple", type=int, default=None, help="GRPOParams.pad_to_multiple_of")
-    ap.add_argument("--profile", action="store_true", help="torch.profiler table of the last step, per shape")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler table of one step after the timed ones, per shape")
     ap.add_argument("--label", default="", help="a name for this setting in the rows")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
@@ -102,11 +102,11 @@ def main():
         bs, acc = (2, 2) if seed else (int(x) for x in shape.split("x"))
         model, tok = load_model(str(twin), max_seq_length=512, load_in_4bit=True, backend="hf" if args.tiny else "auto")
         model = add_lora(model, r=16, alpha=16, gradient_checkpointing=seed)
-        params = GRPOParams(max_steps=args.steps, save_steps=10_000, per_device_train_batch_size=bs,
+        params = GRPOParams(max_steps=args.steps + args.profile, save_steps=10_000, per_device_train_batch_size=bs,
                             gradient_accumulation_steps=acc, fast_generation=not seed,
                             max_completion_length=args.max_completion or (8 if args.tiny else 76),
                             pad_to_multiple_of=args.pad_multiple)
-        steps = Steps(profile_step=args.steps if args.profile else None)
+        steps = Steps(profile_step=args.steps + 1 if args.profile else None)  # one step more, not timed
         trainer = build_grpo_trainer(model, tok, train.select(range(4000)), params, output_dir=out / f"grpo-{shape}",
                                      callbacks=[steps])
         clock.clear()
@@ -116,8 +116,8 @@ def main():
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         trainer.train()
-        (t0, c0), (t1, c1) = steps.marks[args.skip - 1], steps.marks[-1]  # warm-up steps left out
-        n = len(steps.marks) - args.skip
+        (t0, c0), (t1, c1) = steps.marks[args.skip - 1], steps.marks[args.steps - 1]  # warm-up steps left out
+        n = args.steps - args.skip
         per = {k: (c1.get(k, 0.0) - c0.get(k, 0.0)) / n for k in ("generate", "generate_and_score", "loss_forward")}
         step_s = (t1 - t0) / n
         times = [steps.start] + [m[0] for m in steps.marks]

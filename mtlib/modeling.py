@@ -47,10 +47,21 @@ def _distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", 1) or 1) > 1
 
 
+# Unsloth's settings that mtlib changes, each kept when the environment already sets it. Unsloth reads them
+# at import or at each GRPO loss. UNSLOTH_GRPO_SEQ_PACKING=0: GRPO's loss runs on the padded batch, not on
+# one packed row of all its sequences (with its prefix grouper). Without flash-attn (torch 2.11, the H200
+# image) the packed row runs one attention call per sequence: on the H200 it made the fast shape's step
+# 2.5x slower (6.38 s against 2.59 s; benchmarks/results/grpo_settings_h200_2026-12-01). Both compute the
+# same loss.
+UNSLOTH_SETTINGS = {"UNSLOTH_GRPO_SEQ_PACKING": "0"}
+
+
 def _import_unsloth_early() -> None:
     """On a CUDA machine with Unsloth installed, import it with this module, before transformers/trl load."""
     if _forced_backend() == "hf":  # a process that must stay on the plain backend (mtlib.parallel's GRPO)
         return
+    for name, value in UNSLOTH_SETTINGS.items():
+        os.environ.setdefault(name, value)
     try:
         if _cuda():
             import unsloth  # noqa: F401

@@ -95,3 +95,20 @@ def fix_template_date(tokenizer, date: str = PROMPT_DATE):
 def template_date(tokenizer) -> str | None:
     """The date :func:`fix_template_date` gave ``tokenizer`` (None if it was not fixed)."""
     return getattr(tokenizer, "mtlib_prompt_date", None)
+
+
+def token_counts(tokenizer, texts) -> list[int]:
+    """Tokens in each text, without special tokens added: one batch call (a fast tokenizer encodes it in
+    parallel, without building Python lists of ids)."""
+    texts = list(texts)
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def grpo_token_lengths(tokenizer, rows) -> dict:
+    """Token counts of GRPO rows: ``{"prompt": [...], "reference": [...]}``, each prompt as the model reads
+    it (its chat template with the assistant's header)."""
+    rendered = tokenizer.apply_chat_template(list(rows["prompt"]), add_generation_prompt=True, tokenize=False)
+    return {"prompt": token_counts(tokenizer, rendered), "reference": token_counts(tokenizer, rows["reference"])}

@@ -122,7 +122,8 @@ def environment() -> dict:
     except ImportError:
         pass
     return {"python": sys.version.split()[0], "platform": platform.platform(), "cuda": cuda, "device": device,
-            "gpus": gpus, "packages": versions, "git_commit": git_commit()}
+            "gpus": gpus, "packages": versions, "git_commit": git_commit(),
+            "unsloth_settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("UNSLOTH_")}}
 
 
 def peak_memory_gb() -> dict:

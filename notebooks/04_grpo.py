@@ -196,13 +196,9 @@ pd.DataFrame([{**{f"prompt: {m['role']}": m["content"] for m in row["prompt"]}, 
 # is needed.
 
 # %%
-prompt_tokens = [len(tokenizer(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False),
-                               add_special_tokens=False).input_ids) for p in grpo_rows["prompt"]]
-reference_tokens = [len(tokenizer(r, add_special_tokens=False).input_ids) for r in grpo_rows["reference"]]
-lengths = pd.DataFrame({"prompt": pd.Series(prompt_tokens).describe(percentiles=[0.5, 0.9, 0.99]),
-                        "reference": pd.Series(reference_tokens).describe(percentiles=[0.5, 0.9, 0.99])})
-display(lengths.round(1))
-display(Markdown(f"{np.mean(np.array(reference_tokens) > max_completion_length):.1%} of the references are longer than "
+tokens = prompts.grpo_token_lengths(tokenizer, grpo_rows)
+display(pd.DataFrame({k: pd.Series(v).describe(percentiles=[0.5, 0.9, 0.99]) for k, v in tokens.items()}).round(1))
+display(Markdown(f"{np.mean(np.array(tokens['reference']) > max_completion_length):.1%} of the references are longer than "
                  f"`max_completion_length` = {max_completion_length} tokens."))
 
 # %% [markdown]

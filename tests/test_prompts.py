@@ -54,3 +54,16 @@ def test_preamble_follows_the_target_language_with_an_english_fallback():
     assert prompts.preamble("cs").startswith("Zde je překlad")
     assert prompts.preamble("xx") == prompts.preamble("en") == "Here is the translation: "
     assert all(p.endswith(" ") for p in prompts.PREAMBLES.values())  # a completion follows directly
+
+
+def test_grpo_token_lengths_count_what_the_model_reads(tiny_dir):
+    """One batch call gives, for every row, the tokens of the rendered prompt and of the reference, as the
+    tokenizer counts them one at a time."""
+    tokenizer = modeling.load_model(str(tiny_dir), backend="hf")[1]
+    rows = prompts.to_grpo_dataset(__import__("datasets").Dataset.from_dict(
+        {"en": ["A dog runs.", "Two men play chess in a park."], "de": ["Ein Hund rennt.", "Zwei Männer spielen."]}))
+    one_by_one = [len(tokenizer(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False),
+                                add_special_tokens=False).input_ids) for p in rows["prompt"]]
+    lengths = prompts.grpo_token_lengths(tokenizer, rows)
+    assert lengths["prompt"] == one_by_one and lengths["prompt"][1] > lengths["prompt"][0]
+    assert lengths["reference"] == [len(tokenizer(r, add_special_tokens=False).input_ids) for r in rows["reference"]]

@@ -169,3 +169,16 @@ def test_max_seq_length_that_cuts_every_translation_names_it_and_the_minimum_wor
     trainer = build_sft_trainer(model, tok, train_split, SFTParams(max_seq_length=MIN_SEQ_LENGTH, **FAST_SFT),
                                 tmp_path / "b")
     assert len(trainer.train_dataset) == len(train_split)
+
+
+def test_grpo_pads_prompts_and_completions_to_the_multiple_asked(tmp_path, tiny_dir, train_split):
+    """pad_to_multiple_of reaches TRL, whose padded batches then have lengths that are multiples of it."""
+    model, tok = _lora(tiny_dir)
+    with pytest.raises(ConfigError, match="pad_to_multiple_of"):
+        GRPOParams(pad_to_multiple_of=0).validate()
+    params = GRPOParams(max_steps=1, max_completion_length=5, pad_to_multiple_of=8, save_steps=100)
+    trainer = build_grpo_trainer(model, tok, train_split.select(range(8)), params, tmp_path)
+    assert trainer.args.pad_to_multiple_of == 8
+    batch = trainer._generate_and_score_completions(
+        [{"prompt": r["prompt"], "reference": r["reference"]} for r in trainer.train_dataset.select(range(4))])
+    assert batch["prompt_ids"].shape[1] % 8 == 0 and batch["completion_ids"].shape[1] % 8 == 0
