@@ -508,6 +508,12 @@ def multi_gpu_tables(path):
 # -- the book command on a GPU (benchmarks/gpu_check.sh) -----------------------------------------------------
 
 BOOK_GOAL_S = 360  # issue 14: every chapter of the fast book executed on one GPU, the HTML render apart
+GRPO_GOAL_CPS = 50  # issue 14: GRPO completions/s at the fast shape, steady state
+# Unsloth's GRPO loss settings side by side (benchmarks/gpu_grpo_settings.sh), one folder of results
+GRPO_SETTINGS_RUN = "grpo_settings_h200_2026-12-01"
+SETTING_NAMES = {"default": "packed row (Unsloth's default)", "packing": "packed row (Unsloth's default)",
+                 "nogrouper": "packed row, no prefix grouper", "nopacking": "padded batch (mtlib's default)",
+                 "nopacking-pad32": "padded batch, lengths padded to 32"}
 
 
 def book_run(folder) -> dict:
@@ -535,3 +541,23 @@ def book_run(folder) -> dict:
     return {"chapters": table, "total_s": total, "card": run.get("card", "unknown card").split(",")[0],
             "profile": build.get("profile"), "model": build.get("model"), "commands": run.get("book_commands", []),
             "grpo": grpo, "missing": [c for c in build.get("chapters", {}) if c not in chapters]}
+
+
+def grpo_settings(folder=GRPO_SETTINGS_RUN) -> tuple:
+    """Unsloth's GRPO loss settings compared (``grpo_breakdown_<setting>.json`` files of one folder): a
+    DataFrame, one row a setting, of seconds per step, completions/s, warm-up seconds and the update's
+    phases, in words; and the card."""
+    import pandas as pd
+    root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
+    files = sorted(root.glob("grpo_breakdown_*.json"))
+    if not files:
+        raise DataError(f"no grpo_breakdown_<setting>.json in {root} (benchmarks/gpu_grpo_settings.sh writes them)")
+    rows = []
+    for path in files:
+        for r in json.loads(path.read_text()).get("rows", []):
+            rows.append({"Loss computed on": SETTING_NAMES.get(r.get("label"), r.get("label")),
+                         "Seconds per step": r["seconds_per_step"], "Completions per second": r["completions_per_s"],
+                         "Warm-up (s)": r.get("warmup_seconds"), "Loss forward (s)": r["loss_forward_s"],
+                         "Backward + optimizer (s)": r["backward_and_optimizer_s"]})
+    table = pd.DataFrame(rows).set_index("Loss computed on").sort_values("Seconds per step", ascending=False)
+    return table, card(files[0])

@@ -46,8 +46,9 @@ if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.envir
 profile = None                            # name of the profile the runner used (display only)
 benchmark_files = ["h100_run6.json"]      # measured results, in benchmarks/results/ (names there, or paths)
 paths_file = "h100_translate_paths.json"  # measured translation paths (a name there, or a path)
-grpo_file = "h100_grpo_breakdown.json"    # measured GRPO step phases (a name there, or a path)
-book_run = "gpu_check_h200_2026-12-01"    # the book command on a GPU (a folder there)
+grpo_file = "gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json"  # measured GRPO step phases (a name
+                                                                          # there, or a path)
+book_run = "gpu_check_h200_2026-12-01_run2"  # the book command on a GPU (a folder there)
 multi_gpu_file = "multi_gpu.json"         # one GPU against two (shown if measured)
 
 # %% tags=["hide-input"]
@@ -201,7 +202,12 @@ if fast_grpo and seed_grpo:
                 f"times). The fast shape's warm-up steps took {num(fast_grpo['warmup_seconds'])} s, "
                 f"{num(fast_grpo['warmup_seconds'] / warm_steps)} s "
                 f"a step against {num(fast_grpo['seconds_per_step'])} s later, while compiled kernels were being "
-                f"built (each step's time is in the results file).")
+                f"built (each step's time is in the results file). The goal is {bench.GRPO_GOAL_CPS} completions/s "
+                f"in the steady state: "
+                f"{'met' if fast_grpo['completions_per_s'] >= bench.GRPO_GOAL_CPS else 'not met yet'}."
+                + (f" Both sampled at most {fast_grpo['max_completion_length']} tokens a completion, about the longest "
+                   "that the book's own GRPO samples after SFT, because the twin's random weights never stop "
+                   "earlier." if fast_grpo.get("max_completion_length") else ""))
 md("\n\n".join(text))
 display(book["chapters"].set_index("Chapter"))
 
@@ -464,14 +470,15 @@ phases = bench.grpo_phases(grpo_file)
 steps = bench.grpo_steps(grpo_file)
 p = phases.iloc[0]
 n_prompts, n_gen = (int(x) for x in steps["shape"].split("x"))
-tokens = f_grpo["max_completion_length"]
+tokens = bench.load_rows(grpo_file)[0].get("max_completion_length") or f_grpo["max_completion_length"]
+capped = tokens < f_grpo["max_completion_length"]
 sample_s, update_s = p["sampling completions"], p["loss forward"] + p["backward + optimizer"]
 md(f"""On the **{steps['card']}** (`{grpo_file}`). A fast GRPO step samples {n_gen} completions for each of
-{n_prompts} prompts ({tokens} tokens each, the chapters' `max_completion_length`, since random weights never
-stop), scores them, and takes the policy-gradient update over the {n_prompts * n_gen} sequences.
+{n_prompts} prompts ({tokens} tokens each, {"capped there by the benchmark, about the longest the book's own GRPO samples after SFT" if capped else "the chapters' `max_completion_length`"},
+since random weights never stop), scores them, and takes the policy-gradient update over the {n_prompts * n_gen} sequences.
 `benchmarks/gpu_grpo_breakdown.py` times each phase with the GPU synchronised at its boundaries, over the last
 {words(len(steps['timed']))} of {words(len(steps['timed']) + len(steps['warmup']) + 1)} steps of one run. Unsloth
-compiles its training step for each new sequence length it meets: the first step took {secs(steps['first'])} s,
+compiles its training step as it meets new shapes: the first step took {secs(steps['first'])} s,
 the next {words(len(steps['warmup']))} took {secs(min(steps['warmup']))} to {secs(max(steps['warmup']))} s."""
    + (f""" Of the timed steps, {words(len(steps['outliers']))} (a new length) took
 {" and ".join(secs(s) for s in steps['outliers'])} s again, the others {secs(min(steps['regular']))} to
@@ -479,6 +486,16 @@ the next {words(len(steps['warmup']))} took {secs(min(steps['warmup']))} to {sec
       f" The timed steps took {secs(min(steps['timed']))} to {secs(max(steps['timed']))} s."))
 display(bench.phase_table(grpo_file))
 display(on_card(plots.step_phases(phases), "Seconds of one fast GRPO step by phase", steps["card"]))
+settings, settings_card = bench.grpo_settings()
+packed, padded = settings.iloc[0], settings.iloc[-1]
+md(f"""Unsloth computes GRPO's loss, by default, on one packed row that holds all the step's sequences end
+to end; where flash-attn is missing (this image has none), Unsloth's code computes that row's attention one
+sequence at a time. The loss forward and backward took {num(packed['Loss forward (s)'] + packed['Backward + optimizer (s)'])} s a step
+on the {settings_card}, against {num(padded['Loss forward (s)'] + padded['Backward + optimizer (s)'])} s on the
+padded batch, the same loss. `mtlib.modeling` therefore sets `UNSLOTH_GRPO_SEQ_PACKING=0` unless the
+environment sets it (each run's `env.json` records it). Measured in one call, one process each, the same twin
+and shape as above (`{bench.GRPO_SETTINGS_RUN}/`):""")
+display(settings)
 
 spec = bench.card_spec(steps["card"])
 bound = ""

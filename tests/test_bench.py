@@ -79,8 +79,12 @@ def test_results_live_next_to_the_programs_and_a_missing_one_is_named(tmp_path):
     from mtlib.errors import DataError
 
     assert bench.RESULTS_DIR == chapter.REPO_ROOT / "benchmarks" / "results"
-    for name in ("h100_run6.json", "h100_translate_paths.json", "h100_grpo_breakdown.json"):  # the appendix reads
+    from mtlib.parameters import defaults
+    appendix = defaults("06_gpu_speed")
+    for name in [*appendix["benchmark_files"], appendix["paths_file"], appendix["grpo_file"],
+                 "h100_grpo_breakdown.json"]:  # what the appendix reads, and the breakdown the tests use
         assert (bench.RESULTS_DIR / name).is_file() and load_rows(name)
+    assert (bench.RESULTS_DIR / appendix["book_run"] / "build.json").is_file()
     assert bench.environment("h100_run6.json")["card"]
     assert not list((chapter.REPO_ROOT / "mtlib").rglob("*.json")), "results are not package data"
     explicit = _write(tmp_path / "elsewhere.json", [{"stage": "sft", "recipe": "seed", "throughput": 1}])
@@ -268,11 +272,28 @@ def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_pa
     from mtlib import bench
     from mtlib.errors import DataError
 
-    run = bench.book_run("gpu_check_h200_2026-12-01")
-    build = json.loads((bench.RESULTS_DIR / "gpu_check_h200_2026-12-01" / "build.json").read_text())
+    run = bench.book_run("gpu_check_h200_2026-12-01_run2")
+    build = json.loads((bench.RESULTS_DIR / "gpu_check_h200_2026-12-01_run2" / "build.json").read_text())
     assert list(run["chapters"]["Chapter"]) == list(build["chapters"])
     assert run["total_s"] == pytest.approx(sum(c["seconds"] for c in build["chapters"].values()), abs=0.5)
     assert run["card"].startswith("NVIDIA H200") and set(run["grpo"]) == {"fast", "seed"}
     assert run["grpo"]["fast"]["completions_per_s"] > run["grpo"]["seed"]["completions_per_s"]
     with pytest.raises(DataError, match="build.json"):
         bench.book_run(tmp_path)
+
+
+def test_the_grpo_settings_compared_are_read_from_their_files_slowest_first(tmp_path):
+    from mtlib import bench
+    from mtlib.errors import DataError
+
+    table, card = bench.grpo_settings()
+    rows = {}
+    for path in (bench.RESULTS_DIR / bench.GRPO_SETTINGS_RUN).glob("grpo_breakdown_*.json"):
+        row = json.loads(path.read_text())["rows"][0]
+        rows[bench.SETTING_NAMES[row["label"]]] = row
+    assert set(table.index) == set(rows) and len(rows) >= 2 and card == "NVIDIA H200"
+    assert list(table["Seconds per step"]) == sorted((r["seconds_per_step"] for r in rows.values()), reverse=True)
+    for name, row in rows.items():
+        assert table.loc[name, "Completions per second"] == row["completions_per_s"]
+    with pytest.raises(DataError, match="gpu_grpo_settings.sh"):
+        bench.grpo_settings(tmp_path)
