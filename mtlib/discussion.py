@@ -294,11 +294,6 @@ def _copy_sentence(main: pd.DataFrame, src_lang: str | None, threshold: float) -
 
 # -- sentence by sentence -------------------------------------------------------------------------------------
 
-def sentence_metric(hyps, refs, metric: str = "chrf") -> np.ndarray:
-    """Per-sentence BLEU (effective order, as ``sacrebleu.sentence_bleu``), chrF or TER."""
-    return metrics.sentence_scores(hyps, refs)[metric].to_numpy(dtype=float)
-
-
 def _paired(translations: dict, pairs=PAIRS, metric: str = "chrf"):
     """Yield (baseline, system, split, a, b, gain) for each pair translated on the same sentences; ``gain`` per
     sentence is positive where ``system`` does better (TER: lower is better)."""
@@ -308,7 +303,7 @@ def _paired(translations: dict, pairs=PAIRS, metric: str = "chrf"):
     def scores(key):
         if key not in cache:
             t = translations[key]
-            cache[key] = sentence_metric(list(t["hypothesis"]), list(t["reference"]), metric)
+            cache[key] = metrics.sentence_metric(list(t["hypothesis"]), list(t["reference"]), metric)
         return cache[key]
 
     for baseline, system in pairs:

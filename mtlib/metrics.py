@@ -113,16 +113,24 @@ def bleu_breakdown(hyps: Sequence[str], refs: Sequence[str]) -> pd.DataFrame:
     })
 
 
-def sentence_scores(hyps: Sequence[str], refs: Sequence[str]) -> pd.DataFrame:
-    """Per-sentence BLEU (exponential smoothing, effective order, as ``sacrebleu.sentence_bleu``), chrF
-    and TER, with the hypothesis and reference, one row per sentence."""
+def sentence_metric(hyps: Sequence[str], refs: Sequence[str], metric: str = "chrf") -> np.ndarray:
+    """One metric per sentence: BLEU (exponential smoothing, effective order, as ``sacrebleu.sentence_bleu``),
+    chrF or TER."""
+    if metric not in ("bleu", "chrf", "ter"):
+        raise ConfigError(f"sentence_metric: metric must be 'bleu', 'chrf' or 'ter', got {metric!r}")
     hyps, refs = _check(hyps, refs)
-    bleu_m, chrf_m, ter_m = BLEU(effective_order=True), CHRF(), TER()
-    rows = [{"hyp": h, "ref": r,
-             "bleu": bleu_m.sentence_score(h, [r]).score,
-             "chrf": chrf_m.sentence_score(h, [r]).score,
-             "ter": ter_m.sentence_score(h, [r]).score} for h, r in zip(hyps, refs)]
-    return pd.DataFrame(rows, columns=["hyp", "ref", "bleu", "chrf", "ter"])
+    scorer = BLEU(effective_order=True) if metric == "bleu" else CHRF() if metric == "chrf" else TER()
+    return np.array([scorer.sentence_score(h, [r]).score for h, r in zip(hyps, refs)], dtype=float)
+
+
+def sentence_scores(hyps: Sequence[str], refs: Sequence[str]) -> pd.DataFrame:
+    """Per-sentence BLEU, chrF and TER (:func:`sentence_metric`), with the hypothesis and reference, one row
+    per sentence."""
+    hyps, refs = _check(hyps, refs)
+    table = pd.DataFrame({"hyp": hyps, "ref": refs})
+    for metric in ("bleu", "chrf", "ter"):
+        table[metric] = sentence_metric(hyps, refs, metric)
+    return table
 
 
 _METRICS = {"bleu": BLEU, "chrf": CHRF, "ter": TER}

@@ -260,3 +260,17 @@ def test_bleu_bands():
     assert M.bleu_band(5) == "Almost useless"
     assert M.bleu_band(35) == "Understandable to good translations"
     assert M.bleu_band(75) == "Quality often better than human"
+
+
+def test_sentence_metric_scores_one_metric_as_sacrebleu_does_sentence_by_sentence():
+    import sacrebleu
+    hyps, refs = ["Ein Hund rennt im Park.", "Zwei Männer", "xyz"], ["Ein Hund läuft im Park.", "Zwei Männer spielen.",
+                                                                      "Eine Katze."]
+    expected = {"bleu": [sacrebleu.sentence_bleu(h, [r]).score for h, r in zip(hyps, refs)],
+                "chrf": [sacrebleu.sentence_chrf(h, [r]).score for h, r in zip(hyps, refs)],
+                "ter": [sacrebleu.sentence_ter(h, [r]).score for h, r in zip(hyps, refs)]}
+    for metric, values in expected.items():
+        assert M.sentence_metric(hyps, refs, metric).tolist() == pytest.approx(values), metric
+        assert M.sentence_scores(hyps, refs)[metric].tolist() == pytest.approx(values), metric
+    with pytest.raises(ConfigError, match="'bleu', 'chrf' or 'ter'"):
+        M.sentence_metric(hyps, refs, "meteor")
