@@ -376,14 +376,15 @@ def grpo_steps(path) -> dict:
 
 
 PHASE_NAMES = {"seconds_per_step": "Seconds per step", "completions_per_s": "Completions per second",
-               "shape": "Prompts × completions"}
+               "shape": "Batch × accumulation, or recipe"}
 
 
 def phase_table(path) -> pd.DataFrame:
     """:func:`grpo_phases` for reading: seconds per phase, columns and index in words."""
     phases = grpo_phases(path).rename(columns=PHASE_NAMES)
     phases.columns = [c[0].upper() + c[1:] for c in phases.columns]
-    phases.index = [s.replace("x", " × ") for s in phases.index]
+    from .plots import shape_name
+    phases.index = [shape_name(s).removeprefix("batch ") for s in phases.index]
     return phases.rename_axis(PHASE_NAMES["shape"])
 
 

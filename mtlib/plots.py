@@ -387,6 +387,11 @@ def path_times(table: pd.DataFrame, target: float | None = None) -> Figure:
 
 
 @_styled
+def shape_name(shape: str) -> str:
+    """A GRPO breakdown's shape in words: ``"32x4"`` -> ``"batch 32 × 4"``, ``"seed"`` -> ``"seed recipe"``."""
+    return "seed recipe" if shape == "seed" else f"batch {shape.replace('x', ' × ')}"
+
+
 def step_phases(phases: pd.DataFrame) -> Figure:
     """Stacked bars of seconds per training step by phase, one bar per row (``bench.grpo_phases``)."""
     parts = [c for c in phases.columns if c not in ("seconds_per_step", "completions_per_s")]
@@ -401,7 +406,8 @@ def step_phases(phases: pd.DataFrame) -> Figure:
         ax.bar_label(bars, labels=[f"{v:.1f}" if v >= 0.3 else "" for v in values], label_type="center",
                      fontsize=MIN_FONT)
         left += values
-    ax.set_yticks(range(len(phases)), [f"batch {s}" for s in phases.index])
+    names = [shape_name(s) for s in phases.index]
+    ax.set_yticks(range(len(phases)), names)
     ax.set_xlabel("seconds per GRPO step")
     fig.legend(loc="outside upper center", ncols=min(len(parts), 2), frameon=False)
     ax.grid(axis="y", visible=False)
@@ -410,4 +416,4 @@ def step_phases(phases: pd.DataFrame) -> Figure:
     totals = phases[parts].sum(axis=1)
     return describe(fig, "Seconds per GRPO step, split into its phases, for each batch size.",
                     f"Stacked horizontal bar chart, one bar per batch size, split into {series(_words(str(c)) for c in parts)}: "
-                    + "; ".join(f"batch {b}: {t:.1f} s per step" for b, t in zip(phases.index, totals)) + ".")
+                    + "; ".join(f"{b}: {t:.1f} s per step" for b, t in zip(names, totals)) + ".")

@@ -465,7 +465,7 @@ else:
 # %% [markdown]
 # ### Where a GRPO step goes
 
-# %% tags=["remove-input", "hide-output"] mystnb={"code_prompt_show": "Show the GRPO step's phases", "code_prompt_hide": "Hide the GRPO step's phases", "image": {"alt": "Stacked horizontal bar: seconds of one fast GRPO step spent sampling completions, scoring them, in the loss forward pass and in the backward pass with the optimizer step."}}
+# %% tags=["remove-input", "hide-output"] mystnb={"code_prompt_show": "Show the GRPO step's phases", "code_prompt_hide": "Hide the GRPO step's phases", "image": {"alt": "Stacked horizontal bars: seconds of one GRPO step, for each shape measured, spent sampling completions, scoring them, in the loss forward pass and in the backward pass with the optimizer step."}}
 phases = bench.grpo_phases(grpo_file)
 steps = bench.grpo_steps(grpo_file)
 p = phases.iloc[0]
@@ -485,7 +485,7 @@ the next {words(len(steps['warmup']))} took {secs(min(steps['warmup']))} to {sec
 {secs(max(steps['regular']))} s.""" if steps["outliers"] else
       f" The timed steps took {secs(min(steps['timed']))} to {secs(max(steps['timed']))} s."))
 display(bench.phase_table(grpo_file))
-display(on_card(plots.step_phases(phases), "Seconds of one fast GRPO step by phase", steps["card"]))
+display(on_card(plots.step_phases(phases), "Seconds of one GRPO step by phase", steps["card"]))
 settings, settings_card = bench.grpo_settings()
 packed, padded = settings.iloc[0], settings.iloc[-1]
 md(f"""Unsloth computes GRPO's loss, by default, on one packed row that holds all the step's sequences end

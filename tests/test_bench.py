@@ -230,7 +230,13 @@ def test_translation_paths_profiles_steps_and_agreement_read_as_words():
     assert steps["first"] > steps["median"] and len(steps["timed"]) == 5 and steps["outliers"]
     assert len(steps["regular"]) + len(steps["outliers"]) == len(steps["timed"])
     phases = bench.phase_table("h100_grpo_breakdown.json")
-    assert phases.index.name == "Prompts × completions" and "Seconds per step" in phases.columns
+    assert phases.index.name == "Batch × accumulation, or recipe" and "Seconds per step" in phases.columns
+    both = bench.phase_table("gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json")
+    assert list(both.index) == ["32 × 4", "seed recipe"]
+    from mtlib import plots
+    labels = [t.get_text() for t in plots.step_phases(bench.grpo_phases(
+        "gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json")).axes[0].get_yticklabels()]
+    assert labels == ["batch 32 × 4", "seed recipe"]
 
     agree = bench.agreement(["h100_run6.json"])
     assert (agree.same[0], agree.positions[0]) == (65, 98) and agree.card[0] == "NVIDIA H100 80GB HBM3"
