@@ -1,0 +1,133 @@
+"""Where chapter 3's seconds go on a CUDA host, one process per setting (the 3B shape twin, the fast profile).
+
+The chapter's own calls, timed one by one: importing mtlib.modeling (Unsloth), loading the twin in 4 bits,
+the baseline translation of every test set through one merged copy (twice: the second pass meets only
+batch shapes seen before), then a few SFT steps of the fast recipe with each step's wall time. Each
+translation records the CUDA caching allocator's counters (device allocations, retries after a failed
+allocation), so a slow pass can be told apart from a slow kernel. Settings read at import (the allocator's
+``PYTORCH_ALLOC_CONF``, ``UNSLOTH_BLOCK_COMPILE``) are chosen by the caller's environment; the row records them.
+
+    python -m benchmarks.gpu_stage_probe --out OUT --label default [--sft-steps 60] [--passes 2]
+    python -m benchmarks.gpu_stage_probe --out OUT --label tiny --tiny      (CPU check)
+"""
+from __future__ import annotations
+
+import time
+
+T0 = time.time()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ENV_KEYS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "UNSLOTH_BLOCK_COMPILE", "UNSLOTH_COMPILE_DISABLE",
+            "UNSLOTH_GRPO_SEQ_PACKING")
+ALLOCATOR_COUNTERS = ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_sync_all_streams")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="multi30k", help="the dataset (default: the Multi30k release mtlib ships)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--label", required=True, help="the setting's name in the results file")
+    ap.add_argument("--twin", default=None, help="reuse a shape twin built earlier (default: OUT/twin)")
+    ap.add_argument("--passes", type=int, default=2, help="translation passes over the test sets (0: none)")
+    ap.add_argument("--batch", type=int, default=1024, help="translation batch (the fast profile's)")
+    ap.add_argument("--sft-steps", type=int, default=60)
+    ap.add_argument("--sft-pad-multiple", type=int, default=None, help="SFTParams.pad_to_multiple_of")
+    ap.add_argument("--tiny", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"label": args.label, "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ}, "stages": {}}
+    path = out / f"stage_probe_{args.label}.json"
+
+    def save():
+        path.write_text(json.dumps(result, indent=1) + "\n")
+
+    def stage(name, seconds, **extra):
+        result["stages"][name] = {"seconds": round(seconds, 2), **extra}
+        print(f"[probe {args.label}] {name}: {seconds:.1f} s {extra or ''}", flush=True)
+        save()
+
+    t = time.time()
+    from mtlib import modeling  # Unsloth first, as the chapters do
+    stage("import mtlib.modeling", time.time() - t, since_process_start=round(time.time() - T0, 2))
+    import torch
+
+    from mtlib import data, generate, tiny
+    from mtlib.train import SFTParams, build_sft_trainer
+    from transformers import TrainerCallback
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    result["card"] = torch.cuda.get_device_name() if cuda else "cpu"
+    pairs = data.load_pairs(args.data)
+    splits = [s for s in pairs if s != "train" and s != "validation"]
+    twin = Path(args.twin or out / "twin")
+    if not (twin / "config.json").exists():
+        t = time.time()
+        build = tiny.build_tiny_model if args.tiny else tiny.build_shape_twin
+        build(twin, texts=list(pairs["train"]["en"]) + list(pairs["train"]["de"]))
+        stage("build twin", time.time() - t)
+    t = time.time()
+    model, tokenizer = modeling.load_model(str(twin), max_seq_length=512, load_in_4bit=cuda)
+    stage("load model", time.time() - t)
+
+    def counters():
+        return {k: torch.cuda.memory_stats().get(k, 0) for k in ALLOCATOR_COUNTERS} if cuda else {}
+
+    if args.passes:
+        t = time.time()
+        with generate.decoding_model(model, fast_decode=True) as runner:
+            stage("merged copy", time.time() - t)
+            for p in range(args.passes):
+                for split in splits:
+                    sources = list(pairs[split]["en"])[: (8 if args.tiny else None)]
+                    before = counters()
+                    t = time.time()
+                    _, st = generate.translate(model, tokenizer, sources, batch_size=args.batch, max_new_tokens=128,
+                                               return_stats=True, decoder=runner, progress=False)
+                    after = counters()
+                    stage(f"translate pass {p + 1} {split}", time.time() - t, n=len(sources),
+                          new_tokens=st.new_tokens, allocator={k: after[k] - before[k] for k in after},
+                          peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 1) if cuda else None)
+
+    if args.sft_steps:
+        t = time.time()
+        peft_model = modeling.add_lora(model, r=16, alpha=16, dropout=0.0, seed=3407, gradient_checkpointing=False)
+        stage("add LoRA", time.time() - t)
+        params = SFTParams(lr=4e-4, per_device_train_batch_size=8 if args.tiny else 128, gradient_accumulation_steps=1,
+                           warmup_steps=10, max_steps=args.sft_steps, padding_free=False,
+                           train_sampling_strategy="group_by_length", pad_to_multiple_of=args.sft_pad_multiple,
+                           save_steps=10_000)
+        step_times = []
+
+        class Steps(TrainerCallback):
+            def on_step_begin(self, a, state, control, **k):
+                self.t = time.time()
+
+            def on_step_end(self, a, state, control, **k):
+                if cuda:
+                    torch.cuda.synchronize()
+                step_times.append(round(time.time() - self.t, 3))
+
+        t = time.time()
+        trainer = build_sft_trainer(peft_model, tokenizer, pairs["train"], params, output_dir=str(out / "sft-probe"),
+                                    callbacks=[Steps()])
+        stage("SFT trainer setup", time.time() - t)
+        t = time.time()
+        before = counters()
+        trainer.train()
+        after = counters()
+        late = step_times[len(step_times) // 2:]
+        stage("SFT train", time.time() - t, steps=len(step_times), step_seconds=step_times,
+              first10=round(sum(step_times[:10]), 2), steady_step=round(sorted(late)[len(late) // 2], 3),
+              allocator={k: after[k] - before[k] for k in after},
+              peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 1) if cuda else None)
+    result["total_seconds"] = round(time.time() - T0, 1)
+    save()
+
+
+if __name__ == "__main__":
+    main()
