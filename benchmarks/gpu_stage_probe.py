@@ -36,6 +36,9 @@ def main():
     ap.add_argument("--batch", type=int, default=1024, help="translation batch (the fast profile's)")
     ap.add_argument("--sft-steps", type=int, default=60)
     ap.add_argument("--sft-pad-multiple", type=int, default=None, help="SFTParams.pad_to_multiple_of")
+    ap.add_argument("--cold-shapes", action="store_true",
+                    help="instead of the passes: test 2016, then test 2017 mscoco (a batch shape not seen yet) under "
+                         "torch.profiler, then test 2018 without and with cuDNN's attention (cold both times for cuDNN)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -77,7 +80,36 @@ def main():
     def counters():
         return {k: torch.cuda.memory_stats().get(k, 0) for k in ALLOCATOR_COUNTERS} if cuda else {}
 
-    if args.passes:
+    def timed_translate(runner, name, split, **extra):
+        sources = list(pairs[split]["en"])[: (8 if args.tiny else None)]
+        before = counters()
+        t = time.time()
+        _, st = generate.translate(model, tokenizer, sources, batch_size=args.batch, max_new_tokens=128,
+                                   return_stats=True, decoder=runner, progress=False)
+        after = counters()
+        stage(name, time.time() - t, n=len(sources), new_tokens=st.new_tokens,
+              allocator={k: after[k] - before[k] for k in after}, **extra)
+
+    if args.cold_shapes:
+        from torch.profiler import ProfilerActivity, profile
+        test, _, mscoco, test2018 = splits
+        with generate.decoding_model(model, fast_decode=True) as runner:
+            timed_translate(runner, f"translate {test}", test)
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            with profile(activities=activities) as prof:
+                timed_translate(runner, f"translate {mscoco} (profiled)", mscoco)
+            averages = prof.key_averages()
+            tables = [averages.table(sort_by="self_cpu_time_total", row_limit=30)]
+            if cuda:
+                tables.append(averages.table(sort_by="self_cuda_time_total", row_limit=20))
+            (out / f"cold_shape_profile_{args.label}.txt").write_text("\n\n".join(tables))
+            for cudnn in (False, True):
+                torch.backends.cuda.enable_cudnn_sdp(cudnn)
+                timed_translate(runner, f"translate {test2018} cudnn_sdp={cudnn}", test2018,
+                                sdpa_backends={"cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+                                               "flash": torch.backends.cuda.flash_sdp_enabled(),
+                                               "efficient": torch.backends.cuda.mem_efficient_sdp_enabled()})
+    elif args.passes:
         t = time.time()
         with generate.decoding_model(model, fast_decode=True) as runner:
             stage("merged copy", time.time() - t)
