@@ -292,6 +292,22 @@ def original_generation_masks():
             setattr(module, name, value)
 
 
+# The SDPA backends the merged copy decodes with: all but cuDNN's, whose attention builds an execution plan for
+# every new shape, and every decode step is one (the key length grows by one token). On the H200 a first pass
+# over test 2018 (1,071 sentences, 128 tokens each) took 28.5 s with it and 13.3 s without, in one process
+# (benchmarks/results/stage_probe_h200_2026-12-01).
+DECODE_SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+
+
+@contextlib.contextmanager
+def decoding_kernels():
+    """Within the block the merged copy decodes with the kernels it is meant for: transformers' own mask
+    builders (:func:`original_generation_masks`) and SDPA without cuDNN's attention (:data:`DECODE_SDPA_BACKENDS`)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with original_generation_masks(), sdpa_kernel([getattr(SDPBackend, name) for name in DECODE_SDPA_BACKENDS]):
+        yield
+
+
 def _dense_weight(layer):
     """The weight of a linear layer as a dense tensor (bitsandbytes 4-bit weights dequantized)."""
     w = layer.weight
@@ -436,7 +452,7 @@ def route_generate(model):
     def generate(*args, **kwargs):
         runner = merged_copy(model)
         try:
-            with original_generation_masks():
+            with decoding_kernels():
                 return runner.generate(*args, **kwargs)
         except BaseException as exc:
             traceback.clear_frames(exc.__traceback__)  # frames would keep the copy alive

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .data import pair_columns
 from .errors import ConfigError, DataError
-from .fastgen import merged_copy, original_generation_masks
+from .fastgen import decoding_kernels, merged_copy
 from .modeling import TrainedModel, as_trained, backend_of
 from .prompts import inference_messages, template_date
 
@@ -205,7 +205,7 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
                                     add_special_tokens=False).to(device)
                     try:
                         with torch.inference_mode(), \
-                                original_generation_masks() if runner is not model else contextlib.nullcontext():
+                                decoding_kernels() if runner is not model else contextlib.nullcontext():
                             out = runner.generate(**enc, generation_config=gen_config)
                     except Exception as exc:
                         if not _is_oom(exc) or size == 1:

@@ -52,8 +52,11 @@ def _distributed() -> bool:
 # one packed row of all its sequences (with its prefix grouper). Without flash-attn (torch 2.11, the H200
 # image) the packed row runs one attention call per sequence: on the H200 it made the fast shape's step
 # 2.5x slower (6.38 s against 2.59 s; benchmarks/results/grpo_settings_h200_2026-12-01). Both compute the
-# same loss.
-UNSLOTH_SETTINGS = {"UNSLOTH_GRPO_SEQ_PACKING": "0"}
+# same loss. UNSLOTH_BLOCK_COMPILE=0: training runs each decoder layer as it is instead of compiling it with
+# torch.compile first. On the H200 the compilation took 25 s of SFT's first step (28.4 s against 2.8 s) and
+# won 1% a step after it (0.398 against 0.403 s), too little for the book's 227 steps; GRPO's fast shape went
+# from 55.8 to 73.9 completions/s (benchmarks/results/stage_probe_h200_2026-12-01).
+UNSLOTH_SETTINGS = {"UNSLOTH_GRPO_SEQ_PACKING": "0", "UNSLOTH_BLOCK_COMPILE": "0"}
 
 
 def _import_unsloth_early() -> None:

@@ -324,3 +324,33 @@ def test_renamed_lora_and_attention_attributes_are_caught(tiny, monkeypatch):
     del attention.num_key_value_groups                           # the tiny model shares key/value heads
     with pytest.raises(MtlibError, match="LlamaAttention.num_key_value_groups"):
         fastgen.check_internals(peft_model)
+
+
+def test_the_merged_copy_decodes_without_cudnn_attention(tiny, tiny_dir, pairs, monkeypatch):
+    """cuDNN's SDPA plans every new shape (each decode step is one): translate() and GRPO's routed generate
+    decode with it switched off, and switch it back on afterwards."""
+    import mtlib.generate as generate
+    from mtlib import fastgen
+    from mtlib.modeling import add_lora, load_model
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    seen = []
+    real = fastgen.merged_copy
+
+    def spying_copy(m, *a, **k):
+        copy = real(m, *a, **k)
+        copy.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+        return copy
+    monkeypatch.setattr(fastgen, "merged_copy", spying_copy)
+    monkeypatch.setattr(generate, "merged_copy", spying_copy)
+    model, tok = tiny
+    generate.translate(model, tok, [p[0] for p in pairs[:3]], batch_size=3, max_new_tokens=4, progress=False,
+                       fast_decode=True)
+    assert seen and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    seen.clear()
+    lora, tok = load_model(tiny_dir, backend="hf", load_in_4bit=False)
+    lora = fastgen.route_generate(add_lora(lora, gradient_checkpointing=False))
+    lora.generate(**tok(["a b c"], return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    assert seen and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()

@@ -157,17 +157,20 @@ def test_add_lora_checks_its_values_by_the_chapters_rules(tiny):
             add_lora(model, **kwargs)
 
 
-def test_importing_mtlib_sets_unsloths_grpo_packing_off_unless_the_environment_chose(tmp_path):
-    """UNSLOTH_GRPO_SEQ_PACKING is set before Unsloth could read it, a value already set is kept, and every
-    run's env.json records the Unsloth settings it ran with."""
+def test_importing_mtlib_sets_unsloths_grpo_packing_and_block_compile_off_unless_the_environment_chose(tmp_path):
+    """UNSLOTH_GRPO_SEQ_PACKING and UNSLOTH_BLOCK_COMPILE are set before Unsloth could read them, a value already
+    set is kept, and every run's env.json records the Unsloth settings it ran with."""
     import os
     import subprocess
     import sys
     code = ("import os, mtlib.modeling, mtlib.results; "
-            "print(os.environ['UNSLOTH_GRPO_SEQ_PACKING'], mtlib.results.environment()['unsloth_settings'])")
+            "print(os.environ['UNSLOTH_GRPO_SEQ_PACKING'], os.environ['UNSLOTH_BLOCK_COMPILE'], "
+            "mtlib.results.environment()['unsloth_settings'])")
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNSLOTH_")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split()[0] == "0" and "'UNSLOTH_GRPO_SEQ_PACKING': '0'" in out
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "UNSLOTH_GRPO_SEQ_PACKING": "1"},
+    assert out.split()[:2] == ["0", "0"] and "'UNSLOTH_GRPO_SEQ_PACKING': '0'" in out
+    assert "'UNSLOTH_BLOCK_COMPILE': '0'" in out
+    out = subprocess.run([sys.executable, "-c", code],
+                         env={**env, "UNSLOTH_GRPO_SEQ_PACKING": "1", "UNSLOTH_BLOCK_COMPILE": "1"},
                          capture_output=True, text=True, check=True).stdout
-    assert out.split()[0] == "1"
+    assert out.split()[:2] == ["1", "1"]
