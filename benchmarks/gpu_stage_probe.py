@@ -8,7 +8,7 @@ allocation), so a slow pass can be told apart from a slow kernel. Settings read 
 ``PYTORCH_ALLOC_CONF``, ``UNSLOTH_BLOCK_COMPILE``) are chosen by the caller's environment; the row records them.
 
     python -m benchmarks.gpu_stage_probe --out OUT --label default [--sft-steps 60] [--passes 2]
-    python -m benchmarks.gpu_stage_probe --out OUT --label tiny --tiny      (CPU check)
+    python -m benchmarks.gpu_stage_probe --out OUT --label tiny --tiny --train-size 64      (CPU check)
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--cold-shapes", action="store_true",
                     help="instead of the passes: test 2016, then test 2017 mscoco (a batch shape not seen yet) under "
                          "torch.profiler, then test 2018 without and with cuDNN's attention (cold both times for cuDNN)")
+    ap.add_argument("--train-size", type=int, default=None, help="training pairs for SFT (default: all, as the book)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -145,7 +146,8 @@ def main():
                 step_times.append(round(time.time() - self.t, 3))
 
         t = time.time()
-        trainer = build_sft_trainer(peft_model, tokenizer, pairs["train"], params, output_dir=str(out / "sft-probe"),
+        train = pairs["train"] if args.train_size is None else pairs["train"].select(range(args.train_size))
+        trainer = build_sft_trainer(peft_model, tokenizer, train, params, output_dir=str(out / "sft-probe"),
                                     callbacks=[Steps()])
         stage("SFT trainer setup", time.time() - t)
         t = time.time()

@@ -517,6 +517,12 @@ SETTING_NAMES = {"default": "packed row (Unsloth's default)", "packing": "packed
                  "nopacking-pad32": "padded batch, lengths padded to 32"}
 
 
+def seed_and_fast(paths) -> dict:
+    """The GRPO breakdown rows of ``paths`` (files of ``gpu_grpo_breakdown``) by recipe: ``{"seed": row, "fast": row}``,
+    each row with the ``file`` it came from; a recipe missing there is missing here."""
+    return {"seed" if row["shape"] == "seed" else "fast": row for row in load_rows(paths)}
+
+
 def book_run(folder) -> dict:
     """One run of the book command on a GPU (a folder in :data:`RESULTS_DIR` written by ``gpu_check.sh``):
     ``chapters`` (a DataFrame: seconds per chapter, in words), ``total_s``, ``card``, ``profile``, ``commands``,
@@ -535,10 +541,7 @@ def book_run(folder) -> dict:
     table = pd.DataFrame({"Chapter": list(chapters), "Seconds": [round(c["seconds"], 1) for c in chapters.values()]})
     total = float(table["Seconds"].sum())
     table["Share of the build"] = [f"{100 * s / total:.0f}%" for s in table["Seconds"]]
-    grpo = {}
-    for path in sorted(root.glob("grpo_seed_vs_fast*.json")):
-        for row in json.loads(path.read_text()).get("rows", []):
-            grpo["seed" if row["shape"] == "seed" else "fast"] = row
+    grpo = seed_and_fast(sorted(root.glob("grpo_seed_vs_fast*.json")))
     return {"chapters": table, "total_s": total, "card": run.get("card", "unknown card").split(",")[0],
             "profile": build.get("profile"), "model": build.get("model"), "commands": run.get("book_commands", []),
             "grpo": grpo, "missing": [c for c in build.get("chapters", {}) if c not in chapters]}
@@ -562,3 +565,32 @@ def grpo_settings(folder=GRPO_SETTINGS_RUN) -> tuple:
                          "Backward + optimizer (s)": r["backward_and_optimizer_s"]})
     table = pd.DataFrame(rows).set_index("Loss computed on").sort_values("Seconds per step", ascending=False)
     return table, card(files[0])
+
+
+# -- chapter 3's stages one by one (benchmarks/gpu_stage_probe.sh) -------------------------------------------
+
+STAGE_PROBE_RUN = "stage_probe_h200_2026-12-01"
+
+
+def first_pass_costs(folder=STAGE_PROBE_RUN) -> tuple:
+    """What mtlib's two process-wide choices change, from one folder of ``stage_probe_<setting>.json`` files: a
+    DataFrame, one row a measurement, of the seconds with the libraries' default and with mtlib's choice:
+    decoding test 2018 with and without cuDNN's attention in one process (``cold-shapes``), and SFT's first and
+    typical step with and without Unsloth's per-layer compilation (``default``, ``noblock``); and the card."""
+    import pandas as pd
+    root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
+    probes = {p.stem[len("stage_probe_"):]: json.loads(p.read_text()) for p in sorted(root.glob("stage_probe_*.json"))}
+    missing = [label for label in ("cold-shapes", "default", "noblock") if label not in probes]
+    if missing:
+        raise DataError(f"{root} lacks stage_probe_{missing[0]}.json (benchmarks/gpu_stage_probe.sh {missing[0]})")
+    decode = {name.endswith("True"): stage for name, stage in probes["cold-shapes"]["stages"].items()
+              if "cudnn_sdp=" in name}
+    compiled, plain = probes["default"]["stages"]["SFT train"], probes["noblock"]["stages"]["SFT train"]
+    change = "Unsloth's per-layer compilation off"
+    rows = [(f"Translating test 2018 ({decode[True]['n']:,} sentences), first pass", "cuDNN attention off while decoding",
+             decode[True]["seconds"], decode[False]["seconds"]),
+            ("SFT, first step", change, compiled["step_seconds"][0], plain["step_seconds"][0]),
+            ("SFT, median step of the second half", change, compiled["steady_step"], plain["steady_step"])]
+    table = pd.DataFrame(rows, columns=["Measurement", "What mtlib changes", "Library default (s)", "mtlib (s)"])
+    cards = {p.get("card") for p in probes.values()}
+    return table.set_index("Measurement"), ", ".join(sorted(c for c in cards if c))

@@ -48,7 +48,7 @@ benchmark_files = ["h100_run6.json"]      # measured results, in benchmarks/resu
 paths_file = "h100_translate_paths.json"  # measured translation paths (a name there, or a path)
 grpo_file = "gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json"  # measured GRPO step phases (a name
                                                                           # there, or a path)
-book_run = "gpu_check_h200_2026-12-01_run2"  # the book command on a GPU (a folder there)
+book_run = "gpu_check_h200_2026-12-01_run3"  # the book command on a GPU (a folder there)
 multi_gpu_file = "multi_gpu.json"         # one GPU against two (shown if measured)
 
 # %% tags=["hide-input"]
@@ -186,7 +186,8 @@ for f in files:
 
 # %% tags=["remove-input"]
 book = bench.book_run(book_run)
-fast_grpo, seed_grpo = book["grpo"].get("fast"), book["grpo"].get("seed")
+grpo_pair = book["grpo"] or bench.seed_and_fast(grpo_file)  # measured beside the build, else the phases' file
+fast_grpo, seed_grpo = grpo_pair.get("fast"), grpo_pair.get("seed")
 text = [f"The book command itself (`benchmarks/gpu_check.sh`: profile `{book['profile']}`, the fast settings on "
         f"`{book['model']}`, all four test sets) executed its chapters in **{num(book['total_s'])} s** on one "
         f"{book['card']}; the goal is {bench.BOOK_GOAL_S} s, so it is "
@@ -194,7 +195,9 @@ text = [f"The book command itself (`benchmarks/gpu_check.sh`: profile `{book['pr
         f"(it needs no GPU)." + (f" Chapters not in this build: {', '.join(book['missing'])}." if book["missing"] else "")]
 if fast_grpo and seed_grpo:
     warm_steps = len(fast_grpo["step_seconds"]) - fast_grpo["steps_timed"]
-    text.append(f"GRPO, measured the same day on a card of the same kind, the fast shape and the seed recipe in one "
+    settings = ", ".join(f"`{k}={v}`" for k, v in sorted(fast_grpo.get("unsloth_env", {}).items()))
+    text.append(f"GRPO, measured {'beside this build' if book['grpo'] else f'in `{grpo_file}`'} on a card of "
+                f"the same kind{f' with {settings}' if settings else ''}, the fast shape and the seed recipe in one "
                 f"process, each after "
                 f"{warm_steps} warm-up steps: the fast shape "
                 f"samples and learns from **{num(fast_grpo['completions_per_s'])} completions/s**, the seed recipe "
@@ -210,6 +213,22 @@ if fast_grpo and seed_grpo:
                    "earlier." if fast_grpo.get("max_completion_length") else ""))
 md("\n\n".join(text))
 display(book["chapters"].set_index("Chapter"))
+
+# %% [markdown]
+# ### Two process-wide choices behind these times
+#
+# Timing chapter 3's stages one by one (`benchmarks/gpu_stage_probe.sh`) found two costs that the libraries'
+# defaults add and a one-pass book does not win back. cuDNN's attention, which torch picks for the masked
+# attention of batched decoding, builds an execution plan for every new shape, and each decode step is one (the
+# key length grows by a token): `mtlib.fastgen.decoding_kernels` leaves it out while the merged copy decodes,
+# for translation and GRPO's sampling alike. Unsloth compiles every decoder layer with `torch.compile` before
+# the first training step; `mtlib.modeling` turns that off (`UNSLOTH_BLOCK_COMPILE=0`, unless the environment
+# sets it). The translation rows come from one process; the SFT rows from two, one per setting, in the same call.
+
+# %% tags=["remove-input"]
+costs, probe_card = bench.first_pass_costs()
+md(f"On the **{probe_card}** (`benchmarks/results/{bench.STAGE_PROBE_RUN}/`):")
+display(costs.round(2))
 
 # %% [markdown]
 # ## What the fast recipe changes, and why quality should hold

@@ -102,7 +102,8 @@ def test_benchmark_programs_run_as_modules_without_editing_sys_path():
     from mtlib import chapter
 
     programs = sorted((chapter.REPO_ROOT / "benchmarks").glob("gpu_*.py"))
-    assert [p.stem for p in programs] == ["gpu_benchmark", "gpu_grpo_breakdown", "gpu_multi", "gpu_translate_paths"]
+    assert [p.stem for p in programs] == ["gpu_benchmark", "gpu_grpo_breakdown", "gpu_multi", "gpu_stage_probe",
+                                            "gpu_translate_paths"]
     for program in programs:
         tree = ast.parse(program.read_text())
         touched = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "path"
@@ -278,12 +279,16 @@ def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_pa
     from mtlib import bench
     from mtlib.errors import DataError
 
-    run = bench.book_run("gpu_check_h200_2026-12-01_run2")
-    build = json.loads((bench.RESULTS_DIR / "gpu_check_h200_2026-12-01_run2" / "build.json").read_text())
-    assert list(run["chapters"]["Chapter"]) == list(build["chapters"])
-    assert run["total_s"] == pytest.approx(sum(c["seconds"] for c in build["chapters"].values()), abs=0.5)
-    assert run["card"].startswith("NVIDIA H200") and set(run["grpo"]) == {"fast", "seed"}
-    assert run["grpo"]["fast"]["completions_per_s"] > run["grpo"]["seed"]["completions_per_s"]
+    for folder in ("gpu_check_h200_2026-12-01_run2", "gpu_check_h200_2026-12-01_run3"):
+        run = bench.book_run(folder)
+        build = json.loads((bench.RESULTS_DIR / folder / "build.json").read_text())
+        assert list(run["chapters"]["Chapter"]) == list(build["chapters"])
+        assert run["total_s"] == pytest.approx(sum(c["seconds"] for c in build["chapters"].values()), abs=0.5)
+        assert run["card"].startswith("NVIDIA H200") and not run["missing"]
+    assert set(run["grpo"]) == set()  # run3 measured no GRPO rows beside it: the appendix takes grpo_file's
+    pair = bench.book_run("gpu_check_h200_2026-12-01_run2")["grpo"]
+    assert set(pair) == {"fast", "seed"} and pair["fast"]["completions_per_s"] > pair["seed"]["completions_per_s"]
+    assert bench.seed_and_fast("gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json") == pair
     with pytest.raises(DataError, match="build.json"):
         bench.book_run(tmp_path)
 
@@ -303,3 +308,39 @@ def test_the_grpo_settings_compared_are_read_from_their_files_slowest_first(tmp_
         assert table.loc[name, "Completions per second"] == row["completions_per_s"]
     with pytest.raises(DataError, match="gpu_grpo_settings.sh"):
         bench.grpo_settings(tmp_path)
+
+
+def test_the_stage_probe_times_each_test_set_and_sft_step_on_the_tiny_model(tmp_path):
+    import subprocess
+    import sys
+    from mtlib import chapter
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_stage_probe", "--out", str(tmp_path), "--label", "t",
+                           "--tiny", "--train-size", "64", "--sft-steps", "2", "--passes", "2"],
+                          cwd=chapter.REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "stage_probe_t.json").read_text())
+    stages = result["stages"]
+    passes = [name for name in stages if name.startswith("translate pass")]
+    assert len(passes) == 8 and all(stages[name]["n"] == 8 for name in passes)  # 2 passes x 4 test sets
+    assert stages["SFT train"]["steps"] == 2 and len(stages["SFT train"]["step_seconds"]) == 2
+    assert result["card"] == "cpu" and result["total_seconds"] > 0
+
+
+def test_first_pass_costs_are_read_from_the_stage_probe_files(tmp_path):
+    from mtlib import bench
+    from mtlib.errors import DataError
+
+    table, card = bench.first_pass_costs()
+    root = bench.RESULTS_DIR / bench.STAGE_PROBE_RUN
+    cold = json.loads((root / "stage_probe_cold-shapes.json").read_text())["stages"]
+    compiled = json.loads((root / "stage_probe_default.json").read_text())["stages"]["SFT train"]
+    decode, first, typical = table.index
+    assert table.loc[decode, "Library default (s)"] == cold["translate test_2018_flickr cudnn_sdp=True"]["seconds"]
+    assert table.loc[decode, "mtlib (s)"] == cold["translate test_2018_flickr cudnn_sdp=False"]["seconds"]
+    assert table.loc[first, "Library default (s)"] == compiled["step_seconds"][0]
+    assert table.loc[typical, "Library default (s)"] == compiled["steady_step"]
+    assert table.loc[decode, "mtlib (s)"] < table.loc[decode, "Library default (s)"] and card == "NVIDIA H200"
+    (tmp_path / "stage_probe_default.json").write_text("{}")
+    with pytest.raises(DataError, match="stage_probe_cold-shapes.json"):
+        bench.first_pass_costs(tmp_path)
