@@ -95,13 +95,18 @@ def _utc_now() -> str:
 
 
 def git_commit(repo: Path | None = None) -> str | None:
-    """The commit hash of the repository holding mtlib (or ``repo``), or None outside git."""
-    repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
+    """The commit hash of the checkout holding mtlib (or ``repo``), or None when that folder is not the top of
+    a git checkout (no git, an exported copy nested in another repository, an install inside one)."""
+    repo = (Path(repo) if repo else Path(__file__).parent.parent).resolve()
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != repo:
+        return None
+    return lines[1]
 
 
 def environment() -> dict:

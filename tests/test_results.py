@@ -171,3 +171,20 @@ def test_load_runs_filters_by_build(tmp_path):
     assert list(load_runs(tmp_path, build_id="build-b").build_id) == ["build-b"]
     assert len(load_runs(tmp_path)) == 3
     assert b.run_id in set(load_runs(tmp_path).run_id)
+
+
+def test_git_commit_names_only_the_checkout_whose_top_holds_mtlib(tmp_path):
+    """An exported copy inside another repository (the GPU runs' `git archive` folder) has no commit of its own."""
+    import subprocess
+    from mtlib.results import git_commit
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "f").write_text("x")
+    git("add", "f")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    (tmp_path / "exported").mkdir()
+    assert git_commit(tmp_path) == git("rev-parse", "HEAD")
+    assert git_commit(tmp_path / "exported") is None
+    assert git_commit(tmp_path / "missing") is None
