@@ -106,16 +106,7 @@ def main():
         if cuda:
             torch.cuda.synchronize()
 
-    from transformers import TrainerCallback
-
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.stamps, self.tokens = [], []
-
-        def on_step_end(self, a, state, c, **kw):
-            sync()
-            self.stamps.append(time.time())
-            self.tokens.append(state.num_input_tokens_seen)
+    from mtlib.train import StepClock
 
     n_new = 8 if args.tiny else 64
     for recipe in [r for r in args.recipes.split(",") if r]:
@@ -165,7 +156,7 @@ def main():
             per_step = s["per_device_train_batch_size"] * s["gradient_accumulation_steps"]
             steps = 3 if args.tiny else (8 if per_step <= 64 else 6)
             params = SFTParams(max_steps=steps, save_steps=10_000, **s)
-            clock = Clock()
+            clock = StepClock(sync)
             trainer = build_sft_trainer(model, tok, train.select(range(per_step * steps)), params,
                                         output_dir=out / f"sft-{recipe}", callbacks=[clock])
             trainer.args.include_num_input_tokens_seen = "non_padding"
@@ -184,7 +175,7 @@ def main():
             steps = 3 if args.tiny else 4
             params = GRPOParams(max_steps=steps, save_steps=10_000,
                                 max_completion_length=8 if args.tiny else 76, **g)
-            clock = Clock()
+            clock = StepClock(sync)
             trainer = build_grpo_trainer(model, tok, train.select(range(2000)), params,
                                          output_dir=out / f"grpo-{recipe}", callbacks=[clock])
             gen_seconds = time_generate(trainer.model)

@@ -314,18 +314,11 @@ def bench(args):
     backend = modeling.backend_of(model)
     record(stage="setup", what="load 4-bit + LoRA", backend=backend, seconds=round(time.time() - t, 1))
 
-    from transformers import TrainerCallback
+    from mtlib.train import StepClock
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.stamps, self.tokens = [], []
-
-        def on_step_end(self, a, st, c, **kw):
-            sync()
-            self.stamps.append(time.time())
-            self.tokens.append(st.num_input_tokens_seen)
-            if main_rank:
-                say(f"{config} step {st.global_step}/{st.max_steps}")
+    def announce(st):
+        if main_rank:
+            say(f"{config} step {st.global_step}/{st.max_steps}")
 
     def stage_sft():
         from mtlib.train import SFTParams, build_sft_trainer
@@ -336,7 +329,7 @@ def bench(args):
                            train_sampling_strategy="group_by_length", pad_to_multiple_of=16,
                            optim="adamw_torch" if args.tiny else "adamw_8bit")
         split = pairs["train"].select(range(min(len(pairs["train"]), 2 * batch * steps * state.num_processes)))
-        clock = Clock()
+        clock = StepClock(sync, on_step=announce)
         trainer = build_sft_trainer(model, tok, split, params, output_dir=Path(args.out) / f"sft-{config}",
                                     callbacks=[clock])
         trainer.args.include_num_input_tokens_seen = "non_padding"
@@ -359,7 +352,7 @@ def bench(args):
         params = GRPOParams(per_device_train_batch_size=per, gradient_accumulation_steps=accum, num_generations=4,
                             max_completion_length=8 if args.tiny else 76, max_steps=steps, save_steps=10**6,
                             fast_generation=not args.tiny, optim="adamw_torch" if args.tiny else "adamw_8bit")
-        clock = Clock()
+        clock = StepClock(sync, on_step=announce)
         split = pairs["train"].select(range(min(len(pairs["train"]), 4000)))
         trainer = build_grpo_trainer(model, tok, split, params, output_dir=Path(args.out) / f"grpo-{config}",
                                      callbacks=[clock])

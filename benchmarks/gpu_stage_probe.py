@@ -61,8 +61,7 @@ def main():
     import torch
 
     from mtlib import data, generate, tiny
-    from mtlib.train import SFTParams, build_sft_trainer
-    from transformers import TrainerCallback
+    from mtlib.train import SFTParams, StepClock, build_sft_trainer
 
     cuda = torch.cuda.is_available() and not args.tiny
     result["card"] = torch.cuda.get_device_name() if cuda else "cpu"
@@ -134,26 +133,18 @@ def main():
                            warmup_steps=10, max_steps=args.sft_steps, padding_free=False,
                            train_sampling_strategy="group_by_length", pad_to_multiple_of=args.sft_pad_multiple,
                            save_steps=10_000)
-        step_times = []
-
-        class Steps(TrainerCallback):
-            def on_step_begin(self, a, state, control, **k):
-                self.t = time.time()
-
-            def on_step_end(self, a, state, control, **k):
-                if cuda:
-                    torch.cuda.synchronize()
-                step_times.append(round(time.time() - self.t, 3))
+        clock = StepClock(torch.cuda.synchronize if cuda else None)
 
         t = time.time()
         train = pairs["train"] if args.train_size is None else pairs["train"].select(range(args.train_size))
         trainer = build_sft_trainer(peft_model, tokenizer, train, params, output_dir=str(out / "sft-probe"),
-                                    callbacks=[Steps()])
+                                    callbacks=[clock])
         stage("SFT trainer setup", time.time() - t)
         t = time.time()
         before = counters()
         trainer.train()
         after = counters()
+        step_times = clock.step_seconds
         late = step_times[len(step_times) // 2:]
         stage("SFT train", time.time() - t, steps=len(step_times), step_seconds=step_times,
               first10=round(sum(step_times[:10]), 2), steady_step=round(sorted(late)[len(late) // 2], 3),

@@ -227,6 +227,36 @@ class NaNGuard:
         return _Guard()
 
 
+class StepClock:
+    """Trainer callback for timing: at the end of each optimizer step, after ``sync()`` (on a GPU,
+    ``torch.cuda.synchronize``), it appends the time to ``stamps``, the input tokens seen so far to ``tokens`` and
+    the step's seconds to ``step_seconds``, then calls ``on_step(state)`` if given."""
+
+    def __new__(cls, sync=None, on_step=None):
+        import time
+
+        from transformers import TrainerCallback
+
+        class _Clock(TrainerCallback):
+            def __init__(self):
+                self.stamps, self.tokens, self.step_seconds = [], [], []
+                self._began = None
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                self._began = time.time()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if sync is not None:
+                    sync()
+                now = time.time()
+                self.stamps.append(now)
+                self.tokens.append(state.num_input_tokens_seen)
+                self.step_seconds.append(round(now - (self._began or now), 3))
+                if on_step is not None:
+                    on_step(state)
+        return _Clock()
+
+
 def build_sft_trainer(model, tokenizer, train_split, params: SFTParams | None = None, output_dir="sft-out",
                       eval_split=None, src_lang: str = "en", tgt_lang: str = "de", callbacks=None):
     """A TRL SFTTrainer whose loss covers only the assistant's translation (and its end-of-turn token)."""

@@ -7,8 +7,8 @@ import torch
 from mtlib.errors import ConfigError, TrainingError
 from mtlib.modeling import TrainedModel, add_lora, load_model, load_trained
 from mtlib.results import load_runs
-from mtlib.train import (GRPOParams, SFTParams, build_grpo_trainer, build_sft_trainer, params_from_dict, run_grpo,
-                         run_sft)
+from mtlib.train import (GRPOParams, SFTParams, StepClock, build_grpo_trainer, build_sft_trainer, params_from_dict,
+                         run_grpo, run_sft)
 
 FAST_SFT = dict(per_device_train_batch_size=4, gradient_accumulation_steps=1, warmup_steps=0, save_steps=100)
 
@@ -42,6 +42,17 @@ def test_defaults_are_the_original_recipe():
 def test_bad_params_name_the_field(cls, values, field):
     with pytest.raises(ConfigError, match=field):
         params_from_dict(cls, values)
+
+
+def test_step_clock_stamps_every_optimizer_step_after_syncing(tmp_path, tiny_dir, train_split):
+    model, tok = _lora(tiny_dir)
+    synced, seen = [], []
+    clock = StepClock(sync=lambda: synced.append(1), on_step=lambda state: seen.append(state.global_step))
+    params = SFTParams(**{**FAST_SFT, "gradient_accumulation_steps": 2}, max_steps=3)
+    build_sft_trainer(model, tok, train_split.select(range(24)), params, output_dir=tmp_path, callbacks=[clock]).train()
+    assert seen == [1, 2, 3] and len(synced) == 3          # once per optimizer step, not per micro-batch
+    assert len(clock.stamps) == len(clock.step_seconds) == 3 and clock.stamps == sorted(clock.stamps)
+    assert all(s >= 0 for s in clock.step_seconds) and len(clock.tokens) == 3
 
 
 def test_sft_labels_only_the_translation(tmp_path, tiny_dir, train_split):
