@@ -60,7 +60,7 @@ def main():
     stage("import mtlib.modeling", time.time() - t, since_process_start=round(time.time() - T0, 2))
     import torch
 
-    from mtlib import data, generate, tiny
+    from mtlib import data, fastgen, generate, tiny
     from mtlib.train import SFTParams, StepClock, build_sft_trainer
 
     cuda = torch.cuda.is_available() and not args.tiny
@@ -103,27 +103,22 @@ def main():
             if cuda:
                 tables.append(averages.table(sort_by="self_cuda_time_total", row_limit=20))
             (out / f"cold_shape_profile_{args.label}.txt").write_text("\n\n".join(tables))
-            for cudnn in (False, True):
-                torch.backends.cuda.enable_cudnn_sdp(cudnn)
-                timed_translate(runner, f"translate {test2018} cudnn_sdp={cudnn}", test2018,
-                                sdpa_backends={"cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
-                                               "flash": torch.backends.cuda.flash_sdp_enabled(),
-                                               "efficient": torch.backends.cuda.mem_efficient_sdp_enabled()})
+            for cudnn in (False, True):  # True: torch's own choice, as before mtlib.fastgen.decoding_kernels
+                kernels = generate.decoding_kernels
+                if cudnn:
+                    generate.decoding_kernels = fastgen.original_generation_masks
+                try:
+                    timed_translate(runner, f"translate {test2018} cudnn_sdp={cudnn}", test2018)
+                finally:
+                    generate.decoding_kernels = kernels
     elif args.passes:
         t = time.time()
         with generate.decoding_model(model, fast_decode=True) as runner:
             stage("merged copy", time.time() - t)
             for p in range(args.passes):
                 for split in splits:
-                    sources = list(pairs[split]["en"])[: (8 if args.tiny else None)]
-                    before = counters()
-                    t = time.time()
-                    _, st = generate.translate(model, tokenizer, sources, batch_size=args.batch, max_new_tokens=128,
-                                               return_stats=True, decoder=runner, progress=False)
-                    after = counters()
-                    stage(f"translate pass {p + 1} {split}", time.time() - t, n=len(sources),
-                          new_tokens=st.new_tokens, allocator={k: after[k] - before[k] for k in after},
-                          peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 1) if cuda else None)
+                    timed_translate(runner, f"translate pass {p + 1} {split}", split,
+                                    peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 1) if cuda else None)
 
     if args.sft_steps:
         t = time.time()

@@ -344,3 +344,17 @@ def test_first_pass_costs_are_read_from_the_stage_probe_files(tmp_path):
     (tmp_path / "stage_probe_default.json").write_text("{}")
     with pytest.raises(DataError, match="stage_probe_cold-shapes.json"):
         bench.first_pass_costs(tmp_path)
+
+
+def test_the_stage_probe_cold_shapes_mode_writes_its_profile_and_both_decodings(tmp_path):
+    import subprocess
+    import sys
+    from mtlib import chapter
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_stage_probe", "--out", str(tmp_path), "--label", "c",
+                           "--tiny", "--cold-shapes", "--sft-steps", "0"],
+                          cwd=chapter.REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stages = json.loads((tmp_path / "stage_probe_c.json").read_text())["stages"]
+    assert {"translate test_2018_flickr cudnn_sdp=False", "translate test_2018_flickr cudnn_sdp=True"} <= set(stages)
+    assert "aten::" in (tmp_path / "cold_shape_profile_c.txt").read_text()
