@@ -3,7 +3,7 @@
 # then where importing mtlib.modeling (Unsloth) spends its time (cProfile).
 #   usage: benchmarks/gpu_stage_probe.sh WHEELS_DIR OUT_DIR SETTING...
 #   SETTING: cold-shapes (see --cold-shapes) | default | expandable (PYTORCH_ALLOC_CONF=expandable_segments:True)
-#            | noblock (UNSLOTH_BLOCK_COMPILE=0) | expandable-noblock | import | grpo-noblock
+#            | noblock (UNSLOTH_BLOCK_COMPILE=0) | import | grpo-noblock
 set -euo pipefail
 wheels=${1:?usage: gpu_stage_probe.sh WHEELS_DIR OUT_DIR SETTING...}; out=${2:?OUT_DIR}; shift 2
 source "$(dirname "$0")/gpu_env.sh" "$wheels"
@@ -14,7 +14,6 @@ for setting in "$@"; do
     default)            "${probe[@]}" --label "$setting" --sft-steps 50 ;;
     expandable)         PYTORCH_ALLOC_CONF=expandable_segments:True "${probe[@]}" --label "$setting" --passes 1 --sft-steps 50 ;;
     noblock)            UNSLOTH_BLOCK_COMPILE=0 "${probe[@]}" --label "$setting" --passes 0 --sft-steps 50 ;;
-    expandable-noblock) PYTORCH_ALLOC_CONF=expandable_segments:True UNSLOTH_BLOCK_COMPILE=0 "${probe[@]}" --label "$setting" --passes 1 ;;
     cold-shapes)        "${probe[@]}" --label "$setting" --cold-shapes --sft-steps 0 ;;
     import)             python3 -c "import cProfile, pstats, sys; cProfile.run('import mtlib.modeling', '$out/import.prof'); s = pstats.Stats('$out/import.prof', stream=sys.stdout); s.sort_stats('cumulative').print_stats(80); s.sort_stats('tottime').print_stats(40)" > "$out/import_profile.txt" ;;
     grpo-noblock)       UNSLOTH_BLOCK_COMPILE=0 python3 -m benchmarks.gpu_grpo_breakdown --out "$out" --twin "$out/twin" --shapes 32x4 --steps 14 --skip 8 --max-completion 24 --label "$setting" ;;

@@ -386,12 +386,12 @@ def path_times(table: pd.DataFrame, target: float | None = None) -> Figure:
                     + (f"; a dashed line marks the target of {target:g} s." if target is not None else "."))
 
 
-@_styled
 def shape_name(shape: str) -> str:
     """A GRPO breakdown's shape in words: ``"32x4"`` -> ``"batch 32 × 4"``, ``"seed"`` -> ``"seed recipe"``."""
     return "seed recipe" if shape == "seed" else f"batch {shape.replace('x', ' × ')}"
 
 
+@_styled
 def step_phases(phases: pd.DataFrame) -> Figure:
     """Stacked bars of seconds per training step by phase, one bar per row (``bench.grpo_phases``)."""
     parts = [c for c in phases.columns if c not in ("seconds_per_step", "completions_per_s")]
