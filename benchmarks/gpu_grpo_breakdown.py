@@ -35,6 +35,8 @@ def main():
                     help="longest completion (default: the book's); the random twin never stops early")
     ap.add_argument("--pad-multiple", type=int, default=None, help="GRPOParams.pad_to_multiple_of")
     ap.add_argument("--profile", action="store_true", help="torch.profiler table of one step after the timed ones, per shape")
+    ap.add_argument("--no-graphs", action="store_true",
+                    help="decode the completions eagerly (default: decode steps replayed from CUDA graphs)")
     ap.add_argument("--label", default="", help="a name for this setting in the rows")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
@@ -109,6 +111,9 @@ def main():
         steps = Steps(profile_step=args.steps + 1 if args.profile else None)  # one step more, not timed
         trainer = build_grpo_trainer(model, tok, train.select(range(4000)), params, output_dir=out / f"grpo-{shape}",
                                      callbacks=[steps])
+        if args.no_graphs and params.fast_generation:
+            from mtlib.fastgen import route_generate
+            route_generate(trainer.model, graphs=False)
         clock.clear()
         timed(trainer.model, "generate", "generate")
         timed(trainer, "_generate_and_score_completions", "generate_and_score")
@@ -123,6 +128,7 @@ def main():
         times = [steps.start] + [m[0] for m in steps.marks]
         unsloth_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("UNSLOTH_GRPO")}
         row = dict(shape=shape, label=args.label, unsloth_env=unsloth_env,
+                   decode_graphs=params.fast_generation and not args.no_graphs,
                    max_completion_length=params.max_completion_length, pad_to_multiple_of=args.pad_multiple,
                    steps_timed=n, warmup_seconds=round(t0 - steps.start, 2), step_seconds=[round(b - a, 2) for a, b in zip(times, times[1:])],
                    seconds_per_step=round(step_s, 2),

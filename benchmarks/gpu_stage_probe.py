@@ -39,6 +39,9 @@ def main():
     ap.add_argument("--cold-shapes", action="store_true",
                     help="instead of the passes: test 2016, then test 2017 mscoco (a batch shape not seen yet) under "
                          "torch.profiler, then test 2018 without and with cuDNN's attention (cold both times for cuDNN)")
+    ap.add_argument("--graphs", action="store_true",
+                    help="instead of the passes: each test set decoded eagerly, then with its decode steps replayed from "
+                         "CUDA graphs, then eagerly again, through one merged copy; the tokens compared")
     ap.add_argument("--train-size", type=int, default=None, help="training pairs for SFT (default: all, as the book)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
@@ -80,17 +83,30 @@ def main():
     def counters():
         return {k: torch.cuda.memory_stats().get(k, 0) for k in ALLOCATOR_COUNTERS} if cuda else {}
 
-    def timed_translate(runner, name, split, **extra):
+    def timed_translate(runner, name, split, graphs=True, **extra):
         sources = list(pairs[split]["en"])[: (8 if args.tiny else None)]
         before = counters()
         t = time.time()
-        _, st = generate.translate(model, tokenizer, sources, batch_size=args.batch, max_new_tokens=128,
-                                   return_stats=True, decoder=runner, progress=False)
+        outputs, st = generate.translate(model, tokenizer, sources, batch_size=args.batch, max_new_tokens=128,
+                                         return_stats=True, decoder=runner, progress=False, graphs=graphs)
         after = counters()
         stage(name, time.time() - t, n=len(sources), new_tokens=st.new_tokens,
               allocator={k: after[k] - before[k] for k in after}, **extra)
+        return outputs
 
-    if args.cold_shapes:
+    if args.graphs:
+        with generate.decoding_model(model, fast_decode=True) as runner:
+            for split in splits:
+                eager = timed_translate(runner, f"translate {split} eager", split, graphs=False)
+                graphed = timed_translate(runner, f"translate {split} graphs", split, graphs=True,
+                                          peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 1) if cuda else None)
+                again = timed_translate(runner, f"translate {split} eager again", split, graphs=False)
+                result["stages"][f"translate {split} graphs"]["same_as_eager"] = round(
+                    sum(a == b for a, b in zip(graphed, eager)) / len(eager), 4)
+                result["stages"][f"translate {split} eager again"]["same_as_eager"] = round(
+                    sum(a == b for a, b in zip(again, eager)) / len(eager), 4)
+                save()
+    elif args.cold_shapes:
         from torch.profiler import ProfilerActivity, profile
         test, _, mscoco, test2018 = splits
         with generate.decoding_model(model, fast_decode=True) as runner:

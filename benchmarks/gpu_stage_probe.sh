@@ -3,7 +3,8 @@
 # then where importing mtlib.modeling (Unsloth) spends its time (cProfile).
 #   usage: benchmarks/gpu_stage_probe.sh WHEELS_DIR OUT_DIR SETTING...
 #   SETTING: cold-shapes (see --cold-shapes) | default | expandable (PYTORCH_ALLOC_CONF=expandable_segments:True)
-#            | noblock (UNSLOTH_BLOCK_COMPILE=0) | import | grpo-noblock
+#            | noblock (UNSLOTH_BLOCK_COMPILE=0) | import | grpo-noblock | graphs (see --graphs)
+#            | grpo-graphs / grpo-eager (GRPO's steps with the decode steps replayed from CUDA graphs, or not)
 set -euo pipefail
 wheels=${1:?usage: gpu_stage_probe.sh WHEELS_DIR OUT_DIR SETTING...}; out=${2:?OUT_DIR}; shift 2
 source "$(dirname "$0")/gpu_env.sh" "$wheels"
@@ -15,9 +16,12 @@ for setting in "$@"; do
     expandable)         PYTORCH_ALLOC_CONF=expandable_segments:True "${probe[@]}" --label "$setting" --passes 1 --sft-steps 50 ;;
     noblock)            UNSLOTH_BLOCK_COMPILE=0 "${probe[@]}" --label "$setting" --passes 0 --sft-steps 50 ;;
     cold-shapes)        "${probe[@]}" --label "$setting" --cold-shapes --sft-steps 0 ;;
+    graphs)             "${probe[@]}" --label "$setting" --graphs --sft-steps 0 ;;
+    grpo-graphs)        python3 -m benchmarks.gpu_grpo_breakdown --out "$out" --twin "$out/twin" --shapes 32x4 --steps 14 --skip 8 --max-completion 24 --label "$setting" ;;
+    grpo-eager)         python3 -m benchmarks.gpu_grpo_breakdown --out "$out" --twin "$out/twin" --shapes 32x4 --steps 14 --skip 8 --max-completion 24 --no-graphs --label "$setting" ;;
     import)             python3 -c "import cProfile, pstats, sys; cProfile.run('import mtlib.modeling', '$out/import.prof'); s = pstats.Stats('$out/import.prof', stream=sys.stdout); s.sort_stats('cumulative').print_stats(80); s.sort_stats('tottime').print_stats(40)" > "$out/import_profile.txt" ;;
     grpo-noblock)       UNSLOTH_BLOCK_COMPILE=0 python3 -m benchmarks.gpu_grpo_breakdown --out "$out" --twin "$out/twin" --shapes 32x4 --steps 14 --skip 8 --max-completion 24 --label "$setting" ;;
     *) echo "unknown setting $setting" >&2; exit 2 ;;
-  esac 2>&1 | grep -v -E "it/s\]|s/it\]|examples/s\]" | grep -E "^\[probe|^\{|Error|error|Traceback|compile|Unsloth:" | tail -40 || true
+  esac 2>&1 | grep -v -E "it/s\]|s/it\]|examples/s\]" | grep -E "^\[probe|^\{|Error|error|Traceback|compile|Unsloth:|decode_graphs" | tail -40 || true
   echo "[gpu_stage_probe] $setting: $(( $(date +%s) - start )) s"
 done

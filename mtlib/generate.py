@@ -9,6 +9,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import decode_graphs
 from .data import pair_columns
 from .errors import ConfigError, DataError
 from .fastgen import decoding_kernels, merged_copy
@@ -154,7 +155,7 @@ def decoding_model(model, fast_decode: bool = True):
 def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "en", batch_size: int = 64,
               max_new_tokens: int = 128, do_sample: bool = False, max_input_tokens: int = 256,
               return_stats: bool = False, progress: bool = True, fast_decode: bool = False, decoder=None,
-              **gen_kwargs):
+              graphs: bool = True, **gen_kwargs):
     """Translate ``sources`` with the chat template; greedy unless ``do_sample=True``.
 
     Prompts are sorted by length into left-padded batches, only the new tokens are decoded, and the
@@ -162,10 +163,9 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
     With ``return_stats=True`` returns ``(outputs, TranslateStats)``. ``fast_decode=True`` decodes with
     a merged dense copy of the model (:func:`mtlib.fastgen.merged_copy`: 4-bit base dequantized, LoRA
     folded in, plain transformers) that is built for this call and freed after it; ``decoder``: a model from
-    :func:`decoding_model` to decode with instead (built once for several calls, freed by its caller). Adding
-    ``cache_implementation="static"`` lets transformers compile the decode step on CUDA: about twice as
-    fast per call, but the first call of each batch shape spends ~35 s compiling (worth it only when the
-    same shape is translated again and again, as in a benchmark).
+    :func:`decoding_model` to decode with instead (built once for several calls, freed by its caller). On a
+    CUDA GPU the merged copy's decode steps are replayed from CUDA graphs (:mod:`mtlib.decode_graphs`; recorded
+    once per batch, in well under a second); ``graphs=False`` runs them eagerly.
     """
     import torch
     from tqdm.auto import tqdm
@@ -206,7 +206,11 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
                     try:
                         with torch.inference_mode(), \
                                 decoding_kernels() if runner is not model else contextlib.nullcontext():
-                            out = runner.generate(**enc, generation_config=gen_config)
+                            if graphs and runner is not model and decode_graphs.supports(
+                                    runner, {**enc, "generation_config": gen_config}):
+                                out = decode_graphs.generate(runner, **enc, generation_config=gen_config)
+                            else:
+                                out = runner.generate(**enc, generation_config=gen_config)
                     except Exception as exc:
                         if not _is_oom(exc) or size == 1:
                             if runner is not model:

@@ -4,8 +4,12 @@
 # one place pins live) plus their small pure-Python needs. Two wheels are slimmed to keep the bundle
 # near 20 MB: Unsloth without its web studio, bitsandbytes with only the CUDA 13.0 library.
 #
+# OUT_DIR/book/ holds what executing the chapters adds (papermill, ipykernel, nbformat and their needs,
+# resolved for CPython 3.12): the book command runs them in Jupyter kernels.
+#
 #   usage:   scripts/gpu_wheels.sh OUT_DIR            (e.g. .whl, which .git/info/exclude ignores)
-#   install: python3 -m pip install -q --no-index --no-deps --target /tmp/site OUT_DIR/*.whl && export PYTHONPATH=/tmp/site
+#   install: python3 -m pip install -q --no-index --no-deps --target /tmp/site OUT_DIR/*.whl OUT_DIR/book/*.whl
+#            && export PYTHONPATH=/tmp/site          (benchmarks/gpu_env.sh does both)
 set -euo pipefail
 out=${1:?usage: gpu_wheels.sh OUT_DIR}
 bnb_cuda=${BNB_CUDA:-130}
@@ -28,6 +32,22 @@ for s in "${specs[@]}"; do
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
     -d "$out" "$s" 2>&1 | grep -v "is ignored" || true
+done
+mapfile -t book < <(python3 - "$root/pyproject.toml" <<'PY'
+import sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+for spec in p["optional-dependencies"]["book"]:
+    if spec.split("=")[0].split(">")[0] in {"papermill", "ipykernel", "nbformat"}:
+        print(spec)
+PY
+)
+mkdir -p "$out/book"
+python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+  -d "$out/book" "${book[@]}" 2>&1 | grep -v "is ignored" || true
+# what the CUDA host's torch/transformers/pandas stack already has stays its own (no newer copy shadows it)
+for have in typing_extensions packaging python_dateutil tqdm pyyaml requests urllib3 idna certifi charset_normalizer tzdata; do
+  rm -f "$out/book/$have"-[0-9]*.whl
 done
 # rouge_score ships as an sdist only: build its (pure-Python) wheel here.
 ls "$out"/rouge_score-*.whl >/dev/null 2>&1 || python3 -m pip wheel -q --no-deps -w "$out" rouge_score==0.1.2 2>&1 | grep -v "is ignored" || true

@@ -113,22 +113,28 @@ def test_merged_copy_runs_pristine_classes_when_patched(tiny, monkeypatch):
 
 
 def test_grpo_fast_generation_samples_from_the_current_adapter(tmp_path, tiny_dir, train_split, monkeypatch):
-    """fast_generation routes every GRPO generate() through a merged copy built from the adapter of that step."""
+    """fast_generation routes every GRPO generate() through one merged copy, refreshed from the adapter of each step."""
     from mtlib import fastgen
     from mtlib.modeling import add_lora, load_model
     from mtlib.train import GRPOParams, build_grpo_trainer
 
     model, tok = load_model(tiny_dir, backend="hf", load_in_4bit=False)
     model = add_lora(model, gradient_checkpointing=False)
-    built = []
-    real = fastgen.merged_copy
+    built, refreshed = [], []
+    real_copy, real_refresh = fastgen.merged_copy, fastgen.refresh_merged
 
-    def spy(m, *a, **k):
-        copy = real(m, *a, **k)
-        lora_b = next(p for n, p in m.named_parameters() if "lora_B" in n)
-        built.append(float(lora_b.detach().abs().sum()))  # the adapter the copy was built from
-        return copy
-    monkeypatch.setattr(fastgen, "merged_copy", spy)
+    def adapter(m):
+        return float(next(p for n, p in m.named_parameters() if "lora_B" in n).detach().abs().sum())
+
+    def spy_copy(m, *a, **k):
+        built.append(adapter(m))  # the adapter the copy was built from
+        return real_copy(m, *a, **k)
+
+    def spy_refresh(copy, m):
+        refreshed.append(adapter(m))
+        return real_refresh(copy, m)
+    monkeypatch.setattr(fastgen, "merged_copy", spy_copy)
+    monkeypatch.setattr(fastgen, "refresh_merged", spy_refresh)
 
     def varied(completions, **kw):
         return [len(c[0]["content"]) / 10 for c in completions]
@@ -136,8 +142,8 @@ def test_grpo_fast_generation_samples_from_the_current_adapter(tmp_path, tiny_di
     params = GRPOParams(max_steps=3, max_completion_length=8, lr=5e-2, save_steps=100, fast_generation=True)
     trainer = build_grpo_trainer(model, tok, train_split.select(range(8)), params, tmp_path, rewards=[varied])
     trainer.train()
-    assert len(built) == 3                 # one copy per generation round (one per step here)
-    assert built[0] == 0.0 and built[-1] > 0.0  # later copies carry the updated adapter
+    assert len(built) == 1 and len(refreshed) == 2   # one copy, refreshed for each later generation round
+    assert built[0] == 0.0 and refreshed[-1] > 0.0   # ... with the updated adapter
     # the flag off restores the model's own generate
     build_grpo_trainer(model, tok, train_split.select(range(8)), dataclasses.replace(params, fast_generation=False),
                        tmp_path / "b", rewards=[varied])

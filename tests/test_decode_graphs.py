@@ -1,0 +1,172 @@
+"""Decode steps replayed from recorded graphs (mtlib.decode_graphs), checked on CPU with a stand-in recorder.
+
+A CUDA graph cannot be recorded on a CPU, so these tests record with :class:`EagerGraph`: its replay runs the
+recorded step again over the same input buffers and writes the logits into the output the recording returned,
+which is what a CUDA graph's replay does. Everything around it (static caches, buffers, the shape checks,
+rewinding the cache, bucketing the prompts, the fallbacks) is the code that runs on the GPU.
+"""
+import dataclasses
+
+import pytest
+import torch
+
+
+class EagerGraph:
+    def __init__(self, step, perturb=0.0):
+        self.step, self.perturb = step, perturb
+        self.output = step()
+
+    def replay(self):
+        self.output.logits.copy_(self.step().logits + self.perturb)
+
+
+def eager_graphs(step):
+    graph = EagerGraph(step)
+    return graph, graph.output
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    """Decode graphs on CPU: the stand-in recorder, and every model counted as able to use it."""
+    from mtlib import decode_graphs
+    monkeypatch.setattr(decode_graphs, "GRAPH_FACTORY", eager_graphs)
+    monkeypatch.setattr(decode_graphs, "available", lambda model: True)
+    return decode_graphs
+
+
+def _inputs(tok, pairs, n=5):
+    from mtlib.generate import build_prompts
+    prompts, _ = build_prompts(tok, [p[0] for p in pairs[:n]])
+    tok.padding_side = "left"
+    return tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def _config(model, tok, **kw):
+    from mtlib.generate import _generation_config
+    return _generation_config(model, tok, do_sample=kw.pop("do_sample", False), max_new_tokens=12, **kw)
+
+
+def test_replayed_steps_give_the_tokens_of_generate(tiny, pairs, recorder):
+    from mtlib.fastgen import merged_copy
+    model, tok = tiny
+    runner = merged_copy(model)
+    enc, config = _inputs(tok, pairs), _config(model, tok)
+    with torch.inference_mode():
+        want = runner.generate(**enc, generation_config=config)
+        got = recorder.generate(runner, **enc, generation_config=config, bucket=16, keep=True)
+        graphs = vars(runner)["__call__"]
+        assert graphs.stats["recorded"] == 1 and graphs.stats["replayed"] >= 5
+        assert torch.equal(got, want)                # the bucket's padding is masked and removed again
+        assert enc["input_ids"].shape[1] % 16        # (so the test did pad)
+        again = recorder.generate(runner, **enc, generation_config=config, bucket=16, keep=True)
+    assert torch.equal(again, want)                  # the kept cache was emptied for the second call
+    assert graphs.stats["recorded"] == 1             # ... and its recorded step reused
+    recorder.uninstall(runner)
+    assert "__call__" not in vars(runner)
+
+
+def test_sampling_through_replayed_steps_draws_the_same_tokens(tiny, pairs, recorder):
+    from mtlib.fastgen import merged_copy
+    model, tok = tiny
+    runner = merged_copy(model)
+    enc = _inputs(tok, pairs)
+    config = _config(model, tok, do_sample=True, temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.1)
+    with torch.inference_mode():
+        torch.manual_seed(3)
+        want = runner.generate(**enc, generation_config=config)
+        torch.manual_seed(3)
+        got = recorder.generate(runner, **enc, generation_config=config)
+    assert torch.equal(got, want)
+    assert vars(runner)["__call__"].caches == {}     # keep=False frees the cache and its recorded steps
+
+
+@pytest.mark.parametrize("failure", ["differs", "raises"])
+def test_a_bad_recording_turns_the_graphs_off_and_keeps_the_tokens(tiny, pairs, recorder, monkeypatch, failure):
+    from mtlib.fastgen import merged_copy
+
+    def bad(step):
+        if failure == "raises":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        graph = EagerGraph(step, perturb=5.0)
+        return graph, graph.output
+    monkeypatch.setattr(recorder, "GRAPH_FACTORY", bad)
+    model, tok = tiny
+    runner = merged_copy(model)
+    enc, config = _inputs(tok, pairs), _config(model, tok)
+    with torch.inference_mode():
+        want = runner.generate(**enc, generation_config=config)
+        with pytest.warns(UserWarning, match="differed" if failure == "differs" else "recording a decode step failed"):
+            got = recorder.generate(runner, **enc, generation_config=config)
+    assert torch.equal(got, want)
+    graphs = vars(runner)["__call__"]
+    assert not graphs.enabled and graphs.stats["replayed"] == 0
+
+
+def test_translate_decodes_through_the_graphs_where_it_can(tiny, pairs, recorder, monkeypatch):
+    from mtlib.generate import translate
+    model, tok = tiny
+    sources = [p[0] for p in pairs[:7]]
+    plain = translate(model, tok, sources, batch_size=4, max_new_tokens=10, progress=False, fast_decode=True,
+                      graphs=False)
+    recorded = []
+    real = recorder.DecodeGraphs._record
+
+    def spy(self, *a, **k):
+        recorded.append(1)
+        return real(self, *a, **k)
+    monkeypatch.setattr(recorder.DecodeGraphs, "_record", spy)
+    graphed = translate(model, tok, sources, batch_size=4, max_new_tokens=10, progress=False, fast_decode=True)
+    assert graphed == plain and len(recorded) == 2   # one recording per batch (4 + 3 sentences)
+
+
+def test_refresh_writes_the_current_adapter_into_the_copy(tiny, pairs):
+    from mtlib.fastgen import merged_copy, refresh_merged
+    from mtlib.modeling import add_lora
+    model, tok = tiny
+    peft_model = add_lora(model, gradient_checkpointing=False)
+    copy = merged_copy(peft_model)
+    pointers = {n: p.data_ptr() for n, p in copy.named_parameters()}
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    refresh_merged(copy, peft_model)
+    fresh = merged_copy(peft_model)
+    assert {n: p.data_ptr() for n, p in copy.named_parameters()} == pointers   # written in place
+    for (name, got), (_, want) in zip(copy.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(got, want), name
+
+
+def test_grpo_samples_through_the_graphs_from_the_current_adapter(tmp_path, tiny_dir, train_split, recorder,
+                                                                  monkeypatch):
+    """GRPO's routed generate: one merged copy, refreshed before each generation, decoded through the graphs
+    with bucketed prompts; training still sees completions of the prompts it gave."""
+    from mtlib import fastgen
+    from mtlib.modeling import add_lora, load_model
+    from mtlib.train import GRPOParams, build_grpo_trainer
+
+    model, tok = load_model(tiny_dir, backend="hf", load_in_4bit=False)
+    model = add_lora(model, gradient_checkpointing=False)
+    seen = []
+    real_generate = recorder.generate
+
+    def spy(runner, *a, **k):
+        lora_b = next(p for n, p in model.named_parameters() if "lora_B" in n)
+        seen.append((float(lora_b.detach().abs().sum()), id(runner)))
+        return real_generate(runner, *a, **k)
+    monkeypatch.setattr(recorder, "generate", spy)
+
+    def varied(completions, **kw):
+        return [len(c[0]["content"]) / 10 for c in completions]
+
+    params = GRPOParams(max_steps=3, max_completion_length=8, lr=5e-2, save_steps=100, fast_generation=True)
+    trainer = build_grpo_trainer(model, tok, train_split.select(range(8)), params, tmp_path, rewards=[varied])
+    trainer.train()
+    assert len(seen) == 3 and len({r for _, r in seen}) == 1  # one copy for the whole run
+    assert seen[0][0] == 0.0 and seen[-1][0] > 0.0              # refreshed with the updated adapter
+    copy = model._mtlib_routed_generate["copy"]
+    assert vars(copy)["__call__"].stats["replayed"] > 0
+    fastgen.unroute_generate(model)
+    assert "generate" not in vars(model) and "__call__" not in vars(copy)
+    build_grpo_trainer(model, tok, train_split.select(range(8)), dataclasses.replace(params, fast_generation=False),
+                       tmp_path / "b", rewards=[varied])
+    assert "generate" not in vars(model)
