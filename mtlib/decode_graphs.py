@@ -93,7 +93,7 @@ class DecodeGraphs:
         self.caches: dict = {}           # (batch, cache length) -> StaticCache made by generate()
         self.recorded: dict = {}         # signature -> _Recorded
         self.enabled = True
-        self.stats = {"recorded": 0, "replayed": 0, "eager": 0}
+        self.stats = {"recorded": 0, "replayed": 0, "eager": 0, "record_seconds": 0.0}
         self._graph_factory = graph_factory  # tests: a stand-in for torch.cuda.CUDAGraph + capture
 
     # -- what generate() calls -------------------------------------------------------------------------------
@@ -117,7 +117,9 @@ class DecodeGraphs:
 
     # -- recording ---------------------------------------------------------------------------------------------
     def _record(self, key, cache, tensors, fixed, kwargs):
+        import time
         import torch
+        started = time.perf_counter()
         lengths = _cumulative_lengths(cache)
         before = [n.clone() for n in lengths]
 
@@ -152,6 +154,7 @@ class DecodeGraphs:
             self.recorded.pop(next(iter(self.recorded)))
         self.recorded[key] = _Recorded(cache, static_inputs, fixed, graph, output)
         self.stats["recorded"] += 1
+        self.stats["record_seconds"] += time.perf_counter() - started
         if torch.cuda.is_available():
             log.info("recorded a decode step: %s", {n: tuple(t.shape) for n, t in tensors.items()})
         return out
@@ -160,14 +163,19 @@ class DecodeGraphs:
         if self._graph_factory is not None:
             return self._graph_factory(step)
         import torch
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()                          # warm-up on a side stream, as torch.cuda.graph asks
-        torch.cuda.current_stream().wait_stream(side)
+        # torch.cuda.graph's context manager, less its synchronize, gc.collect and empty_cache (the last would
+        # hand training's cached memory back to the driver at GRPO's first step, to be allocated again)
+        current, side = torch.cuda.current_stream(), torch.cuda.Stream()
+        side.wait_stream(current)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            output = step()
+        with torch.cuda.stream(side):
+            step()                          # warm-up on a side stream, as CUDA graph capture asks
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                output = step()
+            finally:
+                graph.capture_end()
+        current.wait_stream(side)
         return graph, output
 
     def _disable(self, why: str):
