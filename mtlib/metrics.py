@@ -18,6 +18,7 @@ equals ROUGE-L here.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Sequence
@@ -139,6 +140,13 @@ METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER"}
 VERDICTS = ("better", "worse", "no significant difference")
 
 
+@functools.lru_cache(maxsize=64)  # three systems x four test sets x three metrics fit
+def _sentence_statistics(metric: str, hyps: tuple, refs: tuple) -> tuple:
+    """Per-sentence sufficient statistics of ``hyps`` against ``refs``, as SacreBLEU extracts them; memoised, so
+    a system compared with two others is scored once (TER's shift search is slow Python)."""
+    return tuple(_METRICS[metric]()._extract_corpus_statistics(list(hyps), [list(refs)]))
+
+
 def signatures(metrics: Sequence[str] = ("bleu", "chrf", "ter"), n_bootstrap: int | None = None,
                seed: int | None = 12345) -> dict[str, str]:
     """SacreBLEU's signature of each metric as :func:`corpus_scores` computes it, keyed by display name
@@ -212,8 +220,8 @@ def paired_bootstrap(refs: Sequence[str], hyps_a: Sequence[str], hyps_b: Sequenc
     from tqdm.auto import tqdm
 
     m = _METRICS[metric]()
-    raw_a = m._extract_corpus_statistics(hyps_a, [refs])
-    raw_b = m._extract_corpus_statistics(hyps_b, [refs])
+    raw_a = list(_sentence_statistics(metric, tuple(hyps_a), tuple(refs)))
+    raw_b = list(_sentence_statistics(metric, tuple(hyps_b), tuple(refs)))
     score_a = float(m._aggregate_and_compute(raw_a).score)
     score_b = float(m._aggregate_and_compute(raw_b).score)
     stats_a, stats_b = np.array(raw_a, dtype="float32"), np.array(raw_b, dtype="float32")

@@ -274,3 +274,25 @@ def test_sentence_metric_scores_one_metric_as_sacrebleu_does_sentence_by_sentenc
         assert M.sentence_scores(hyps, refs)[metric].tolist() == pytest.approx(values), metric
     with pytest.raises(ConfigError, match="'bleu', 'chrf' or 'ter'"):
         M.sentence_metric(hyps, refs, "meteor")
+
+
+def test_a_system_compared_twice_is_scored_once(monkeypatch):
+    """significance() compares each system with two others: its per-sentence statistics are extracted once."""
+    from sacrebleu.metrics import TER
+    from mtlib import metrics
+    metrics._sentence_statistics.cache_clear()
+    calls = []
+    real = TER._extract_corpus_statistics
+
+    def spy(self, hyps, refs):
+        calls.append(tuple(hyps))
+        return real(self, hyps, refs)
+    monkeypatch.setattr(TER, "_extract_corpus_statistics", spy)
+    refs = ["a dog runs in the park", "two men talk", "a girl climbs"]
+    base, sft, grpo = (["dog park", "men", "girl"], ["a dog runs", "two men", "a girl climbs"],
+                       ["a dog runs in a park", "two men talk", "girl climbs"])
+    first = metrics.paired_bootstrap(refs, base, sft, metric="ter", n_samples=50, progress=False)
+    metrics.paired_bootstrap(refs, base, grpo, metric="ter", n_samples=50, progress=False)
+    again = metrics.paired_bootstrap(refs, base, sft, metric="ter", n_samples=50, progress=False)
+    assert sorted(c for c in calls if len(c) == 3) == sorted({tuple(base), tuple(sft), tuple(grpo)})
+    assert again == first
