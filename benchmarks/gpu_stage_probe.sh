@@ -5,6 +5,7 @@
 #   SETTING: cold-shapes (see --cold-shapes) | default | expandable (PYTORCH_ALLOC_CONF=expandable_segments:True)
 #            | noblock (UNSLOTH_BLOCK_COMPILE=0) | import | grpo-noblock | graphs (see --graphs)
 #            | grpo-graphs / grpo-eager (GRPO's steps with the decode steps replayed from CUDA graphs, or not)
+#            | grpo-profile (grpo-graphs, then torch.profiler's table of one more step)
 set -euo pipefail
 wheels=${1:?usage: gpu_stage_probe.sh WHEELS_DIR OUT_DIR SETTING...}; out=${2:?OUT_DIR}; shift 2
 source "$(dirname "$0")/gpu_env.sh" "$wheels"
@@ -18,6 +19,7 @@ for setting in "$@"; do
     cold-shapes)        "${probe[@]}" --label "$setting" --cold-shapes --sft-steps 0 ;;
     graphs)             "${probe[@]}" --label "$setting" --graphs --sft-steps 0 ;;
     grpo-graphs)        python3 -m benchmarks.gpu_grpo_breakdown --out "$out" --twin "$out/twin" --shapes 32x4 --steps 14 --skip 8 --max-completion 24 --label "$setting" ;;
+    grpo-profile)       python3 -m benchmarks.gpu_grpo_breakdown --out "$out" --twin "$out/twin" --shapes 32x4 --steps 10 --skip 6 --max-completion 24 --profile --label "$setting" ;;
     grpo-eager)         python3 -m benchmarks.gpu_grpo_breakdown --out "$out" --twin "$out/twin" --shapes 32x4 --steps 14 --skip 8 --max-completion 24 --no-graphs --label "$setting" ;;
     import)             python3 -c "import cProfile, pstats, sys; cProfile.run('import mtlib.modeling', '$out/import.prof'); s = pstats.Stats('$out/import.prof', stream=sys.stdout); s.sort_stats('cumulative').print_stats(80); s.sort_stats('tottime').print_stats(40)" > "$out/import_profile.txt" ;;
     grpo-noblock)       UNSLOTH_BLOCK_COMPILE=0 python3 -m benchmarks.gpu_grpo_breakdown --out "$out" --twin "$out/twin" --shapes 32x4 --steps 14 --skip 8 --max-completion 24 --label "$setting" ;;
