@@ -594,3 +594,37 @@ def first_pass_costs(folder=STAGE_PROBE_RUN) -> tuple:
     table = pd.DataFrame(rows, columns=["Measurement", "What mtlib changes", "Library default (s)", "mtlib (s)"])
     cards = {p.get("card") for p in probes.values()}
     return table.set_index("Measurement"), ", ".join(sorted(c for c in cards if c))
+
+
+# -- decode steps replayed from CUDA graphs (mtlib.decode_graphs) --------------------------------------------
+
+DECODE_GRAPHS_RUN = "decode_graphs_h200_2026-12-02"
+
+
+def decode_graph_gains(folder=DECODE_GRAPHS_RUN) -> tuple:
+    """Eager against graphed decoding, from one folder of ``gpu_stage_probe.sh graphs grpo-graphs grpo-eager``: a
+    DataFrame, one row a measurement, of the seconds without and with the graphs (each test set translated by one
+    merged copy, eagerly first; a GRPO step of the fast shape and its sampling, one process each) and the share of
+    sentences translated alike; and the card."""
+    import pandas as pd
+    from .plots import shape_name, test_set_name
+    root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
+    need = ("stage_probe_graphs.json", "grpo_breakdown_grpo-eager.json", "grpo_breakdown_grpo-graphs.json")
+    missing = [n for n in need if not (root / n).is_file()]
+    if missing:
+        raise DataError(f"{root} lacks {missing[0]} (benchmarks/gpu_stage_probe.sh graphs grpo-graphs grpo-eager)")
+    probe = json.loads((root / need[0]).read_text())
+    stages = probe["stages"]
+    rows = []
+    for name, stage in stages.items():
+        if name.startswith("translate ") and name.endswith(" graphs"):
+            split = name[len("translate "):-len(" graphs")]
+            eager = stages[f"translate {split} eager"]
+            rows.append((f"Translating {test_set_name(split)}, {stage['n']:,} sentences", eager["seconds"],
+                         stage["seconds"], f"{100 * stage['same_as_eager']:.1f}%"))
+    eager, graphed = (json.loads((root / n).read_text())["rows"][0] for n in need[1:])
+    shape = shape_name(graphed["shape"]).removeprefix("batch ")
+    for key, what in (("seconds_per_step", "GRPO step"), ("generate_s", "GRPO sampling, per step")):
+        rows.append((f"{what}, {shape}", eager[key], graphed[key], "(sampled)"))
+    table = pd.DataFrame(rows, columns=["Measurement", "Eager (s)", "CUDA graphs (s)", "Same translations"])
+    return table.set_index("Measurement"), probe.get("card", "unknown card")

@@ -48,7 +48,7 @@ benchmark_files = ["h100_run6.json"]      # measured results, in benchmarks/resu
 paths_file = "h100_translate_paths.json"  # measured translation paths (a name there, or a path)
 grpo_file = "gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json"  # measured GRPO step phases (a name
                                                                           # there, or a path)
-book_run = "gpu_check_h200_2026-12-01_run3"  # the book command on a GPU (a folder there)
+book_run = "gpu_check_h200_2026-12-02_run4"  # the book command on a GPU (a folder there)
 multi_gpu_file = "multi_gpu.json"         # one GPU against two (shown if measured)
 
 # %% tags=["hide-input"]
@@ -229,6 +229,28 @@ display(book["chapters"].set_index("Chapter"))
 costs, probe_card = bench.first_pass_costs()
 md(f"On the **{probe_card}** (`benchmarks/results/{bench.STAGE_PROBE_RUN}/`):")
 display(costs.round(2))
+
+# %% [markdown]
+# ### Decode steps replayed from CUDA graphs
+#
+# A decode step of the merged copy launches about a thousand small kernels, one token for every sequence of
+# the batch; at GRPO's batch of 128 the GPU waits on their launch. `mtlib.decode_graphs` lets transformers'
+# own `generate` decode into a static key/value cache, records the first decode step of each batch shape as a
+# CUDA graph and replays it for the steps that follow, for translation and GRPO's sampling alike. Each new
+# shape is checked once: the recorded step must reproduce the step just run without it, or the graphs are
+# turned off with a warning. GRPO's prompts are left-padded to a multiple of
+# `mtlib.decode_graphs.PROMPT_BUCKET` tokens so that nearby lengths share a recording. Measured in one process
+# each, eager decoding first:
+
+# %% tags=["remove-input"]
+gains, graphs_card = bench.decode_graph_gains()
+translated = gains[gains["Same translations"] != "(sampled)"]
+grpo_step = gains.loc[gains.index.str.startswith("GRPO step")].iloc[0]
+md(f"On the **{graphs_card}** (`benchmarks/results/{bench.DECODE_GRAPHS_RUN}/`), the four test sets took "
+   f"{num(translated['CUDA graphs (s)'].sum())} s with the graphs against {num(translated['Eager (s)'].sum())} s "
+   f"without (the twin's random weights decode all 128 tokens of every sentence), with the same translation of every "
+   f"sentence; a GRPO step took {num(grpo_step['CUDA graphs (s)'])} s against {num(grpo_step['Eager (s)'])} s.")
+display(gains)
 
 # %% [markdown]
 # ## What the fast recipe changes, and why quality should hold

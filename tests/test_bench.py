@@ -279,13 +279,14 @@ def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_pa
     from mtlib import bench
     from mtlib.errors import DataError
 
-    for folder in ("gpu_check_h200_2026-12-01_run2", "gpu_check_h200_2026-12-01_run3"):
+    for folder in ("gpu_check_h200_2026-12-01_run2", "gpu_check_h200_2026-12-01_run3",
+                   "gpu_check_h200_2026-12-02_run4"):
         run = bench.book_run(folder)
         build = json.loads((bench.RESULTS_DIR / folder / "build.json").read_text())
         assert list(run["chapters"]["Chapter"]) == list(build["chapters"])
         assert run["total_s"] == pytest.approx(sum(c["seconds"] for c in build["chapters"].values()), abs=0.5)
         assert run["card"].startswith("NVIDIA H200") and not run["missing"]
-    assert set(run["grpo"]) == set()  # run3 measured no GRPO rows beside it: the appendix takes grpo_file's
+    assert set(run["grpo"]) == set()  # run3 and run4 measured no GRPO rows beside them: the appendix takes grpo_file's
     pair = bench.book_run("gpu_check_h200_2026-12-01_run2")["grpo"]
     assert set(pair) == {"fast", "seed"} and pair["fast"]["completions_per_s"] > pair["seed"]["completions_per_s"]
     assert bench.seed_and_fast("gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json") == pair
@@ -358,3 +359,39 @@ def test_the_stage_probe_cold_shapes_mode_writes_its_profile_and_both_decodings(
     stages = json.loads((tmp_path / "stage_probe_c.json").read_text())["stages"]
     assert {"translate test_2018_flickr cudnn_sdp=False", "translate test_2018_flickr cudnn_sdp=True"} <= set(stages)
     assert "aten::" in (tmp_path / "cold_shape_profile_c.txt").read_text()
+
+
+def test_decode_graph_gains_are_read_from_the_probe_files(tmp_path):
+    from mtlib import bench
+    from mtlib.errors import DataError
+
+    table, card = bench.decode_graph_gains()
+    root = bench.RESULTS_DIR / bench.DECODE_GRAPHS_RUN
+    stages = json.loads((root / "stage_probe_graphs.json").read_text())["stages"]
+    eager = json.loads((root / "grpo_breakdown_grpo-eager.json").read_text())["rows"][0]
+    graphed = json.loads((root / "grpo_breakdown_grpo-graphs.json").read_text())["rows"][0]
+    first = table.iloc[0]
+    assert (first["Eager (s)"], first["CUDA graphs (s)"]) == (stages["translate test eager"]["seconds"],
+                                                               stages["translate test graphs"]["seconds"])
+    assert first["Same translations"] == f"{100 * stages['translate test graphs']['same_as_eager']:.1f}%"
+    step = table.loc[table.index.str.startswith("GRPO step")].iloc[0]
+    assert (step["Eager (s)"], step["CUDA graphs (s)"]) == (eager["seconds_per_step"], graphed["seconds_per_step"])
+    assert len(table) == 6 and card == "NVIDIA H200" and not eager["decode_graphs"] and graphed["decode_graphs"]
+    (tmp_path / "stage_probe_graphs.json").write_text("{}")
+    with pytest.raises(DataError, match="grpo_breakdown_grpo-eager.json"):
+        bench.decode_graph_gains(tmp_path)
+
+
+def test_the_stage_probe_graphs_mode_compares_eager_and_graphed_translations(tmp_path):
+    import subprocess
+    import sys
+    from mtlib import chapter
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_stage_probe", "--out", str(tmp_path), "--label", "g",
+                           "--tiny", "--graphs", "--sft-steps", "0"],
+                          cwd=chapter.REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stages = json.loads((tmp_path / "stage_probe_g.json").read_text())["stages"]
+    for split in ("test", "test_2018_flickr"):
+        assert stages[f"translate {split} graphs"]["same_as_eager"] == 1.0  # on CPU both decode eagerly
+        assert f"translate {split} eager again" in stages
