@@ -464,9 +464,8 @@ def route_generate(model, graphs: bool = True):
     For trainers that generate with the model they train (TRL's GRPOTrainer): the copy is built at the first
     call and refreshed in place from the current adapter at each later one (:func:`refresh_merged`); it stays
     allocated (6.4 GB for a 3B model in bf16) until :func:`unroute_generate`. ``graphs``: on a CUDA GPU, replay
-    the decode steps from CUDA graphs (:mod:`mtlib.decode_graphs`), prompts padded to a multiple of
-    :data:`mtlib.decode_graphs.PROMPT_BUCKET` tokens. :func:`unroute_generate` restores the model's own
-    ``generate`` (Unsloth's, where it set one).
+    the decode steps from CUDA graphs (:mod:`mtlib.decode_graphs`), over one cache kept from step to step.
+    :func:`unroute_generate` restores the model's own ``generate`` (Unsloth's, where it set one).
     """
     routed = getattr(model, "_mtlib_routed_generate", None)
     if routed is not None:
@@ -486,8 +485,8 @@ def route_generate(model, graphs: bool = True):
         runner = state["copy"]
         try:
             with decoding_kernels():
-                if state["graphs"] and not args and decode_graphs.supports(runner, kwargs):
-                    return decode_graphs.generate(runner, bucket=decode_graphs.PROMPT_BUCKET, keep=True, **kwargs)
+                if state["graphs"] and not args:
+                    return decode_graphs.generate(runner, keep=True, **kwargs)
                 return runner.generate(*args, **kwargs)
         except BaseException as exc:
             traceback.clear_frames(exc.__traceback__)  # frames would keep tensors of the step alive

@@ -146,6 +146,7 @@ def decoding_model(model, fast_decode: bool = True):
     try:
         yield runner
     finally:
+        decode_graphs.uninstall(runner)
         del runner
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -206,8 +207,7 @@ def translate(model, tokenizer, sources, tgt_lang: str = "de", src_lang: str = "
                     try:
                         with torch.inference_mode(), \
                                 decoding_kernels() if runner is not model else contextlib.nullcontext():
-                            if graphs and runner is not model and decode_graphs.supports(
-                                    runner, {**enc, "generation_config": gen_config}):
+                            if graphs and runner is not model:
                                 out = decode_graphs.generate(runner, **enc, generation_config=gen_config)
                             else:
                                 out = runner.generate(**enc, generation_config=gen_config)

@@ -236,11 +236,13 @@ display(costs.round(2))
 # A decode step of the merged copy launches about a thousand small kernels, one token for every sequence of
 # the batch; at GRPO's batch of 128 the GPU waits on their launch. `mtlib.decode_graphs` lets transformers'
 # own `generate` decode into a static key/value cache, records the first decode step of each batch shape as a
-# CUDA graph and replays it for the steps that follow, for translation and GRPO's sampling alike. Each new
-# shape is checked once: the recorded step must reproduce the step just run without it, or the graphs are
-# turned off with a warning. GRPO's prompts are left-padded to a multiple of
-# `mtlib.decode_graphs.PROMPT_BUCKET` tokens so that nearby lengths share a recording. Measured in one process
-# each, eager decoding first:
+# CUDA graph and replays it for the steps that follow, for translation and GRPO's sampling alike. Each
+# recording is checked once: the recorded step must reproduce the step just run without it, or the graphs are
+# turned off with a warning. A decode step's inputs depend only on the batch and the cache's length, so GRPO
+# keeps one cache from step to step, grown only when a longer prompt needs it, and its steps replay one
+# recording until then. (The measurements below were taken with an earlier variant of the same code, which padded GRPO's
+# prompts to a multiple of 32 tokens and kept a cache per padded length.) Measured in one process each, eager
+# decoding first:
 
 # %% tags=["remove-input"]
 gains, graphs_card = bench.decode_graph_gains()

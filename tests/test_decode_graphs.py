@@ -53,16 +53,39 @@ def test_replayed_steps_give_the_tokens_of_generate(tiny, pairs, recorder):
     enc, config = _inputs(tok, pairs), _config(model, tok)
     with torch.inference_mode():
         want = runner.generate(**enc, generation_config=config)
-        got = recorder.generate(runner, **enc, generation_config=config, bucket=16, keep=True)
+        got = recorder.generate(runner, **enc, generation_config=config, keep=True)
         graphs = vars(runner)["__call__"]
         assert graphs.stats["recorded"] == 1 and graphs.stats["replayed"] >= 5
-        assert torch.equal(got, want)                # the bucket's padding is masked and removed again
-        assert enc["input_ids"].shape[1] % 16        # (so the test did pad)
-        again = recorder.generate(runner, **enc, generation_config=config, bucket=16, keep=True)
-    assert torch.equal(again, want)                  # the kept cache was emptied for the second call
-    assert graphs.stats["recorded"] == 1             # ... and its recorded step reused
+        assert torch.equal(got, want)
+        # shorter prompts, the same batch: the kept cache (longer than they need) and its recording serve them
+        short = _inputs(tok, [(p[0][:12], p[1]) for p in pairs[5:10]])
+        assert short["input_ids"].shape[1] < enc["input_ids"].shape[1]
+        want_short = runner.generate(**short, generation_config=config)
+        got_short = recorder.generate(runner, **short, generation_config=config, keep=True)
+    assert torch.equal(got_short, want_short)        # stale entries of the longer prompts stay masked
+    assert graphs.stats["recorded"] == 1 and len(graphs.kept) == 1
     recorder.uninstall(runner)
     assert "__call__" not in vars(runner)
+
+
+def test_a_longer_prompt_grows_the_kept_cache(tiny, pairs, recorder):
+    from mtlib.fastgen import merged_copy
+    model, tok = tiny
+    runner = merged_copy(model)
+    config = _config(model, tok)
+    short = _inputs(tok, [(p[0][:10], p[1]) for p in pairs[:4]])
+    long = _inputs(tok, [(p[0] + " " + p[0] + " " + p[0], p[1]) for p in pairs[:4]])
+    with torch.inference_mode():
+        recorder.generate(runner, **short, generation_config=config, keep=True)
+        graphs = vars(runner)["__call__"]
+        first = next(iter(graphs.kept.values())).cache
+        assert first.get_max_length() % recorder.CACHE_STEP == 0
+        assert long["input_ids"].shape[1] + 12 > first.get_max_length()   # (so the test needs a bigger cache)
+        got = recorder.generate(runner, **long, generation_config=config, keep=True)
+        want = runner.generate(**long, generation_config=config)
+    grown = next(iter(graphs.kept.values())).cache
+    assert grown is not first and grown.get_max_length() >= long["input_ids"].shape[1] + 12
+    assert torch.equal(got, want) and graphs.stats["recorded"] == 2 and len(graphs.kept) == 1
 
 
 def test_sampling_through_replayed_steps_draws_the_same_tokens(tiny, pairs, recorder):
@@ -77,21 +100,29 @@ def test_sampling_through_replayed_steps_draws_the_same_tokens(tiny, pairs, reco
         torch.manual_seed(3)
         got = recorder.generate(runner, **enc, generation_config=config)
     assert torch.equal(got, want)
-    assert vars(runner)["__call__"].caches == {}     # keep=False frees the cache and its recorded steps
+    assert vars(runner)["__call__"].kept == {}       # keep=False frees the cache and its recorded steps
 
 
 @pytest.mark.parametrize("failure", ["differs", "raises"])
 def test_a_bad_recording_turns_the_graphs_off_and_keeps_the_tokens(tiny, pairs, recorder, monkeypatch, failure):
+    """A recording that fails, or whose replay differs (here: wrong logits and a wrong cache entry written), is
+    dropped; the step runs eagerly again over the cache, and the tokens are generate()'s."""
     from mtlib.fastgen import merged_copy
+    model, tok = tiny
+    runner = merged_copy(model)
+
+    class Corrupting(EagerGraph):
+        def replay(self):
+            super().replay()
+            for layer in next(iter(vars(runner)["__call__"].kept.values())).cache.layers:
+                layer.keys[:, :, int(layer.cumulative_length) - 1] += 3.0
 
     def bad(step):
         if failure == "raises":
             raise RuntimeError("operation not permitted when stream is capturing")
-        graph = EagerGraph(step, perturb=5.0)
+        graph = Corrupting(step, perturb=5.0)
         return graph, graph.output
     monkeypatch.setattr(recorder, "GRAPH_FACTORY", bad)
-    model, tok = tiny
-    runner = merged_copy(model)
     enc, config = _inputs(tok, pairs), _config(model, tok)
     with torch.inference_mode():
         want = runner.generate(**enc, generation_config=config)
@@ -100,6 +131,67 @@ def test_a_bad_recording_turns_the_graphs_off_and_keeps_the_tokens(tiny, pairs, 
     assert torch.equal(got, want)
     graphs = vars(runner)["__call__"]
     assert not graphs.enabled and graphs.stats["replayed"] == 0
+
+
+def test_out_of_memory_while_recording_reaches_translates_retry(tiny, pairs, recorder, monkeypatch):
+    from mtlib.generate import translate
+    model, tok = tiny
+    sources = [p[0] for p in pairs[:6]]
+    plain = translate(model, tok, sources, batch_size=4, max_new_tokens=8, progress=False, fast_decode=True,
+                      graphs=False)
+    calls = []
+
+    def once(step):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (while recording)")
+        return eager_graphs(step)
+    monkeypatch.setattr(recorder, "GRAPH_FACTORY", once)
+    got, stats = translate(model, tok, sources, batch_size=4, max_new_tokens=8, progress=False, fast_decode=True,
+                           return_stats=True)
+    assert got == plain and stats.oom_retries == 1 and stats.batch_size_used == 2
+
+
+def test_what_the_graphs_do_not_cover_is_generates_own(tiny, pairs, recorder):
+    from mtlib.fastgen import merged_copy
+    model, tok = tiny
+    runner = merged_copy(model)
+    enc, config = _inputs(tok, pairs[:2]), _config(model, tok)
+    with torch.inference_mode():
+        want = runner.generate(**enc, generation_config=config, num_beams=2)
+        got = recorder.generate(runner, **enc, generation_config=config, num_beams=2)  # an override, not the config
+    assert torch.equal(got, want) and "__call__" not in vars(runner)
+
+
+def test_an_installed_model_is_freed_when_deleted(tiny, pairs, recorder):
+    import gc
+    import weakref
+    from mtlib.fastgen import merged_copy
+    model, tok = tiny
+    runner = merged_copy(model)
+    with torch.inference_mode():
+        # keep=False: a kept stand-in recording would hold its step and with it the model (a CUDA graph does not)
+        recorder.generate(runner, **_inputs(tok, pairs[:2]), generation_config=_config(model, tok))
+    assert isinstance(vars(runner)["__call__"], recorder.DecodeGraphs)
+    ref = weakref.ref(runner)
+    gc.disable()
+    try:
+        del runner
+        assert ref() is None   # no reference cycle: freed at once, not at the next garbage collection
+    finally:
+        gc.enable()
+
+
+def test_caches_made_in_inference_mode_are_not_reused_outside_it(tiny, pairs, recorder):
+    from mtlib.fastgen import merged_copy
+    model, tok = tiny
+    runner = merged_copy(model)
+    enc, config = _inputs(tok, pairs[:3]), _config(model, tok)
+    with torch.inference_mode():
+        first = recorder.generate(runner, **enc, generation_config=config, keep=True)
+    with torch.no_grad():
+        second = recorder.generate(runner, **enc, generation_config=config, keep=True)
+    assert torch.equal(first, second) and len(vars(runner)["__call__"].kept) == 2
 
 
 def test_translate_decodes_through_the_graphs_where_it_can(tiny, pairs, recorder, monkeypatch):
@@ -138,8 +230,8 @@ def test_refresh_writes_the_current_adapter_into_the_copy(tiny, pairs):
 
 def test_grpo_samples_through_the_graphs_from_the_current_adapter(tmp_path, tiny_dir, train_split, recorder,
                                                                   monkeypatch):
-    """GRPO's routed generate: one merged copy, refreshed before each generation, decoded through the graphs
-    with bucketed prompts; training still sees completions of the prompts it gave."""
+    """GRPO's routed generate: one merged copy, refreshed before each generation, decoded through the graphs over
+    a kept cache; training still sees completions of the prompts it gave."""
     from mtlib import fastgen
     from mtlib.modeling import add_lora, load_model
     from mtlib.train import GRPOParams, build_grpo_trainer
