@@ -17,6 +17,7 @@ from pathlib import Path
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="multi30k", help="the dataset (default: the Multi30k release mtlib ships)")
     ap.add_argument("--out", default=None, help="folder for decode_graphs_check.json (default: print only)")
     args = ap.parse_args()
     import torch
@@ -24,13 +25,15 @@ def main():
     from mtlib.fastgen import merged_copy
     from mtlib.modeling import load_model
 
-    pairs = data.load_pairs("multi30k")
+    if not torch.cuda.is_available():
+        sys.exit("gpu_decode_graphs_check needs a CUDA GPU (tests/test_decode_graphs.py covers the rest on CPU)")
+    pairs = data.load_pairs(args.data)
     sources = list(pairs["test"]["en"][:300])
     folder = tiny.build_tiny_model(Path(tempfile.mkdtemp()) / "tiny", texts=list(pairs["train"]["en"][:2000]))
     model, tok = load_model(str(folder), backend="hf", load_in_4bit=False)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # (on CPU, only with a stand-in recorder: the tests)
-    model = model.to(device, torch.bfloat16 if device == "cuda" else torch.float32)
-    result = {"card": torch.cuda.get_device_name() if device == "cuda" else "cpu", "checks": {}}
+    device = "cuda"
+    model = model.to(device, torch.bfloat16)
+    result = {"card": torch.cuda.get_device_name(), "checks": {}}
     eager = generate.translate(model, tok, sources, batch_size=128, max_new_tokens=24, progress=False,
                                fast_decode=True, graphs=False)
     graphed = generate.translate(model, tok, sources, batch_size=128, max_new_tokens=24, progress=False,

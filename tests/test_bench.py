@@ -102,8 +102,8 @@ def test_benchmark_programs_run_as_modules_without_editing_sys_path():
     from mtlib import chapter
 
     programs = sorted((chapter.REPO_ROOT / "benchmarks").glob("gpu_*.py"))
-    assert [p.stem for p in programs] == ["gpu_benchmark", "gpu_grpo_breakdown", "gpu_multi", "gpu_stage_probe",
-                                            "gpu_translate_paths"]
+    assert [p.stem for p in programs] == ["gpu_benchmark", "gpu_decode_graphs_check", "gpu_grpo_breakdown", "gpu_multi",
+                                            "gpu_stage_probe", "gpu_translate_paths"]
     for program in programs:
         tree = ast.parse(program.read_text())
         touched = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "path"
