@@ -285,7 +285,8 @@ def batches(p):
 
 
 def decoder(p):
-    return "merged bf16 copy of the model" if p["fast_decode"] else "the trained 4-bit model itself"
+    return "merged bf16 copy of the model, decode steps from CUDA graphs" if p["fast_decode"] else \
+        "the trained 4-bit model itself"
 
 
 rows_ = [
@@ -301,7 +302,7 @@ rows_ = [
     ("GRPO", "optimizer steps", *(f"{p['num_steps']:,}" for p in (s_grpo, f_grpo))),
     ("GRPO", "learning rate", *(f"{p['lr']:g}" for p in (s_grpo, f_grpo))),
     ("GRPO", "gradient checkpointing", *(checkpointing(p) for p in (s_grpo, f_grpo))),
-    ("GRPO", "completions sampled by", *(decoder(p) + (", rebuilt every step" if p["fast_decode"] else "")
+    ("GRPO", "completions sampled by", *(decoder(p) + (", refreshed every step" if p["fast_decode"] else "")
                                          for p in (s_grpo, f_grpo))),
 ]
 display(pd.DataFrame(rows_, columns=["Stage", "Setting", "seed profile", "fast profile"]).set_index(["Stage", "Setting"]))
