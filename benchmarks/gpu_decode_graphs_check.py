@@ -55,7 +55,7 @@ def main():
             torch.manual_seed(0)
             got = decode_graphs.generate(runner, **enc, generation_config=config, keep=True)
             result["checks"][f"sampled tokens equal, prompt {enc['input_ids'].shape[1]}"] = bool(torch.equal(got, want))
-        graphs = vars(runner)["__call__"]
+        graphs = decode_graphs.installed(runner)
         result["checks"]["one recording for both prompt lengths"] = graphs.stats["recorded"] == 1
         grow = encode([" ".join([s] * 4) for s in sources[:64]])
         decode_graphs.generate(runner, **grow, generation_config=config, keep=True)

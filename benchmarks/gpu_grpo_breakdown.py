@@ -138,8 +138,8 @@ def main():
                    loss_forward_s=round(per["loss_forward"], 2),
                    backward_and_optimizer_s=round(step_s - per["generate_and_score"] - per["loss_forward"], 2),
                    peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None)
-        routed = getattr(trainer.model, "_mtlib_routed_generate", None) or {}
-        graphs = vars(routed["copy"]).get("__call__") if routed.get("copy") is not None else None
+        from mtlib import decode_graphs
+        graphs = decode_graphs.installed((getattr(trainer.model, "_mtlib_routed_generate", None) or {}).get("copy"))
         row["decode_graph_stats"] = dict(graphs.stats, record_seconds=round(graphs.stats["record_seconds"], 2)) \
             if graphs is not None else None
         rows.append(row)

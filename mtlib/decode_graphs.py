@@ -233,10 +233,16 @@ class DecodeGraphs:
             del self.kept[key]
 
 
+def installed(model) -> DecodeGraphs | None:
+    """The :class:`DecodeGraphs` that :func:`install` gave ``model`` (its counters in ``.stats``), or None."""
+    graphs = vars(model).get("__call__") if model is not None else None
+    return graphs if isinstance(graphs, DecodeGraphs) else None
+
+
 def install(model, graph_factory=None) -> DecodeGraphs:
     """Make ``model`` replay its decode steps from CUDA graphs (idempotent); returns its :class:`DecodeGraphs`."""
-    graphs = vars(model).get("__call__")
-    if not isinstance(graphs, DecodeGraphs):
+    graphs = installed(model)
+    if graphs is None:
         graphs = DecodeGraphs(model, graph_factory=graph_factory or GRAPH_FACTORY)
         model.__call__ = graphs  # generate() calls self.__call__ for decode steps (and self(...) for the prefill)
     return graphs
@@ -244,8 +250,9 @@ def install(model, graph_factory=None) -> DecodeGraphs:
 
 def uninstall(model) -> None:
     """Undo :func:`install`, freeing the caches and recorded steps."""
-    graphs = vars(model).pop("__call__", None)
-    if isinstance(graphs, DecodeGraphs):
+    graphs = installed(model)
+    if graphs is not None:
+        del model.__call__
         graphs.forget()
 
 
