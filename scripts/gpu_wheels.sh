@@ -15,36 +15,33 @@ out=${1:?usage: gpu_wheels.sh OUT_DIR}
 bnb_cuda=${BNB_CUDA:-130}
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
-mapfile -t pinned < <(python3 - "$root/pyproject.toml" <<'PY'
+# The specs pyproject.toml gives (the one place pins live) for the named packages, from the named lists
+# ("core" = [project] dependencies, else an optional-dependencies group).
+pins() {
+  python3 - "$root/pyproject.toml" "$@" <<'PY'
 import sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
-wanted = {"trl", "peft", "datasets", "rouge_score", "unsloth", "unsloth_zoo", "bitsandbytes"}
-for spec in p["dependencies"] + p["optional-dependencies"]["gpu"]:
-    if spec.split("=")[0].split(">")[0] in wanted:
-        print(spec)
+groups, names = sys.argv[2].split(","), set(sys.argv[3:])
+for group in groups:
+    for spec in p["dependencies"] if group == "core" else p["optional-dependencies"][group]:
+        if spec.split("=")[0].split(">")[0] in names:
+            print(spec)
 PY
-)
+}
+# wheels for the CUDA host: CPython 3.12 on x86_64 Linux
+host=(--only-binary=:all: --python-version 3.12 --implementation cp
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
+mapfile -t pinned < <(pins core,gpu trl peft datasets rouge_score unsloth unsloth_zoo bitsandbytes)
 specs=("${pinned[@]}" nltk tyro msgspec cut_cross_entropy torchao hf_transfer json5 structlog nest-asyncio
        dill multiprocess docstring-parser shtab typeguard)
 for s in "${specs[@]}"; do
   [[ $s == rouge_score* ]] && continue  # sdist only: built below
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
-    -d "$out" "$s" 2>&1 | grep -v "is ignored" || true
+  python3 -m pip download -q --no-deps "${host[@]}" -d "$out" "$s" 2>&1 | grep -v "is ignored" || true
 done
-mapfile -t book < <(python3 - "$root/pyproject.toml" <<'PY'
-import sys, tomllib
-p = tomllib.load(open(sys.argv[1], "rb"))["project"]
-for spec in p["optional-dependencies"]["book"]:
-    if spec.split("=")[0].split(">")[0] in {"papermill", "ipykernel", "nbformat"}:
-        print(spec)
-PY
-)
+mapfile -t book < <(pins book papermill ipykernel nbformat)
 mkdir -p "$out/book"
-python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
-  -d "$out/book" "${book[@]}" 2>&1 | grep -v "is ignored" || true
+python3 -m pip download -q "${host[@]}" -d "$out/book" "${book[@]}" 2>&1 | grep -v "is ignored" || true
 # what the CUDA host's torch/transformers/pandas stack already has stays its own (no newer copy shadows it)
 for have in typing_extensions packaging python_dateutil tqdm pyyaml requests urllib3 idna certifi charset_normalizer tzdata; do
   rm -f "$out/book/$have"-[0-9]*.whl
