@@ -59,3 +59,31 @@ def tiny(tiny_dir):
     """A fresh (model, tokenizer) of the tiny model on the plain backend."""
     from mtlib.modeling import load_model
     return load_model(tiny_dir, backend="hf", load_in_4bit=False)
+
+
+@pytest.fixture
+def brief_grpo(tiny_dir, train_split, tmp_path):
+    """``brief_grpo(fast_generation=True)``: a LoRA tiny model trained 3 GRPO steps on 8 pairs (a reward that varies
+    with the completion's length, so the adapter moves); returns ``(model, params, rebuild)``, where ``rebuild(**changes)``
+    builds another trainer for the same model with changed params (it is not trained)."""
+    import dataclasses
+    from mtlib.modeling import add_lora, load_model
+    from mtlib.train import GRPOParams, build_grpo_trainer
+
+    def varied(completions, **kw):
+        return [len(c[0]["content"]) / 10 for c in completions]
+
+    def run(fast_generation=True, before_training=None):
+        model, tok = load_model(tiny_dir, backend="hf", load_in_4bit=False)
+        model = add_lora(model, gradient_checkpointing=False)
+        if before_training is not None:
+            before_training(model)
+        params = GRPOParams(max_steps=3, max_completion_length=8, lr=5e-2, save_steps=100,
+                            fast_generation=fast_generation)
+        build_grpo_trainer(model, tok, train_split.select(range(8)), params, tmp_path, rewards=[varied]).train()
+
+        def rebuild(**changes):
+            return build_grpo_trainer(model, tok, train_split.select(range(8)), dataclasses.replace(params, **changes),
+                                      tmp_path / "b", rewards=[varied])
+        return model, params, rebuild
+    return run

@@ -347,14 +347,18 @@ def test_first_pass_costs_are_read_from_the_stage_probe_files(tmp_path):
         bench.first_pass_costs(tmp_path)
 
 
-def test_the_stage_probe_cold_shapes_mode_writes_its_profile_and_both_decodings(tmp_path):
+def _stage_probe(out, label, mode):
+    """``benchmarks.gpu_stage_probe`` on the tiny model in ``mode`` (no SFT steps), as a subprocess."""
     import subprocess
     import sys
     from mtlib import chapter
-
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_stage_probe", "--out", str(tmp_path), "--label", "c",
-                           "--tiny", "--cold-shapes", "--sft-steps", "0"],
+    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_stage_probe", "--out", str(out), "--label", label,
+                           "--tiny", mode, "--sft-steps", "0"],
                           cwd=chapter.REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_the_stage_probe_cold_shapes_mode_writes_its_profile_and_both_decodings(tmp_path):
+    proc = _stage_probe(tmp_path, "c", "--cold-shapes")
     assert proc.returncode == 0, proc.stderr[-2000:]
     stages = json.loads((tmp_path / "stage_probe_c.json").read_text())["stages"]
     assert {"translate test_2018_flickr cudnn_sdp=False", "translate test_2018_flickr cudnn_sdp=True"} <= set(stages)
@@ -383,13 +387,7 @@ def test_decode_graph_gains_are_read_from_the_probe_files(tmp_path):
 
 
 def test_the_stage_probe_graphs_mode_compares_eager_and_graphed_translations(tmp_path):
-    import subprocess
-    import sys
-    from mtlib import chapter
-
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_stage_probe", "--out", str(tmp_path), "--label", "g",
-                           "--tiny", "--graphs", "--sft-steps", "0"],
-                          cwd=chapter.REPO_ROOT, capture_output=True, text=True, timeout=600)
+    proc = _stage_probe(tmp_path, "g", "--graphs")
     assert proc.returncode == 0, proc.stderr[-2000:]
     stages = json.loads((tmp_path / "stage_probe_g.json").read_text())["stages"]
     for split in ("test", "test_2018_flickr"):

@@ -5,8 +5,6 @@ recorded step again over the same input buffers and writes the logits into the o
 which is what a CUDA graph's replay does. Everything around it (static caches, buffers, the shape checks,
 rewinding the cache, bucketing the prompts, the fallbacks) is the code that runs on the GPU.
 """
-import dataclasses
-
 import pytest
 import torch
 
@@ -228,37 +226,26 @@ def test_refresh_writes_the_current_adapter_into_the_copy(tiny, pairs):
         assert torch.equal(got, want), name
 
 
-def test_grpo_samples_through_the_graphs_from_the_current_adapter(tmp_path, tiny_dir, train_split, recorder,
-                                                                  monkeypatch):
+def test_grpo_samples_through_the_graphs_from_the_current_adapter(brief_grpo, recorder, monkeypatch):
     """GRPO's routed generate: one merged copy, refreshed before each generation, decoded through the graphs over
     a kept cache; training still sees completions of the prompts it gave."""
     from mtlib import fastgen
-    from mtlib.modeling import add_lora, load_model
-    from mtlib.train import GRPOParams, build_grpo_trainer
 
-    model, tok = load_model(tiny_dir, backend="hf", load_in_4bit=False)
-    model = add_lora(model, gradient_checkpointing=False)
-    seen = []
+    trained, seen = [], []
     real_generate = recorder.generate
 
     def spy(runner, *a, **k):
-        lora_b = next(p for n, p in model.named_parameters() if "lora_B" in n)
+        lora_b = next(p for n, p in trained[0].named_parameters() if "lora_B" in n)
         seen.append((float(lora_b.detach().abs().sum()), id(runner)))
         return real_generate(runner, *a, **k)
     monkeypatch.setattr(recorder, "generate", spy)
 
-    def varied(completions, **kw):
-        return [len(c[0]["content"]) / 10 for c in completions]
-
-    params = GRPOParams(max_steps=3, max_completion_length=8, lr=5e-2, save_steps=100, fast_generation=True)
-    trainer = build_grpo_trainer(model, tok, train_split.select(range(8)), params, tmp_path, rewards=[varied])
-    trainer.train()
+    model, params, rebuild = brief_grpo(before_training=trained.append)
     assert len(seen) == 3 and len({r for _, r in seen}) == 1  # one copy for the whole run
     assert seen[0][0] == 0.0 and seen[-1][0] > 0.0              # refreshed with the updated adapter
     copy = model._mtlib_routed_generate["copy"]
     assert vars(copy)["__call__"].stats["replayed"] > 0
     fastgen.unroute_generate(model)
     assert "generate" not in vars(model) and "__call__" not in vars(copy)
-    build_grpo_trainer(model, tok, train_split.select(range(8)), dataclasses.replace(params, fast_generation=False),
-                       tmp_path / "b", rewards=[varied])
+    rebuild(fast_generation=False)
     assert "generate" not in vars(model)

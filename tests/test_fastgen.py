@@ -1,5 +1,4 @@
 """The fast translation path: merged copy, grouped decode attention, patched-class detection."""
-import dataclasses
 
 import pytest
 import torch
@@ -112,14 +111,10 @@ def test_merged_copy_runs_pristine_classes_when_patched(tiny, monkeypatch):
             model(**enc)
 
 
-def test_grpo_fast_generation_samples_from_the_current_adapter(tmp_path, tiny_dir, train_split, monkeypatch):
+def test_grpo_fast_generation_samples_from_the_current_adapter(brief_grpo, monkeypatch):
     """fast_generation routes every GRPO generate() through one merged copy, refreshed from the adapter of each step."""
     from mtlib import fastgen
-    from mtlib.modeling import add_lora, load_model
-    from mtlib.train import GRPOParams, build_grpo_trainer
 
-    model, tok = load_model(tiny_dir, backend="hf", load_in_4bit=False)
-    model = add_lora(model, gradient_checkpointing=False)
     built, refreshed = [], []
     real_copy, real_refresh = fastgen.merged_copy, fastgen.refresh_merged
 
@@ -136,17 +131,11 @@ def test_grpo_fast_generation_samples_from_the_current_adapter(tmp_path, tiny_di
     monkeypatch.setattr(fastgen, "merged_copy", spy_copy)
     monkeypatch.setattr(fastgen, "refresh_merged", spy_refresh)
 
-    def varied(completions, **kw):
-        return [len(c[0]["content"]) / 10 for c in completions]
-
-    params = GRPOParams(max_steps=3, max_completion_length=8, lr=5e-2, save_steps=100, fast_generation=True)
-    trainer = build_grpo_trainer(model, tok, train_split.select(range(8)), params, tmp_path, rewards=[varied])
-    trainer.train()
+    model, params, rebuild = brief_grpo()
     assert len(built) == 1 and len(refreshed) == 2   # one copy, refreshed for each later generation round
     assert built[0] == 0.0 and refreshed[-1] > 0.0   # ... with the updated adapter
     # the flag off restores the model's own generate
-    build_grpo_trainer(model, tok, train_split.select(range(8)), dataclasses.replace(params, fast_generation=False),
-                       tmp_path / "b", rewards=[varied])
+    rebuild(fast_generation=False)
     assert "generate" not in vars(model)
 
 
