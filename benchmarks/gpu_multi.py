@@ -9,7 +9,7 @@ In one invocation, on one machine, one configuration after the other, each in fr
               multi-GPU GRPO uses: GRPO
     1gpu-hf   one process on the plain backend: GRPO (the same-backend baseline; run when the time budget allows)
 
-The model is the Llama-3.2-3B-Instruct shape twin built on the spot (random bf16 weights, the small
+The model is the Llama-3.2-3B-Instruct shape twin built on the spot (random bf16 weights, the twin's
 tokenizer; ``mtlib.tiny.build_shape_twin``), loaded in 4 bits with LoRA r16 on the seven projections, with
 the fast profile's settings: SFT at per-device batch 64, padded and length-grouped, without gradient
 checkpointing; GRPO 32 prompts x 4 completions per device and step, completions from the merged copy;

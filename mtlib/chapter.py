@@ -264,9 +264,6 @@ def tiny_model_dir(runs_root: str | os.PathLike) -> Path:
     return Path(runs_root).resolve().parent / "tiny-model"
 
 
-TWIN_PREFIX = "twin:"  # "twin:<hub id>": that model's exact shape with random weights, built on the spot
-
-
 def resolve_model(model: str, runs_root: str | os.PathLike, texts=None) -> str:
     """The model to load: ``"tiny"`` builds (once) a tiny random model next to ``runs_root`` from ``texts``;
     ``"twin:<hub id>"`` builds (once) that model's shape twin there (no download); an existing relative path
@@ -279,7 +276,7 @@ def resolve_model(model: str, runs_root: str | os.PathLike, texts=None) -> str:
         from . import tiny
         name = model[len(TWIN_PREFIX):]
         out = Path(runs_root).resolve().parent / ("twin-" + name.replace("/", "--"))
-        if not (out / "mtlib_twin.json").exists():  # written last: a half-written twin is built again
+        if not tiny.is_current_twin(out, name):
             tiny.build_shape_twin(out, model=name, texts=texts)
         return str(out)
     if model != TINY_MODEL:

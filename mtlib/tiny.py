@@ -34,6 +34,27 @@ CHAT_TEMPLATE = (
     "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
     "{%- endif %}"
 )
+# Llama 3.2-Instruct's own template less its tool calls, for shape twins: the system turn always there, with the
+# knowledge-cutoff and today's-date lines (today's date unless a date_string is given, as the real model does).
+LLAMA32_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+    "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = '26 Jul 2024' %}"
+    "{%- endif %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] | trim %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
+    "{{- system_message + '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{%- endif %}"
+)
 
 _LLAMA32_COMMON = dict(
     vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5, hidden_act="silu",
@@ -88,12 +109,22 @@ def default_texts(n: int = 3000) -> list[str]:
 
 def _chat_texts() -> list[str]:
     """Texts of the prompts themselves, so the system prompt and headers tokenize compactly."""
-    from .prompts import LANGUAGE_NAMES, system_prompt
-    return [system_prompt(t, s) for s in ("en", "de") for t in LANGUAGE_NAMES if t != s] + ["system user assistant"]
+    from .prompts import LANGUAGE_NAMES, PROMPT_DATE, system_prompt
+    return [system_prompt(t, s) for s in ("en", "de") for t in LANGUAGE_NAMES if t != s] + [
+        "system user assistant", f"Cutting Knowledge Date: December 2023\nToday Date: {PROMPT_DATE}"]
 
 
-def build_tokenizer(texts=None, vocab_size: int = 1500, special_tokens=SPECIAL_TOKENS):
-    """A byte-level BPE tokenizer (GPT-2/Llama-3 style) trained on ``texts``, wrapped for transformers."""
+CHAT_TEXT_WEIGHT = 1  # how often the prompts' own texts count in the tiny tokenizer's training
+# The shape twin's tokenizer: with these, Multi30k's SFT examples and GRPO prompts take about as many tokens as
+# with Llama 3's own (benchmarks/twin_token_counts.py measures both), so the twin's timings are the real model's.
+TWIN_TOKENIZER = dict(vocab_size=4000, chat_weight=100, chat_template=LLAMA32_CHAT_TEMPLATE)
+TWIN_MARKER = "mtlib_twin.json"  # written last into a twin's folder: what it is a twin of, and how it was built
+
+
+def build_tokenizer(texts=None, vocab_size: int = TINY_DEFAULTS["vocab_size"], special_tokens=SPECIAL_TOKENS,
+                    chat_template: str = CHAT_TEMPLATE, chat_weight: int = CHAT_TEXT_WEIGHT):
+    """A byte-level BPE tokenizer (GPT-2/Llama-3 style) trained on ``texts`` and the prompts' own texts
+    (``chat_weight`` times), wrapped for transformers with ``chat_template``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -105,12 +136,12 @@ def build_tokenizer(texts=None, vocab_size: int = 1500, special_tokens=SPECIAL_T
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts + _chat_texts(), trainer=trainer)
+    tok.train_from_iterator(texts + _chat_texts() * chat_weight, trainer=trainer)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1", special_tokens=[(BOS, bos_id)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   chat_template=CHAT_TEMPLATE, model_max_length=131072,
+                                   chat_template=chat_template, model_max_length=131072,
                                    clean_up_tokenization_spaces=False)
     return fast
 
@@ -222,9 +253,29 @@ def twin_config(model: str = "meta-llama/Llama-3.2-3B-Instruct", tokenizer=None)
     return LlamaConfig(**cfg, dtype="bfloat16")
 
 
+def twin_tokenizer(texts=None):
+    """The shape twin's tokenizer (:data:`TWIN_TOKENIZER`) trained on ``texts``."""
+    return build_tokenizer(texts, **TWIN_TOKENIZER)
+
+
+def _twin_recipe(model: str, save_weights: bool) -> dict:
+    return {"twin_of": model, "weights": save_weights, "tokenizer": {k: v for k, v in TWIN_TOKENIZER.items()
+                                                                     if k != "chat_template"},
+            "chat_template": "Llama 3.2" if TWIN_TOKENIZER["chat_template"] == LLAMA32_CHAT_TEMPLATE else "other"}
+
+
+def is_current_twin(out_dir, model: str) -> bool:
+    """Whether ``out_dir`` holds a whole shape twin of ``model`` with weights, built as this mtlib builds them
+    (an interrupted build, or one of an older recipe, is built again)."""
+    try:
+        return json.loads((Path(out_dir) / TWIN_MARKER).read_text(encoding="utf-8")) == _twin_recipe(model, True)
+    except (OSError, ValueError):
+        return False
+
+
 def build_shape_twin(out_dir, model: str = "meta-llama/Llama-3.2-3B-Instruct", texts=None, seed: int = 0,
                      save_weights: bool = True, device: str | None = None) -> Path:
-    """Save a random model with the exact config of ``model`` (bf16) plus the tiny tokenizer.
+    """Save a random model with the exact config of ``model`` (bf16) plus the twin's tokenizer.
 
     Measures memory and speed like the real model without downloading it. ``save_weights=False`` writes
     only config, tokenizer and generation config (cheap: for checking shapes). Weights are initialised on
@@ -235,7 +286,8 @@ def build_shape_twin(out_dir, model: str = "meta-llama/Llama-3.2-3B-Instruct", t
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(texts)
+    (out / TWIN_MARKER).unlink(missing_ok=True)
+    tokenizer = twin_tokenizer(texts)
     config = twin_config(model, tokenizer)
     gen = _generation_config(tokenizer)
     if save_weights:
@@ -250,5 +302,5 @@ def build_shape_twin(out_dir, model: str = "meta-llama/Llama-3.2-3B-Instruct", t
         config.save_pretrained(out)
         gen.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "mtlib_twin.json").write_text(json.dumps({"twin_of": model, "weights": save_weights}) + "\n")
+    (out / TWIN_MARKER).write_text(json.dumps(_twin_recipe(model, save_weights)) + "\n")
     return out

@@ -64,15 +64,82 @@ def test_shape_twin_config_matches_llama_3_2_3b(tmp_path):
 def test_small_twin_with_weights_loads(tmp_path, monkeypatch):
     """A full build on CPU, shrunk via the config table so the test stays small."""
     import torch
-    from mtlib import tiny
     from transformers import AutoModelForCausalLM
-    small = dict(KNOWN_CONFIGS["meta-llama/Llama-3.2-1B-Instruct"], hidden_size=64, intermediate_size=64,
-                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=32, vocab_size=4096)
-    monkeypatch.setitem(tiny.KNOWN_CONFIGS, "test/small", small)
+    _small_twin_config(monkeypatch)
     out = build_shape_twin(tmp_path / "small", model="test/small", texts=["ein Hund", "a dog"] * 50)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.vocab_size == 4096
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def _small_twin_config(monkeypatch):
+    from mtlib import tiny
+    small = dict(KNOWN_CONFIGS["meta-llama/Llama-3.2-1B-Instruct"], hidden_size=64, intermediate_size=64,
+                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=32, vocab_size=4096)
+    monkeypatch.setitem(tiny.KNOWN_CONFIGS, "test/small", small)
+
+
+def test_twin_speaks_llama_3_2s_chat_format_with_the_books_date():
+    """The twin's template is Llama 3.2's: a system turn with the knowledge-cutoff and date lines, today's date
+    unless fixed (as the real model's); mtlib's fixed date makes the prompt the same every day."""
+    import datetime
+    from mtlib import prompts, tiny
+    tok = tiny.twin_tokenizer(["ein Hund", "a dog"] * 50)
+    messages = sft_messages("A dog runs.", "Ein Hund rennt.")
+    today = datetime.date.today().strftime("%d %b %Y")
+    assert f"Today Date: {today}\n\n" in tok.apply_chat_template(messages, tokenize=False)
+    prompts.fix_template_date(tok)
+    text = tok.apply_chat_template(messages, tokenize=False)
+    assert text == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                    "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+                    f"{prompts.system_prompt()}<|eot_id|>"
+                    "<|start_header_id|>user<|end_header_id|>\n\nA dog runs.<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\nEin Hund rennt.<|eot_id|>")
+    no_system = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert no_system.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting")
+    assert no_system.endswith("Today Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>"
+                              "\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_twin_reads_about_as_many_tokens_as_llama_3():
+    """On test 2016, the twin's SFT examples and GRPO prompts are within 5% of Llama 3's token counts as
+    measured with Llama 3's own tokenizer (benchmarks/twin_token_counts.py, results committed); the tiny
+    tokenizer it had before read a third more."""
+    import json
+    from benchmarks.twin_token_counts import rendered_texts, twin_counts
+    from mtlib import data, prompts, tiny
+    from mtlib.project import REPO_ROOT
+    measured = json.loads((REPO_ROOT / "benchmarks/results/twin_tokens_2026-12-02/token_counts.json").read_text())
+    pairs = data.load_pairs()
+    tok = prompts.fix_template_date(tiny.twin_tokenizer(list(pairs["train"]["en"]) + list(pairs["train"]["de"])))
+    counts = twin_counts(tok, rendered_texts(pairs, tok))
+    assert counts == pytest.approx(measured["twin"])  # the committed twin counts are this code's
+    for name in ("sft_example", "grpo_prompt", "system_prompt"):
+        assert counts[name] == pytest.approx(measured["llama3"][name], rel=0.05), name
+    assert measured["tiny"]["sft_example"] > 1.3 * measured["llama3"]["sft_example"]
+
+
+def test_twin_of_an_older_recipe_is_built_again(tmp_path, monkeypatch):
+    """resolve_model builds a twin once; a twin folder left by an interrupted build or by an older mtlib (another
+    tokenizer) is built again rather than timed with the wrong tokens."""
+    import json
+    from mtlib import chapter, tiny
+    _small_twin_config(monkeypatch)
+    runs_root = tmp_path / "build" / "runs"
+    texts = ["ein Hund", "a dog"] * 50
+    folder = Path(chapter.resolve_model("twin:test/small", runs_root, texts=texts))
+    assert tiny.is_current_twin(folder, "test/small") and not tiny.is_current_twin(folder, "test/other")
+    built = (folder / "model.safetensors").stat().st_mtime_ns
+    assert chapter.resolve_model("twin:test/small", runs_root, texts=texts) == str(folder)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == built, "a current twin is reused"
+    old = {"twin_of": "test/small", "weights": True}  # the marker the twin of 1,500 tokens left
+    (folder / tiny.TWIN_MARKER).write_text(json.dumps(old))
+    assert not tiny.is_current_twin(folder, "test/small")
+    chapter.resolve_model("twin:test/small", runs_root, texts=texts)
+    assert tiny.is_current_twin(folder, "test/small")
+    assert (folder / "model.safetensors").stat().st_mtime_ns != built, "the old twin was built again"
+    from transformers import AutoTokenizer
+    assert "Cutting Knowledge Date" in AutoTokenizer.from_pretrained(folder).chat_template
 
 
 def test_unknown_twin_is_a_config_error(tmp_path):
