@@ -1,6 +1,9 @@
 """Chat prompts for translation: the system prompt and message builders for inference, SFT and GRPO."""
 from __future__ import annotations
 
+import contextlib
+import os
+
 # Llama 3.x chat templates write "Today Date: <today>" into the system turn unless ``date_string`` is
 # given, so the same profile would build different prompts on different days. Every tokenizer mtlib
 # loads renders this date instead (the templates' own fallback); run records store it.
@@ -97,18 +100,45 @@ def template_date(tokenizer) -> str | None:
     return getattr(tokenizer, "mtlib_prompt_date", None)
 
 
+PARALLELISM_ENV = "TOKENIZERS_PARALLELISM"
+
+
+@contextlib.contextmanager
+def parallel_tokenization():
+    """Fast tokenizers use every core inside the block. Importing Unsloth sets ``TOKENIZERS_PARALLELISM=false``
+    (to silence the warning of forked workers), which leaves bulk encoding on one core; the setting is back
+    on exit, so a process forked later still tokenizes serially, as Unsloth wants."""
+    before = os.environ.get(PARALLELISM_ENV)
+    os.environ[PARALLELISM_ENV] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PARALLELISM_ENV, None)
+        else:
+            os.environ[PARALLELISM_ENV] = before
+
+
 def token_counts(tokenizer, texts) -> list[int]:
-    """Tokens in each text, without special tokens added: one batch call (a fast tokenizer encodes it in
-    parallel, without building Python lists of ids)."""
+    """Tokens in each text, without special tokens added: one batch call (a fast tokenizer encodes it on every
+    core, without building Python lists of ids)."""
     texts = list(texts)
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     if backend is not None:
-        return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
+        with parallel_tokenization():
+            return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _column(rows, name: str) -> list:
+    """A column as a list: a datasets.Dataset's read from Arrow at once (not row by row)."""
+    if hasattr(rows, "with_format"):
+        return rows.with_format("arrow")[name].to_pylist()
+    return list(rows[name])
 
 
 def grpo_token_lengths(tokenizer, rows) -> dict:
     """Token counts of GRPO rows: ``{"prompt": [...], "reference": [...]}``, each prompt as the model reads
     it (its chat template with the assistant's header)."""
-    rendered = tokenizer.apply_chat_template(list(rows["prompt"]), add_generation_prompt=True, tokenize=False)
-    return {"prompt": token_counts(tokenizer, rendered), "reference": token_counts(tokenizer, rows["reference"])}
+    rendered = tokenizer.apply_chat_template(_column(rows, "prompt"), add_generation_prompt=True, tokenize=False)
+    return {"prompt": token_counts(tokenizer, rendered), "reference": token_counts(tokenizer, _column(rows, "reference"))}

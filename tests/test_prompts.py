@@ -1,12 +1,9 @@
 """mtlib.prompts: the chat template renders a fixed date, so the same profile builds the same prompts every day."""
 import datetime
 
-from mtlib import modeling, prompts
+import pytest
 
-# The date logic of Llama 3.2's chat template, in front of the tiny model's template.
-LLAMA_DATE = ('{%- if not date_string is defined %}{%- if strftime_now is defined %}'
-              '{%- set date_string = strftime_now("%d %b %Y") %}{%- else %}{%- set date_string = "26 Jul 2024" %}'
-              '{%- endif %}{%- endif %}Today Date: {{ date_string }}\n')
+from mtlib import modeling, prompts, tiny
 
 
 def render(tokenizer, **kw):
@@ -14,10 +11,8 @@ def render(tokenizer, **kw):
                                          add_generation_prompt=True, **kw)
 
 
-def test_template_date_is_fixed_not_today(tiny_dir):
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    tokenizer.chat_template = LLAMA_DATE + tokenizer.chat_template
+def test_template_date_is_fixed_not_today():
+    tokenizer = tiny.twin_tokenizer(["ein Hund", "a dog"] * 50)  # Llama 3.2's own template, date lines included
     today = datetime.datetime.now().strftime("%d %b %Y")
     assert f"Today Date: {today}" in render(tokenizer)  # the problem: the prompt changes with the calendar
     prompts.fix_template_date(tokenizer)
@@ -38,7 +33,6 @@ def test_language_name_names_the_pairs_of_the_book_and_falls_back_to_the_code():
     assert prompts.language_name("FR") == "French" and prompts.language_name("fr-CA") == "French"
     assert prompts.language_name("pt_BR") == "Portuguese"
     assert prompts.language_name("xx") == "xx"  # unknown: the code itself, so prose still names something
-    import pytest
     with pytest.raises(ValueError, match="language code"):
         prompts.language_name("")
 
@@ -67,3 +61,30 @@ def test_grpo_token_lengths_count_what_the_model_reads(tiny_dir):
     lengths = prompts.grpo_token_lengths(tokenizer, rows)
     assert lengths["prompt"] == one_by_one and lengths["prompt"][1] > lengths["prompt"][0]
     assert lengths["reference"] == [len(tokenizer(r, add_special_tokens=False).input_ids) for r in rows["reference"]]
+    shuffled = rows.select([1, 0])  # a Dataset with an indices mapping: its columns are read in that order
+    assert prompts.grpo_token_lengths(tokenizer, shuffled)["prompt"] == one_by_one[::-1]
+    assert prompts.grpo_token_lengths(tokenizer, rows.to_dict()) == lengths
+
+
+@pytest.mark.parametrize("before", [None, "false"])
+def test_bulk_token_counts_use_every_core_and_leave_the_setting_as_it_was(monkeypatch, before):
+    """Importing Unsloth sets TOKENIZERS_PARALLELISM=false; mtlib's bulk counts turn it on for their one batch
+    call only, so processes forked later keep Unsloth's setting (or none)."""
+    import os
+    if before is None:
+        monkeypatch.delenv(prompts.PARALLELISM_ENV, raising=False)
+    else:
+        monkeypatch.setenv(prompts.PARALLELISM_ENV, before)
+    seen = []
+
+    class Backend:
+        def encode_batch(self, texts, add_special_tokens):
+            seen.append(os.environ.get(prompts.PARALLELISM_ENV))
+            return [type("Encoding", (), {"ids": t.split()})() for t in texts]
+
+    tokenizer = type("Tok", (), {"is_fast": True, "backend_tokenizer": Backend()})()
+    assert prompts.token_counts(tokenizer, ["a b", "c"]) == [2, 1]
+    assert seen == ["true"] and os.environ.get(prompts.PARALLELISM_ENV) == before
+    with pytest.raises(RuntimeError), prompts.parallel_tokenization():
+        raise RuntimeError("a failed batch")
+    assert os.environ.get(prompts.PARALLELISM_ENV) == before

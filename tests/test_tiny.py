@@ -79,17 +79,12 @@ def _small_twin_config(monkeypatch):
     monkeypatch.setitem(tiny.KNOWN_CONFIGS, "test/small", small)
 
 
-def test_twin_speaks_llama_3_2s_chat_format_with_the_books_date():
-    """The twin's template is Llama 3.2's: a system turn with the knowledge-cutoff and date lines, today's date
-    unless fixed (as the real model's); mtlib's fixed date makes the prompt the same every day."""
-    import datetime
+def test_twin_speaks_llama_3_2s_chat_format():
+    """The twin's template is Llama 3.2's: a system turn, always there, with the knowledge-cutoff and date lines
+    (test_prompts checks the date is the book's, not today's)."""
     from mtlib import prompts, tiny
-    tok = tiny.twin_tokenizer(["ein Hund", "a dog"] * 50)
-    messages = sft_messages("A dog runs.", "Ein Hund rennt.")
-    today = datetime.date.today().strftime("%d %b %Y")
-    assert f"Today Date: {today}\n\n" in tok.apply_chat_template(messages, tokenize=False)
-    prompts.fix_template_date(tok)
-    text = tok.apply_chat_template(messages, tokenize=False)
+    tok = prompts.fix_template_date(tiny.twin_tokenizer(["ein Hund", "a dog"] * 50))
+    text = tok.apply_chat_template(sft_messages("A dog runs.", "Ein Hund rennt."), tokenize=False)
     assert text == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
                     "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
                     f"{prompts.system_prompt()}<|eot_id|>"
