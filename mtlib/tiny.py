@@ -23,9 +23,8 @@ SPECIAL_TOKENS = [
 ]
 BOS, EOS, PAD = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>"
 
-# Llama 3.2's chat template for system/user/assistant turns, without the date lines and tool calls.
-CHAT_TEMPLATE = (
-    "{{- bos_token }}"
+# Llama 3.2's turns: each message in its headers, then the assistant's header when a reply is asked for.
+_TURNS = (
     "{%- for message in messages %}"
     "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
     " + '<|eot_id|>' }}"
@@ -34,6 +33,8 @@ CHAT_TEMPLATE = (
     "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
     "{%- endif %}"
 )
+# Llama 3.2's chat template for system/user/assistant turns, without the date lines and tool calls.
+CHAT_TEMPLATE = "{{- bos_token }}" + _TURNS
 # Llama 3.2-Instruct's own template less its tool calls, for shape twins: the system turn always there, with the
 # knowledge-cutoff and today's-date lines (today's date unless a date_string is given, as the real model does).
 LLAMA32_CHAT_TEMPLATE = (
@@ -47,14 +48,7 @@ LLAMA32_CHAT_TEMPLATE = (
     "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
     "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
     "{{- system_message + '<|eot_id|>' }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
-    " + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{%- endif %}"
-)
+) + _TURNS
 
 _LLAMA32_COMMON = dict(
     vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5, hidden_act="silu",
