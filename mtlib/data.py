@@ -438,7 +438,7 @@ def _load_hub(source: str, src: str, tgt: str, report: LoadReport, revision: str
         missing = [c for c in (src, tgt) if c not in ds.column_names]
         if missing:
             raise DataError(f"{source!r} split {split!r} has no column {missing}; columns: {ds.column_names}")
-        parts[split] = (list(ds[src]), list(ds[tgt]), [f"{source}:{split}"])
+        parts[split] = (column(ds, src), column(ds, tgt), [f"{source}:{split}"])
     return _build(parts, src, tgt, report)
 
 
@@ -543,6 +543,14 @@ def subset(dsd: DatasetDict, n: int | Mapping[str, int] | None = None, seed: int
 # Corpus statistics
 # ---------------------------------------------------------------------------------------------
 
+def column(rows, name: str) -> list:
+    """A column as a list: a ``datasets.Dataset``'s read from Arrow at once (iterating ``ds[name]`` goes row by
+    row), anything else (a DataFrame, a dict of lists) through ``list(rows[name])``."""
+    if hasattr(rows, "with_format"):
+        return rows.with_format("arrow")[name].to_pylist()
+    return list(rows[name])
+
+
 def _text_columns(dsd: DatasetDict, langs: Sequence[str] | None) -> list[str]:
     first = next(iter(dsd.values()))
     if langs is None:
@@ -581,20 +589,33 @@ def corpus_stats(dsd: DatasetDict, langs: Sequence[str] | None = None) -> pd.Dat
     cols = _text_columns(dsd, langs)
     rows = []
     for lang in cols:
-        for split, ds in dsd.items():
-            rows.append({"split": split, "lang": lang, **_stats(ds[lang])})
-        rows.append({"split": "overall", "lang": lang, **_stats([s for ds in dsd.values() for s in ds[lang]])})
+        sentences = {split: column(ds, lang) for split, ds in dsd.items()}
+        for split, texts in sentences.items():
+            rows.append({"split": split, "lang": lang, **_stats(texts)})
+        rows.append({"split": "overall", "lang": lang, **_stats([s for texts in sentences.values() for s in texts])})
     return pd.DataFrame(rows)
+
+
+def word_lengths(dsd: DatasetDict, split: str = "train", langs: Sequence[str] | None = None) -> dict[str, list[int]]:
+    """Sentence lengths in whitespace words, per language, of one split."""
+    if split not in dsd:
+        raise ConfigError(f"no split {split!r}; splits are {list(dsd)}")
+    cols = _text_columns(DatasetDict({split: dsd[split]}), langs)
+    return {lang: [len(s.split()) for s in column(dsd[split], lang)] for lang in cols}
+
+
+def length_percentiles(dsd: DatasetDict, split: str = "train", langs: Sequence[str] | None = None,
+                       percentiles: Sequence[float] = (0.5, 0.9, 0.99)) -> pd.DataFrame:
+    """``describe()`` of the sentence lengths in words (:func:`word_lengths`), one column per language."""
+    return pd.DataFrame({lang: pd.Series(v, dtype=float).describe(percentiles=list(percentiles))
+                         for lang, v in word_lengths(dsd, split, langs).items()})
 
 
 def length_histogram(dsd: DatasetDict, split: str = "train", langs: Sequence[str] | None = None):
     """Overlaid histograms of sentence length (whitespace words) per language for one split."""
     from matplotlib.figure import Figure
 
-    if split not in dsd:
-        raise ConfigError(f"no split {split!r}; splits are {list(dsd)}")
-    cols = _text_columns(DatasetDict({split: dsd[split]}), langs)
-    lengths = {lang: [len(s.split()) for s in dsd[split][lang]] for lang in cols}
+    lengths = word_lengths(dsd, split, langs)
     top = max((max(v) for v in lengths.values() if v), default=1)
     bins = np.arange(0.5, top + 1.5, 1.0)
     fig = Figure(figsize=(7, 3.5))
@@ -615,7 +636,7 @@ def pair_columns(split, src_lang: str, tgt_lang: str) -> tuple[list, list]:
         cols = split.column_names
         if src_lang not in cols or tgt_lang not in cols:
             raise DataError(f"split needs columns {src_lang!r} and {tgt_lang!r}, has {cols}")
-        return list(split[src_lang]), list(split[tgt_lang])
+        return column(split, src_lang), column(split, tgt_lang)
     if hasattr(split, "columns"):  # pandas.DataFrame
         if src_lang not in split.columns or tgt_lang not in split.columns:
             raise DataError(f"split needs columns {src_lang!r} and {tgt_lang!r}, has {list(split.columns)}")

@@ -462,7 +462,7 @@ def comparability(runs, translations: dict | None = None, split: str = MAIN_SPLI
         rows.append({"system": system_name(stage),
                      "SacreBLEU (cased, detokenized)": BLEU().corpus_score(hyps, [refs]).score,
                      "lowercased": BLEU(lowercase=True).corpus_score(hyps, [refs]).score,
-                     "lowercased, tokenized, hyphens split": BLEU(tokenize="none").corpus_score(
+                     "lowercased, tokenized, hyphens split": BLEU(tokenize="none", force=True).corpus_score(
                          [_tokenized_lowercased(h) for h in hyps], [[_tokenized_lowercased(r) for r in refs]]).score})
     table = pd.DataFrame(rows, columns=["system", "SacreBLEU (cased, detokenized)", "lowercased",
                                         "lowercased, tokenized, hyphens split"]).set_index("system").round(2)

@@ -121,7 +121,9 @@ def sentence_metric(hyps: Sequence[str], refs: Sequence[str], metric: str = "chr
         raise ConfigError(f"sentence_metric: metric must be 'bleu', 'chrf' or 'ter', got {metric!r}")
     hyps, refs = _check(hyps, refs)
     scorer = BLEU(effective_order=True) if metric == "bleu" else CHRF() if metric == "chrf" else TER()
-    return np.array([scorer.sentence_score(h, [r]).score for h, r in zip(hyps, refs)], dtype=float)
+    # what scorer.sentence_score(h, [r]) computes, from the memoised statistics the significance tests share
+    stats = _sentence_statistics(metric, tuple(hyps), tuple(refs))
+    return np.array([scorer._aggregate_and_compute([s]).score for s in stats], dtype=float)
 
 
 def sentence_scores(hyps: Sequence[str], refs: Sequence[str]) -> pd.DataFrame:
@@ -140,11 +142,18 @@ METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER"}
 VERDICTS = ("better", "worse", "no significant difference")
 
 
+@functools.lru_cache(maxsize=16)  # four test sets x three metrics fit
+def _scorer(metric: str, refs: tuple):
+    """A SacreBLEU metric holding ``refs`` preprocessed (n-grams, tokens), shared by every system scored on them."""
+    return _METRICS[metric](references=[list(refs)])
+
+
 @functools.lru_cache(maxsize=64)  # three systems x four test sets x three metrics fit
 def _sentence_statistics(metric: str, hyps: tuple, refs: tuple) -> tuple:
     """Per-sentence sufficient statistics of ``hyps`` against ``refs``, as SacreBLEU extracts them; memoised, so
-    a system compared with two others is scored once (TER's shift search is slow Python)."""
-    return tuple(_METRICS[metric]()._extract_corpus_statistics(list(hyps), [list(refs)]))
+    a system compared with two others is scored once (TER's shift search is slow Python), and its sentence
+    scores (:func:`sentence_metric`) cost no second extraction."""
+    return tuple(_scorer(metric, refs)._extract_corpus_statistics(list(hyps), None))
 
 
 def signatures(metrics: Sequence[str] = ("bleu", "chrf", "ter"), n_bootstrap: int | None = None,
@@ -183,6 +192,21 @@ def _ci_bounds(values: np.ndarray) -> tuple[float, float]:
     values = np.sort(values)
     k = len(values) // 40
     return float(values[k]), float(values[len(values) - k - 1])
+
+
+def _resample_sums(stats: np.ndarray, idxs: np.ndarray) -> np.ndarray:
+    """``stats[idxs[i]].sum(0)`` for every resample ``i`` (float32, SacreBLEU's sums).
+
+    Counts of the sentences each resample drew, times the statistics: one matrix product instead of
+    ``len(idxs)`` gathers. The statistics are counts, integers well below 2**24, so every partial sum is exact
+    in float32 whatever the order and the product equals the row-by-row sum bit for bit; statistics that are
+    not (TER's average length over several references) are summed row by row."""
+    n_samples, n = idxs.shape
+    if not (np.array_equal(stats, np.round(stats)) and np.abs(stats).sum(0).max(initial=0) < 2 ** 24):
+        return np.stack([stats[row].sum(0) for row in idxs])
+    offsets = (np.arange(n_samples) * n)[:, None]
+    counts = np.bincount((idxs + offsets).ravel(), minlength=n_samples * n).reshape(n_samples, n)
+    return (counts.astype(np.float64) @ stats.astype(np.float64)).astype(np.float32)
 
 
 def paired_bootstrap(refs: Sequence[str], hyps_a: Sequence[str], hyps_b: Sequence[str], metric: str = "bleu",
@@ -227,10 +251,11 @@ def paired_bootstrap(refs: Sequence[str], hyps_a: Sequence[str], hyps_b: Sequenc
     stats_a, stats_b = np.array(raw_a, dtype="float32"), np.array(raw_b, dtype="float32")
     n = len(refs)
     idxs = np.random.default_rng(seed).choice(n, size=(n_samples, n), replace=True)
+    sums_a, sums_b = _resample_sums(stats_a, idxs), _resample_sums(stats_b, idxs)
     scores_a, scores_b = [], []
     for i in tqdm(range(n_samples), desc=f"paired bootstrap ({metric})", disable=not progress, leave=False):
-        scores_a.append(m._compute_score_from_stats(stats_a[idxs[i]].sum(0)).score)
-        scores_b.append(m._compute_score_from_stats(stats_b[idxs[i]].sum(0)).score)
+        scores_a.append(m._compute_score_from_stats(sums_a[i]).score)
+        scores_b.append(m._compute_score_from_stats(sums_b[i]).score)
     # keep the scores' own dtype (chrF computes in float32 from float32 statistics): SacreBLEU's rounding
     scores_a, scores_b = np.array(scores_a), np.array(scores_b)
     sample_diffs = np.abs(scores_b - scores_a)

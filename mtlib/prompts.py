@@ -130,15 +130,9 @@ def token_counts(tokenizer, texts) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def _column(rows, name: str) -> list:
-    """A column as a list: a datasets.Dataset's read from Arrow at once (not row by row)."""
-    if hasattr(rows, "with_format"):
-        return rows.with_format("arrow")[name].to_pylist()
-    return list(rows[name])
-
-
 def grpo_token_lengths(tokenizer, rows) -> dict:
     """Token counts of GRPO rows: ``{"prompt": [...], "reference": [...]}``, each prompt as the model reads
     it (its chat template with the assistant's header)."""
-    rendered = tokenizer.apply_chat_template(_column(rows, "prompt"), add_generation_prompt=True, tokenize=False)
-    return {"prompt": token_counts(tokenizer, rendered), "reference": token_counts(tokenizer, _column(rows, "reference"))}
+    from .data import column
+    rendered = tokenizer.apply_chat_template(column(rows, "prompt"), add_generation_prompt=True, tokenize=False)
+    return {"prompt": token_counts(tokenizer, rendered), "reference": token_counts(tokenizer, column(rows, "reference"))}

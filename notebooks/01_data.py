@@ -133,6 +133,4 @@ data.length_histogram(pairs, split="train", langs=[src_lang, tgt_lang])
 # Chapter 4 measures lengths in model tokens rather than words.
 
 # %%
-lengths = pd.DataFrame({lang: pd.Series([len(s.split()) for s in pairs["train"][lang]]).describe(
-    percentiles=[0.5, 0.9, 0.99]) for lang in (src_lang, tgt_lang)})
-lengths.round(1)
+data.length_percentiles(pairs, split="train", langs=[src_lang, tgt_lang]).round(1)

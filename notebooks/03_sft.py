@@ -80,7 +80,7 @@ import mtlib.modeling as modeling  # first: on a GPU it imports Unsloth before t
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import chapter, plots, prompts
+from mtlib import chapter, data, plots, prompts
 
 params = chapter.header("03_sft", globals())
 
@@ -123,7 +123,7 @@ chapter.readable(pd.DataFrame({"pairs": {name: len(pairs[name]) for name in ["tr
 # from the environment or Colab's secrets, never from a parameter.
 
 # %%
-model_path = chapter.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
+model_path = chapter.resolve_model(model, runs_root, texts=data.column(pairs["train"], src_lang) + data.column(pairs["train"], tgt_lang))
 base, tokenizer = modeling.load_model(model_path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
                                       revision=model_revision)
 pd.DataFrame({"value": {

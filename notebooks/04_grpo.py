@@ -91,7 +91,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from mtlib import chapter, plots, prompts, rewards as reward_fns
+from mtlib import chapter, data, plots, prompts, rewards as reward_fns
 
 params = chapter.header("04_grpo", globals())
 
@@ -153,7 +153,7 @@ params = chapter.header("04_grpo", globals())
 
 # %%
 pairs, splits = chapter.chapter_pairs(params)
-model_path = chapter.resolve_model(model, runs_root, texts=list(pairs["train"][src_lang]) + list(pairs["train"][tgt_lang]))
+model_path = chapter.resolve_model(model, runs_root, texts=data.column(pairs["train"], src_lang) + data.column(pairs["train"], tgt_lang))
 
 sft_run = chapter.latest_run(runs_root, "sft", build_id=build_id) if from_sft else None
 if from_sft and sft_run is None:

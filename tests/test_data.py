@@ -288,6 +288,24 @@ def test_length_histogram():
         data.length_histogram(dsd, split="validation")
 
 
+def test_length_percentiles_per_language():
+    dsd = DatasetDict({"train": data.Dataset.from_dict({"en": ["a b c", "d", "e f"], "de": ["x y", "z w v u", "q"]})})
+    table = data.length_percentiles(dsd, langs=["en", "de"])
+    assert list(table.columns) == ["en", "de"]
+    assert table.loc["mean", "en"] == pytest.approx(2.0) and table.loc["max", "de"] == 4
+    assert table.loc["50%", "de"] == 2 and "99%" in table.index
+    with pytest.raises(ConfigError, match="validation"):
+        data.length_percentiles(dsd, split="validation")
+
+
+def test_column_reads_a_dataset_at_once_and_keeps_its_selection():
+    ds = data.Dataset.from_dict({"en": [f"s{i}" for i in range(10)]})
+    picked = ds.shuffle(seed=1).select(range(4))  # an indices mapping over the Arrow table
+    assert data.column(picked, "en") == [row["en"] for row in picked]
+    assert data.column(pd.DataFrame({"en": ["a", "b"]}), "en") == ["a", "b"]
+    assert data.column({"en": ("a",)}, "en") == ["a"]
+
+
 # ------------------------------------------------------------------------------------------------ damaged files
 
 def test_corrupt_or_truncated_gzip_names_the_file(tmp_path):

@@ -167,6 +167,15 @@ def test_published_multi30k_comparison_computed_from_the_translations():
     assert f"SFT {row.iloc[0]:.2f} → 100.00 → 100.00" in text
 
 
+def test_published_comparison_scores_tokenized_text_without_sacrebleus_warning(caplog):
+    """The tokenized column is tokenized on purpose: SacreBLEU's "forgot to detokenize" warning (100 lines ending
+    in " .") must not print into the chapter."""
+    refs = [f"Ein Hund Nummer {i} rennt." for i in range(120)]
+    with caplog.at_level("WARNING", logger="sacrebleu"):
+        discussion.comparability(None, translations={("sft", "test"): translations_of(refs, refs, refs)})
+    assert not [r for r in caplog.records if "detokenize" in r.getMessage()]
+
+
 def test_prose_follows_the_language_pair_and_never_says_german_for_french():
     runs = fake_runs([dict(stage="base", bleu=3.0), dict(stage="sft", bleu=9.0, seed=3407)])
     tr = {("base", "test"): translations_of(SOURCES, REFS, SOURCES),
