@@ -38,6 +38,8 @@ def main():
     ap.add_argument("--no-graphs", action="store_true",
                     help="decode the completions eagerly (default: decode steps replayed from CUDA graphs)")
     ap.add_argument("--label", default="", help="a name for this setting in the rows")
+    ap.add_argument("--train-cudnn", action="store_true",
+                    help="the loss's attention as torch chooses it, cuDNN's included (default: mtlib's training_kernels)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -47,7 +49,7 @@ def main():
     import os
     import torch
 
-    from mtlib import data, tiny
+    from mtlib import data, fastgen, tiny
     from mtlib.modeling import add_lora, load_model
     from mtlib.train import GRPOParams, build_grpo_trainer
     from transformers import TrainerCallback
@@ -120,14 +122,17 @@ def main():
         timed(trainer, "compute_loss", "loss_forward")
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        trainer.train()
+        if args.train_cudnn:
+            fastgen.TRAIN_SDPA_BACKENDS = None
+        with fastgen.training_kernels():  # as mtlib.train runs every training
+            trainer.train()
         (t0, c0), (t1, c1) = steps.marks[args.skip - 1], steps.marks[args.steps - 1]  # warm-up steps left out
         n = args.steps - args.skip
         per = {k: (c1.get(k, 0.0) - c0.get(k, 0.0)) / n for k in ("generate", "generate_and_score", "loss_forward")}
         step_s = (t1 - t0) / n
         times = [steps.start] + [m[0] for m in steps.marks]
         unsloth_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("UNSLOTH_GRPO")}
-        row = dict(shape=shape, label=args.label, unsloth_env=unsloth_env,
+        row = dict(shape=shape, label=args.label, unsloth_env=unsloth_env, train_sdpa=fastgen.TRAIN_SDPA_BACKENDS,
                    decode_graphs=params.fast_generation and not args.no_graphs,
                    max_completion_length=params.max_completion_length, pad_to_multiple_of=args.pad_multiple,
                    steps_timed=n, warmup_seconds=round(t0 - steps.start, 2), step_seconds=[round(b - a, 2) for a, b in zip(times, times[1:])],

@@ -299,6 +299,23 @@ def original_generation_masks():
 DECODE_SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
 
+# Training's SDPA backends: the same, for the same reason. SFT's length-grouped batches and GRPO's steps change
+# the sequence length from batch to batch, and cuDNN builds forward and backward plans for each new length.
+# None: torch's own choice (cuDNN's attention first on Hopper).
+TRAIN_SDPA_BACKENDS: tuple | None = DECODE_SDPA_BACKENDS
+
+
+@contextlib.contextmanager
+def training_kernels():
+    """Within the block training's attention runs on :data:`TRAIN_SDPA_BACKENDS` (no cuDNN)."""
+    if TRAIN_SDPA_BACKENDS is None:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel([getattr(SDPBackend, name) for name in TRAIN_SDPA_BACKENDS]):
+        yield
+
+
 @contextlib.contextmanager
 def decoding_kernels():
     """Within the block the merged copy decodes with the kernels it is meant for: transformers' own mask

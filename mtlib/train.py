@@ -198,17 +198,19 @@ def sft_dataset(split, src_lang="en", tgt_lang="de"):
 
 
 def _sft_text_dataset(split, tokenizer, src_lang, tgt_lang):
-    """Unsloth path: whole conversations as text (BOS left to the tokenizer); masked by train_on_responses_only."""
-    from .prompts import to_sft_dataset
-    if "messages" not in split.column_names:
-        pair_columns(split, src_lang, tgt_lang)
-        split = to_sft_dataset(split, src_lang, tgt_lang)
+    """Unsloth path: whole conversations as text (BOS left to the tokenizer); masked by train_on_responses_only.
+    The conversations are rendered in one chat-template call, not one per row."""
+    from datasets import Dataset
+    from .data import column
+    from .prompts import sft_messages
+    if "messages" in split.column_names:
+        conversations = column(split, "messages")
+    else:
+        sources, targets = pair_columns(split, src_lang, tgt_lang)
+        conversations = [sft_messages(s, t, tgt_lang, src_lang) for s, t in zip(sources, targets)]
+    texts = tokenizer.apply_chat_template(conversations, tokenize=False) if conversations else []
     bos = tokenizer.bos_token or ""
-
-    def fmt(r):
-        text = tokenizer.apply_chat_template(r["messages"], tokenize=False)
-        return {"text": text[len(bos):] if bos and text.startswith(bos) else text}
-    return split.map(fmt, remove_columns=split.column_names, desc="SFT text")
+    return Dataset.from_dict({"text": [t[len(bos):] if bos and t.startswith(bos) else t for t in texts]})
 
 
 class NaNGuard:
@@ -409,7 +411,8 @@ def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config
             _terminal_progress(trainer)
         run.write_json("trainable.json", trainable_summary(trainer.model))
         checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
-        with run.timer("train"):
+        from . import fastgen
+        with run.timer("train"), fastgen.training_kernels():
             result = trainer.train(resume_from_checkpoint=checkpoint)
         run.write_json("log_history.json", trainer.state.log_history)
         adapter_dir = run.path / "adapter"

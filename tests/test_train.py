@@ -193,3 +193,34 @@ def test_grpo_pads_prompts_and_completions_to_the_multiple_asked(tmp_path, tiny_
     batch = trainer._generate_and_score_completions(
         [{"prompt": r["prompt"], "reference": r["reference"]} for r in trainer.train_dataset.select(range(4))])
     assert batch["prompt_ids"].shape[1] % 8 == 0 and batch["completion_ids"].shape[1] % 8 == 0
+
+
+def test_unsloth_sft_text_is_each_conversation_rendered_without_bos(tiny, train_split):
+    """The Unsloth path's training text: every pair's whole conversation through the chat template, rendered in
+    one call, the BOS left to the tokenizer; a split that already holds ``messages`` gives the same text."""
+    from mtlib.prompts import sft_messages, to_sft_dataset
+    from mtlib.train import _sft_text_dataset
+    _, tok = tiny
+    texts = _sft_text_dataset(train_split, tok, "en", "de")["text"]
+    expected = [tok.apply_chat_template(sft_messages(r["en"], r["de"], "de", "en"), tokenize=False)
+                for r in train_split]
+    assert tok.bos_token and all(e.startswith(tok.bos_token) for e in expected)
+    assert list(texts) == [e[len(tok.bos_token):] for e in expected]
+    assert list(_sft_text_dataset(to_sft_dataset(train_split, "en", "de"), tok, "en", "de")["text"]) == list(texts)
+
+
+@pytest.mark.parametrize("backends", ["mtlib", "torch"])
+def test_training_runs_its_attention_without_cudnn_unless_told(tmp_path, tiny_dir, train_split, monkeypatch, backends):
+    """cuDNN's SDPA builds plans for every new sequence length, and SFT's and GRPO's lengths change from batch to
+    batch: mtlib trains with it off (fastgen.TRAIN_SDPA_BACKENDS) and switches it back on afterwards; None leaves
+    torch's choice."""
+    from mtlib import fastgen
+    if backends == "torch":
+        monkeypatch.setattr(fastgen, "TRAIN_SDPA_BACKENDS", None)
+    model, tok = _lora(tiny_dir)
+    seen = []
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    run_sft(model, tok, train_split.select(range(8)), SFTParams(**FAST_SFT, max_steps=2), runs_root=tmp_path)
+    assert len(seen) >= 2 and set(seen) == {backends == "torch"}
+    assert torch.backends.cuda.cudnn_sdp_enabled()
