@@ -38,8 +38,8 @@ def main():
     ap.add_argument("--no-graphs", action="store_true",
                     help="decode the completions eagerly (default: decode steps replayed from CUDA graphs)")
     ap.add_argument("--label", default="", help="a name for this setting in the rows")
-    ap.add_argument("--train-cudnn", action="store_true",
-                    help="the loss's attention as torch chooses it, cuDNN's included (default: mtlib's training_kernels)")
+    ap.add_argument("--train-no-cudnn", action="store_true",
+                    help="the loss's attention without cuDNN's (fastgen.DECODE_SDPA_BACKENDS; default: torch's choice)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -51,7 +51,7 @@ def main():
 
     from mtlib import data, fastgen, tiny
     from mtlib.modeling import add_lora, load_model
-    from mtlib.train import GRPOParams, build_grpo_trainer
+    from mtlib.train import GRPOParams, build_grpo_trainer, training_session
     from transformers import TrainerCallback
 
     cuda = torch.cuda.is_available() and not args.tiny
@@ -122,9 +122,9 @@ def main():
         timed(trainer, "compute_loss", "loss_forward")
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        if args.train_cudnn:
-            fastgen.TRAIN_SDPA_BACKENDS = None
-        with fastgen.training_kernels():  # as mtlib.train runs every training
+        if args.train_no_cudnn:
+            fastgen.TRAIN_SDPA_BACKENDS = fastgen.DECODE_SDPA_BACKENDS
+        with training_session():  # as mtlib.train runs every training
             trainer.train()
         (t0, c0), (t1, c1) = steps.marks[args.skip - 1], steps.marks[args.steps - 1]  # warm-up steps left out
         n = args.steps - args.skip

@@ -43,10 +43,10 @@ def main():
                     help="instead of the passes: each test set decoded eagerly, then with its decode steps replayed from "
                          "CUDA graphs, then eagerly again, through one merged copy; the tokens compared")
     ap.add_argument("--train-size", type=int, default=None, help="training pairs for SFT (default: all, as the book)")
-    ap.add_argument("--train-cudnn", action="store_true",
-                    help="SFT's attention as torch chooses it, cuDNN's included (default: mtlib's training_kernels)")
-    ap.add_argument("--empty-cache", action="store_true",
-                    help="hand the memory the translation cached back to CUDA before SFT (torch.cuda.empty_cache)")
+    ap.add_argument("--train-no-cudnn", action="store_true",
+                    help="SFT's attention without cuDNN's (fastgen.DECODE_SDPA_BACKENDS; default: torch's choice)")
+    ap.add_argument("--keep-cache", action="store_true",
+                    help="train on the allocator's cache as the translation left it (default: emptied, as mtlib.train does)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -68,7 +68,7 @@ def main():
     import torch
 
     from mtlib import data, fastgen, generate, tiny
-    from mtlib.train import SFTParams, StepClock, build_sft_trainer
+    from mtlib.train import SFTParams, StepClock, build_sft_trainer, training_session
 
     cuda = torch.cuda.is_available() and not args.tiny
     result["card"] = torch.cuda.get_device_name() if cuda else "cpu"
@@ -155,13 +155,11 @@ def main():
         trainer = build_sft_trainer(peft_model, tokenizer, train, params, output_dir=str(out / "sft-probe"),
                                     callbacks=[clock])
         stage("SFT trainer setup", time.time() - t)
-        if args.empty_cache and cuda:
-            torch.cuda.empty_cache()
-        if args.train_cudnn:
-            fastgen.TRAIN_SDPA_BACKENDS = None
+        if args.train_no_cudnn:
+            fastgen.TRAIN_SDPA_BACKENDS = fastgen.DECODE_SDPA_BACKENDS
         t = time.time()
         before = counters()
-        with fastgen.training_kernels():  # as mtlib.train runs every training
+        with training_session(empty_cache=not args.keep_cache):  # as mtlib.train runs every training
             trainer.train()
         after = counters()
         step_times = clock.step_seconds
@@ -169,7 +167,7 @@ def main():
         first_began = clock.stamps[0] - step_times[0] - t if step_times else None
         stage("SFT train", time.time() - t, steps=len(step_times), step_seconds=step_times,
               before_first_step=round(first_began, 2) if first_began is not None else None,
-              train_sdpa=fastgen.TRAIN_SDPA_BACKENDS, empty_cache=args.empty_cache,
+              train_sdpa=fastgen.TRAIN_SDPA_BACKENDS, empty_cache=not args.keep_cache,
               first10=round(sum(step_times[:10]), 2), steady_step=round(sorted(late)[len(late) // 2], 3),
               allocator={k: after[k] - before[k] for k in after},
               peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 1) if cuda else None)

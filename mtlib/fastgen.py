@@ -299,10 +299,12 @@ def original_generation_masks():
 DECODE_SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
 
-# Training's SDPA backends: the same, for the same reason. SFT's length-grouped batches and GRPO's steps change
-# the sequence length from batch to batch, and cuDNN builds forward and backward plans for each new length.
-# None: torch's own choice (cuDNN's attention first on Hopper).
-TRAIN_SDPA_BACKENDS: tuple | None = DECODE_SDPA_BACKENDS
+# Training's SDPA backends; None: torch's own choice, cuDNN's attention included. Training is not decoding:
+# on the H200, after chapter 3's baseline translation, SFT's first 10 steps took 8.4 s with cuDNN's attention
+# and 17.5 s without (a median step 0.346 against 0.332 s), GRPO's fast shape warmed up in 16.5 s against 25.6
+# and then stepped in 1.66 against 1.86 s (benchmarks/results/stage_probe_h200_2026-12-02). A tuple such as
+# DECODE_SDPA_BACKENDS restricts training to those backends (the probes' --train-no-cudnn).
+TRAIN_SDPA_BACKENDS: tuple | None = None
 
 
 @contextlib.contextmanager

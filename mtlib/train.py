@@ -4,6 +4,7 @@ On a GPU import :mod:`mtlib.modeling` (which imports Unsloth) before this module
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -382,6 +383,20 @@ def trainer_record(trainer) -> dict:
             "args": trainer.args.to_dict()}
 
 
+@contextlib.contextmanager
+def training_session(empty_cache: bool = True):
+    """Where every training here runs: CUDA's caching allocator emptied first (what a translation left cached
+    otherwise makes the first steps re-plan their memory: on the H200 SFT's first step took 4.2 s after the
+    baseline translation, 1.8 s with the cache emptied; benchmarks/results/stage_probe_h200_2026-12-02), and the
+    attention on :data:`mtlib.fastgen.TRAIN_SDPA_BACKENDS`."""
+    import torch
+    from . import fastgen
+    if empty_cache and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with fastgen.training_kernels():
+        yield
+
+
 def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config, callbacks, run=None):
     """Train in a run folder. ``run``: a folder made by the caller (mtlib.parallel: the launching process made
     it, rank 0 keeps it, the other ranks pass a record that writes nothing); otherwise a new one, or resume."""
@@ -411,8 +426,7 @@ def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config
             _terminal_progress(trainer)
         run.write_json("trainable.json", trainable_summary(trainer.model))
         checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
-        from . import fastgen
-        with run.timer("train"), fastgen.training_kernels():
+        with run.timer("train"), training_session():
             result = trainer.train(resume_from_checkpoint=checkpoint)
         run.write_json("log_history.json", trainer.state.log_history)
         adapter_dir = run.path / "adapter"

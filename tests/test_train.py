@@ -209,18 +209,30 @@ def test_unsloth_sft_text_is_each_conversation_rendered_without_bos(tiny, train_
     assert list(_sft_text_dataset(to_sft_dataset(train_split, "en", "de"), tok, "en", "de")["text"]) == list(texts)
 
 
-@pytest.mark.parametrize("backends", ["mtlib", "torch"])
-def test_training_runs_its_attention_without_cudnn_unless_told(tmp_path, tiny_dir, train_split, monkeypatch, backends):
-    """cuDNN's SDPA builds plans for every new sequence length, and SFT's and GRPO's lengths change from batch to
-    batch: mtlib trains with it off (fastgen.TRAIN_SDPA_BACKENDS) and switches it back on afterwards; None leaves
-    torch's choice."""
+@pytest.mark.parametrize("restricted", [False, True])
+def test_training_keeps_torchs_attention_unless_told(tmp_path, tiny_dir, train_split, monkeypatch, restricted):
+    """Training keeps torch's choice of attention, cuDNN's included (faster on the H200, unlike decoding);
+    fastgen.TRAIN_SDPA_BACKENDS restricts it for the length of the training and the flags come back after."""
     from mtlib import fastgen
-    if backends == "torch":
-        monkeypatch.setattr(fastgen, "TRAIN_SDPA_BACKENDS", None)
+    if restricted:
+        monkeypatch.setattr(fastgen, "TRAIN_SDPA_BACKENDS", fastgen.DECODE_SDPA_BACKENDS)
     model, tok = _lora(tiny_dir)
     seen = []
     model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
     assert torch.backends.cuda.cudnn_sdp_enabled()
     run_sft(model, tok, train_split.select(range(8)), SFTParams(**FAST_SFT, max_steps=2), runs_root=tmp_path)
-    assert len(seen) >= 2 and set(seen) == {backends == "torch"}
+    assert len(seen) >= 2 and set(seen) == {not restricted}
     assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_training_starts_from_an_emptied_cuda_cache(monkeypatch):
+    """What a translation left in CUDA's caching allocator is handed back before training (on a GPU)."""
+    from mtlib.train import training_session
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    with training_session():
+        assert emptied == [1]
+    with training_session(empty_cache=False):
+        pass
+    assert emptied == [1]
