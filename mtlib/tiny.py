@@ -130,7 +130,9 @@ def build_tokenizer(texts=None, vocab_size: int = TINY_DEFAULTS["vocab_size"], s
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts + _chat_texts() * chat_weight, trainer=trainer)
+    from .prompts import parallel_tokenization
+    with parallel_tokenization():  # on every core, even after Unsloth's import (the same merges either way)
+        tok.train_from_iterator(texts + _chat_texts() * chat_weight, trainer=trainer)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1", special_tokens=[(BOS, bos_id)])

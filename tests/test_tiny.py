@@ -1,5 +1,6 @@
 """Tiny offline models: deterministic, Llama-3 chat format, loadable; shape twins have the real config."""
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,16 @@ def test_half_written_tiny_model_is_detected_and_rebuilt(tmp_path, monkeypatch):
         (tmp_path / "mine").mkdir()
         (tmp_path / "mine" / "notes.txt").write_text("keep me")
         build_tiny_model(tmp_path / "mine", texts=texts)
+
+
+def test_tokenizer_trains_the_same_merges_after_unsloths_import(monkeypatch, pairs):
+    """Unsloth's import sets TOKENIZERS_PARALLELISM=false; the BPE is trained on every core all the same, learns
+    the same merges as with the variable unset, and leaves the variable as it found it."""
+    from mtlib.prompts import PARALLELISM_ENV
+    from mtlib.tiny import build_tokenizer
+    texts = [s for pair in pairs for s in pair]
+    monkeypatch.delenv(PARALLELISM_ENV, raising=False)
+    unset = build_tokenizer(texts, vocab_size=600).backend_tokenizer.to_str()
+    monkeypatch.setenv(PARALLELISM_ENV, "false")
+    assert build_tokenizer(texts, vocab_size=600).backend_tokenizer.to_str() == unset
+    assert os.environ[PARALLELISM_ENV] == "false"
