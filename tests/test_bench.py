@@ -281,13 +281,14 @@ def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_pa
 
     for folder in ("gpu_check_h200_2026-12-01_run2", "gpu_check_h200_2026-12-01_run3",
                    "gpu_check_h200_2026-12-02_run4",
-                   "gpu_check_h200_2026-12-02_run5", "gpu_check_h200_2026-12-02_run6"):
+                   "gpu_check_h200_2026-12-02_run5", "gpu_check_h200_2026-12-02_run6",
+                   "gpu_check_h200_2026-12-02_run7"):
         run = bench.book_run(folder)
         build = json.loads((bench.RESULTS_DIR / folder / "build.json").read_text())
         assert list(run["chapters"]["Chapter"]) == list(build["chapters"])
         assert run["total_s"] == pytest.approx(sum(c["seconds"] for c in build["chapters"].values()), abs=0.5)
         assert run["card"].startswith("NVIDIA H200") and not run["missing"]
-    assert set(run["grpo"]) == set()  # run3 to run6 measured no GRPO rows beside them: the appendix takes grpo_file's
+    assert set(run["grpo"]) == set()  # run3 to run7 measured no GRPO rows beside them: the appendix takes grpo_file's
     pair = bench.book_run("gpu_check_h200_2026-12-01_run2")["grpo"]
     assert set(pair) == {"fast", "seed"} and pair["fast"]["completions_per_s"] > pair["seed"]["completions_per_s"]
     assert bench.seed_and_fast("gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json") == pair
