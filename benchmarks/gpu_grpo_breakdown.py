@@ -39,7 +39,7 @@ def main():
                     help="decode the completions eagerly (default: decode steps replayed from CUDA graphs)")
     ap.add_argument("--label", default="", help="a name for this setting in the rows")
     ap.add_argument("--train-no-cudnn", action="store_true",
-                    help="the loss's attention without cuDNN's (fastgen.DECODE_SDPA_BACKENDS; default: torch's choice)")
+                    help="the loss's attention without cuDNN's (as the merged copy decodes; default: torch's choice)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -49,7 +49,7 @@ def main():
     import os
     import torch
 
-    from mtlib import data, fastgen, tiny
+    from mtlib import data, tiny
     from mtlib.modeling import add_lora, load_model
     from mtlib.train import GRPOParams, build_grpo_trainer, training_session
     from transformers import TrainerCallback
@@ -122,17 +122,15 @@ def main():
         timed(trainer, "compute_loss", "loss_forward")
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        if args.train_no_cudnn:
-            fastgen.TRAIN_SDPA_BACKENDS = fastgen.DECODE_SDPA_BACKENDS
-        with training_session():  # as mtlib.train runs every training
-            trainer.train()
+        with training_session(), no_cudnn_attention(args.train_no_cudnn):
+            trainer.train()  # as mtlib.train runs every training
         (t0, c0), (t1, c1) = steps.marks[args.skip - 1], steps.marks[args.steps - 1]  # warm-up steps left out
         n = args.steps - args.skip
         per = {k: (c1.get(k, 0.0) - c0.get(k, 0.0)) / n for k in ("generate", "generate_and_score", "loss_forward")}
         step_s = (t1 - t0) / n
         times = [steps.start] + [m[0] for m in steps.marks]
         unsloth_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("UNSLOTH_GRPO")}
-        row = dict(shape=shape, label=args.label, unsloth_env=unsloth_env, train_sdpa=fastgen.TRAIN_SDPA_BACKENDS,
+        row = dict(shape=shape, label=args.label, unsloth_env=unsloth_env, train_sdpa="no cuDNN" if args.train_no_cudnn else None,
                    decode_graphs=params.fast_generation and not args.no_graphs,
                    max_completion_length=params.max_completion_length, pad_to_multiple_of=args.pad_multiple,
                    steps_timed=n, warmup_seconds=round(t0 - steps.start, 2), step_seconds=[round(b - a, 2) for a, b in zip(times, times[1:])],
@@ -159,6 +157,16 @@ def main():
         del trainer, model
         if cuda:
             torch.cuda.empty_cache()
+
+
+def no_cudnn_attention(on: bool):
+    """``sdpa_kernel`` without cuDNN's attention (mtlib.fastgen.DECODE_SDPA_BACKENDS) when ``on``, else nothing."""
+    import contextlib
+    if not on:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from mtlib.fastgen import DECODE_SDPA_BACKENDS
+    return sdpa_kernel([getattr(SDPBackend, name) for name in DECODE_SDPA_BACKENDS])
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def main():
     import torch
 
     from mtlib import data, fastgen, generate, tiny
+    from benchmarks.gpu_grpo_breakdown import no_cudnn_attention
     from mtlib.train import SFTParams, StepClock, build_sft_trainer, training_session
 
     cuda = torch.cuda.is_available() and not args.tiny
@@ -155,19 +156,17 @@ def main():
         trainer = build_sft_trainer(peft_model, tokenizer, train, params, output_dir=str(out / "sft-probe"),
                                     callbacks=[clock])
         stage("SFT trainer setup", time.time() - t)
-        if args.train_no_cudnn:
-            fastgen.TRAIN_SDPA_BACKENDS = fastgen.DECODE_SDPA_BACKENDS
         t = time.time()
         before = counters()
-        with training_session(empty_cache=not args.keep_cache):  # as mtlib.train runs every training
-            trainer.train()
+        with training_session(empty_cache=not args.keep_cache), no_cudnn_attention(args.train_no_cudnn):
+            trainer.train()  # as mtlib.train runs every training
         after = counters()
         step_times = clock.step_seconds
         late = step_times[len(step_times) // 2:]
         first_began = clock.stamps[0] - step_times[0] - t if step_times else None
         stage("SFT train", time.time() - t, steps=len(step_times), step_seconds=step_times,
               before_first_step=round(first_began, 2) if first_began is not None else None,
-              train_sdpa=fastgen.TRAIN_SDPA_BACKENDS, empty_cache=not args.keep_cache,
+              train_sdpa="no cuDNN" if args.train_no_cudnn else None, empty_cache=not args.keep_cache,
               first10=round(sum(step_times[:10]), 2), steady_step=round(sorted(late)[len(late) // 2], 3),
               allocator={k: after[k] - before[k] for k in after},
               peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 1) if cuda else None)

@@ -551,6 +551,11 @@ def column(rows, name: str) -> list:
     return list(rows[name])
 
 
+def sentences(rows, langs: Sequence[str]) -> list:
+    """Every sentence of the columns ``langs``, one column after the other (the texts a tokenizer is trained on)."""
+    return [s for lang in langs for s in column(rows, lang)]
+
+
 def _text_columns(dsd: DatasetDict, langs: Sequence[str] | None) -> list[str]:
     first = next(iter(dsd.values()))
     if langs is None:

@@ -299,25 +299,6 @@ def original_generation_masks():
 DECODE_SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
 
-# Training's SDPA backends; None: torch's own choice, cuDNN's attention included. Training is not decoding:
-# on the H200, after chapter 3's baseline translation, SFT's first 10 steps took 8.4 s with cuDNN's attention
-# and 17.5 s without (a median step 0.346 against 0.332 s), GRPO's fast shape warmed up in 16.5 s against 25.6
-# and then stepped in 1.66 against 1.86 s (benchmarks/results/stage_probe_h200_2026-12-02). A tuple such as
-# DECODE_SDPA_BACKENDS restricts training to those backends (the probes' --train-no-cudnn).
-TRAIN_SDPA_BACKENDS: tuple | None = None
-
-
-@contextlib.contextmanager
-def training_kernels():
-    """Within the block training's attention runs on :data:`TRAIN_SDPA_BACKENDS` (no cuDNN)."""
-    if TRAIN_SDPA_BACKENDS is None:
-        yield
-        return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    with sdpa_kernel([getattr(SDPBackend, name) for name in TRAIN_SDPA_BACKENDS]):
-        yield
-
-
 @contextlib.contextmanager
 def decoding_kernels():
     """Within the block the merged copy decodes with the kernels it is meant for: transformers' own mask

@@ -198,11 +198,11 @@ def _resample_sums(stats: np.ndarray, idxs: np.ndarray) -> np.ndarray:
     """``stats[idxs[i]].sum(0)`` for every resample ``i`` (float32, SacreBLEU's sums).
 
     Counts of the sentences each resample drew, times the statistics: one matrix product instead of
-    ``len(idxs)`` gathers. The statistics are counts, integers well below 2**24, so every partial sum is exact
-    in float32 whatever the order and the product equals the row-by-row sum bit for bit; statistics that are
-    not (TER's average length over several references) are summed row by row."""
+    ``len(idxs)`` gathers. The statistics are counts: integers, and while ``n`` times the largest stays below
+    2**24 every partial sum is exact in float32 whatever the order, so the product equals the row-by-row sum
+    bit for bit. Other statistics (TER's average length over several references) are summed row by row."""
     n_samples, n = idxs.shape
-    if not (np.array_equal(stats, np.round(stats)) and np.abs(stats).sum(0).max(initial=0) < 2 ** 24):
+    if not (np.array_equal(stats, np.round(stats)) and n * np.abs(stats).max(initial=0) < 2 ** 24):
         return np.stack([stats[row].sum(0) for row in idxs])
     offsets = (np.arange(n_samples) * n)[:, None]
     counts = np.bincount((idxs + offsets).ravel(), minlength=n_samples * n).reshape(n_samples, n)

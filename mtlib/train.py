@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data import pair_columns
+from .data import column, pair_columns
 from .errors import ConfigError, MtlibError, TrainingError
 from . import parameters
 from .parameters import LOSS_TYPES, SCHEDULERS  # noqa: F401 (tests compare them with the schema)
@@ -202,7 +202,6 @@ def _sft_text_dataset(split, tokenizer, src_lang, tgt_lang):
     """Unsloth path: whole conversations as text (BOS left to the tokenizer); masked by train_on_responses_only.
     The conversations are rendered in one chat-template call, not one per row."""
     from datasets import Dataset
-    from .data import column
     from .prompts import sft_messages
     if "messages" in split.column_names:
         conversations = column(split, "messages")
@@ -385,16 +384,13 @@ def trainer_record(trainer) -> dict:
 
 @contextlib.contextmanager
 def training_session(empty_cache: bool = True):
-    """Where every training here runs: CUDA's caching allocator emptied first (what a translation left cached
-    otherwise makes the first steps re-plan their memory: on the H200 SFT's first step took 4.2 s after the
-    baseline translation, 1.8 s with the cache emptied; benchmarks/results/stage_probe_h200_2026-12-02), and the
-    attention on :data:`mtlib.fastgen.TRAIN_SDPA_BACKENDS`."""
+    """Where every training here runs: CUDA's caching allocator emptied first, so that what a translation left
+    cached does not slow the first steps (benchmarks/results/stage_probe_h200_2026-12-02). The attention stays
+    torch's choice, cuDNN's included: unlike decoding, training was faster with it there."""
     import torch
-    from . import fastgen
     if empty_cache and torch.cuda.is_available():
         torch.cuda.empty_cache()
-    with fastgen.training_kernels():
-        yield
+    yield
 
 
 def _run(stage, build, model, tokenizer, params, runs_root, name, resume, config, callbacks, run=None):

@@ -123,8 +123,7 @@ chapter.readable(pd.DataFrame({"pairs": {name: len(pairs[name]) for name in ["tr
 # from the environment or Colab's secrets, never from a parameter.
 
 # %%
-model_path = chapter.resolve_model(model, runs_root,
-                                   texts=data.column(pairs["train"], src_lang) + data.column(pairs["train"], tgt_lang))
+model_path = chapter.resolve_model(model, runs_root, texts=data.sentences(pairs["train"], [src_lang, tgt_lang]))
 base, tokenizer = modeling.load_model(model_path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
                                       revision=model_revision)
 pd.DataFrame({"value": {

@@ -153,8 +153,7 @@ params = chapter.header("04_grpo", globals())
 
 # %%
 pairs, splits = chapter.chapter_pairs(params)
-model_path = chapter.resolve_model(model, runs_root,
-                                   texts=data.column(pairs["train"], src_lang) + data.column(pairs["train"], tgt_lang))
+model_path = chapter.resolve_model(model, runs_root, texts=data.sentences(pairs["train"], [src_lang, tgt_lang]))
 
 sft_run = chapter.latest_run(runs_root, "sft", build_id=build_id) if from_sft else None
 if from_sft and sft_run is None:

@@ -304,6 +304,8 @@ def test_column_reads_a_dataset_at_once_and_keeps_its_selection():
     assert data.column(picked, "en") == [row["en"] for row in picked]
     assert data.column(pd.DataFrame({"en": ["a", "b"]}), "en") == ["a", "b"]
     assert data.column({"en": ("a",)}, "en") == ["a"]
+    both = data.Dataset.from_dict({"en": ["a", "b"], "de": ["x", "y"]})
+    assert data.sentences(both, ["en", "de"]) == ["a", "b", "x", "y"]
 
 
 # ------------------------------------------------------------------------------------------------ damaged files

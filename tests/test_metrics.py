@@ -265,8 +265,9 @@ def test_bleu_bands():
 
 def test_sentence_metric_scores_one_metric_as_sacrebleu_does_sentence_by_sentence():
     import sacrebleu
-    hyps, refs = ["Ein Hund rennt im Park.", "Zwei Männer", "xyz"], ["Ein Hund läuft im Park.", "Zwei Männer spielen.",
-                                                                      "Eine Katze."]
+    hyps = ["Ein Hund rennt im Park.", "Zwei Männer", "xyz", "", "   ", "Ein Hund .", "Hund", "Eine Katze."]
+    refs = ["Ein Hund läuft im Park.", "Zwei Männer spielen.", "Eine Katze.", "Ein Hund.", "Ein Hund.", "Ein Hund.",
+            "Ein Hund rennt schnell über die Wiese.", ""]  # empty, blank, tokenized, short hypotheses; an empty reference
     expected = {"bleu": [sacrebleu.sentence_bleu(h, [r]).score for h, r in zip(hyps, refs)],
                 "chrf": [sacrebleu.sentence_chrf(h, [r]).score for h, r in zip(hyps, refs)],
                 "ter": [sacrebleu.sentence_ter(h, [r]).score for h, r in zip(hyps, refs)]}
@@ -321,16 +322,18 @@ def test_sentence_scores_reuse_the_significance_statistics(monkeypatch):
     assert scores.tolist() == [CHRF().sentence_score(h, [r]).score for h, r in zip(sft, refs)]
 
 
-@pytest.mark.parametrize("integral", [True, False])
-def test_resample_sums_equal_the_row_by_row_sums(integral):
+@pytest.mark.parametrize("kind", ["counts", "fractions", "huge counts"])
+def test_resample_sums_equal_the_row_by_row_sums(kind):
     """The bootstrap's summed statistics equal ``stats[idx].sum(0)`` bit for bit: the matrix product for integer
-    counts, the row-by-row sum for anything else."""
+    counts, the row-by-row sum for anything else (fractions, or counts whose sums float32 would round)."""
     from mtlib.metrics import _resample_sums
     rng = np.random.default_rng(0)
     stats = rng.integers(0, 60, size=(300, 18)).astype("float32")
-    if not integral:
+    if kind == "fractions":
         stats = stats + rng.random(stats.shape, dtype="float32") / 3
-    idxs = rng.choice(300, size=(40, 300), replace=True)
+    if kind == "huge counts":  # column sums below 2**24, resample sums above it: float32 rounds them
+        stats = (rng.integers(0, 16500, size=(1000, 3)) * 2 + 1).astype("float32")
+    idxs = rng.choice(len(stats), size=(40, len(stats)), replace=True)
     expected = np.stack([stats[row].sum(0) for row in idxs])
     got = _resample_sums(stats, idxs)
     assert got.dtype == np.float32 and np.array_equal(got, expected)

@@ -178,13 +178,16 @@ def test_half_written_tiny_model_is_detected_and_rebuilt(tmp_path, monkeypatch):
 
 
 def test_tokenizer_trains_the_same_merges_after_unsloths_import(monkeypatch, pairs):
-    """Unsloth's import sets TOKENIZERS_PARALLELISM=false; the BPE is trained on every core all the same, learns
-    the same merges as with the variable unset, and leaves the variable as it found it."""
+    """Unsloth's import sets TOKENIZERS_PARALLELISM=false; the BPE is trained inside parallel_tokenization all the
+    same, learns the same merges as with the variable unset, and leaves the variable as it found it."""
     from mtlib.prompts import PARALLELISM_ENV
     from mtlib.tiny import build_tokenizer
+    import mtlib.prompts as prompts
     texts = [s for pair in pairs for s in pair]
+    entered, real = [], prompts.parallel_tokenization
+    monkeypatch.setattr(prompts, "parallel_tokenization", lambda: entered.append(1) or real())
     monkeypatch.delenv(PARALLELISM_ENV, raising=False)
     unset = build_tokenizer(texts, vocab_size=600).backend_tokenizer.to_str()
     monkeypatch.setenv(PARALLELISM_ENV, "false")
     assert build_tokenizer(texts, vocab_size=600).backend_tokenizer.to_str() == unset
-    assert os.environ[PARALLELISM_ENV] == "false"
+    assert os.environ[PARALLELISM_ENV] == "false" and entered == [1, 1]

@@ -209,23 +209,24 @@ def test_unsloth_sft_text_is_each_conversation_rendered_without_bos(tiny, train_
     assert list(_sft_text_dataset(to_sft_dataset(train_split, "en", "de"), tok, "en", "de")["text"]) == list(texts)
 
 
-@pytest.mark.parametrize("restricted", [False, True])
-def test_training_keeps_torchs_attention_unless_told(tmp_path, tiny_dir, train_split, monkeypatch, restricted):
-    """Training keeps torch's choice of attention, cuDNN's included (faster on the H200, unlike decoding);
-    fastgen.TRAIN_SDPA_BACKENDS restricts it for the length of the training and the flags come back after."""
-    from mtlib import fastgen
-    if restricted:
-        monkeypatch.setattr(fastgen, "TRAIN_SDPA_BACKENDS", fastgen.DECODE_SDPA_BACKENDS)
+def test_training_runs_in_a_training_session_with_torchs_attention(tmp_path, tiny_dir, train_split, monkeypatch):
+    """Every training enters train.training_session (the CUDA cache emptied first) and keeps torch's choice of
+    attention, cuDNN's included (faster in training on the H200, unlike decoding)."""
+    import mtlib.train as train
+    entered, seen = [], []
+    real = train.training_session
+
+    def spy(*args, **kwargs):
+        entered.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, "training_session", spy)
     model, tok = _lora(tiny_dir)
-    seen = []
     model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
-    assert torch.backends.cuda.cudnn_sdp_enabled()
     run_sft(model, tok, train_split.select(range(8)), SFTParams(**FAST_SFT, max_steps=2), runs_root=tmp_path)
-    assert len(seen) >= 2 and set(seen) == {not restricted}
-    assert torch.backends.cuda.cudnn_sdp_enabled()
+    assert entered == [1] and len(seen) >= 2 and all(seen)
 
 
-def test_training_starts_from_an_emptied_cuda_cache(monkeypatch):
+def test_training_session_empties_the_cuda_cache_first(monkeypatch):
     """What a translation left in CUDA's caching allocator is handed back before training (on a GPU)."""
     from mtlib.train import training_session
     emptied = []
