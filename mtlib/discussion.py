@@ -97,7 +97,11 @@ def is_copy(hypothesis: str, source: str, threshold: float = COPY_THRESHOLD) -> 
     a, b = _normalise(hypothesis), _normalise(source)
     if not a or not b:
         return False
-    return a == b or difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= threshold
+    if a == b:
+        return True
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)  # the two quick ratios bound ratio() from above
+    return matcher.real_quick_ratio() >= threshold and matcher.quick_ratio() >= threshold \
+        and matcher.ratio() >= threshold
 
 
 def copy_count(hyps, sources, threshold: float = COPY_THRESHOLD) -> int:

@@ -88,6 +88,22 @@ def test_tied_bleu_is_said_and_broken_by_chrf():
     assert "ordered by chrF, then TER, SFT comes first, with margins over GRPO of +0.50 chrF, +0.00 TER" in text
 
 
+def test_copy_test_agrees_with_the_full_similarity_ratio():
+    """The quick upper bounds only skip pairs that cannot reach the threshold: the verdict is difflib's ratio's."""
+    import difflib
+    import random
+    rng = random.Random(0)
+    words = "a man dog red bike rides the in park two girl plays ein hund mann rot".split()
+    for _ in range(400):
+        source = " ".join(rng.choices(words, k=rng.randint(2, 9)))
+        kept = [w for w in source.split() if rng.random() > 0.3]
+        hyp = " ".join(kept + rng.choices(words, k=rng.randint(0, 3)))
+        a, b = discussion._normalise(hyp), discussion._normalise(source)
+        full = bool(a and b) and (a == b or difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+                                  >= discussion.COPY_THRESHOLD)
+        assert discussion.is_copy(hyp, source) == full, (hyp, source)
+
+
 def test_copy_rate_and_length_ratio():
     hyps = ["A man rides a red bike.",        # identical to the source
             "two dogs play in the snow",      # same once lowercased, punctuation dropped
