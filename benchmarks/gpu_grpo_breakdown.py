@@ -16,6 +16,7 @@ call per setting compares them. ``--profile``: torch.profiler's table of one mor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from collections import defaultdict
@@ -49,7 +50,7 @@ def main():
     import os
     import torch
 
-    from mtlib import data, tiny
+    from mtlib import data, fastgen, tiny
     from mtlib.modeling import add_lora, load_model
     from mtlib.train import GRPOParams, build_grpo_trainer, training_session
     from transformers import TrainerCallback
@@ -122,7 +123,8 @@ def main():
         timed(trainer, "compute_loss", "loss_forward")
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        with training_session(), no_cudnn_attention(args.train_no_cudnn):
+        restricted = fastgen.sdpa_without_cudnn() if args.train_no_cudnn else contextlib.nullcontext()
+        with training_session(), restricted:
             trainer.train()  # as mtlib.train runs every training
         (t0, c0), (t1, c1) = steps.marks[args.skip - 1], steps.marks[args.steps - 1]  # warm-up steps left out
         n = args.steps - args.skip
@@ -157,16 +159,6 @@ def main():
         del trainer, model
         if cuda:
             torch.cuda.empty_cache()
-
-
-def no_cudnn_attention(on: bool):
-    """``sdpa_kernel`` without cuDNN's attention (mtlib.fastgen.DECODE_SDPA_BACKENDS) when ``on``, else nothing."""
-    import contextlib
-    if not on:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from mtlib.fastgen import DECODE_SDPA_BACKENDS
-    return sdpa_kernel([getattr(SDPBackend, name) for name in DECODE_SDPA_BACKENDS])
 
 
 if __name__ == "__main__":

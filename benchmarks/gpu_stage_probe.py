@@ -17,6 +17,7 @@ import time
 T0 = time.time()
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -68,7 +69,6 @@ def main():
     import torch
 
     from mtlib import data, fastgen, generate, tiny
-    from benchmarks.gpu_grpo_breakdown import no_cudnn_attention
     from mtlib.train import SFTParams, StepClock, build_sft_trainer, training_session
 
     cuda = torch.cuda.is_available() and not args.tiny
@@ -79,7 +79,7 @@ def main():
     if not (twin / "config.json").exists():
         t = time.time()
         build = tiny.build_tiny_model if args.tiny else tiny.build_shape_twin
-        build(twin, texts=list(pairs["train"]["en"]) + list(pairs["train"]["de"]))
+        build(twin, texts=data.sentences(pairs["train"], ["en", "de"]))
         stage("build twin", time.time() - t)
     t = time.time()
     model, tokenizer = modeling.load_model(str(twin), max_seq_length=512, load_in_4bit=cuda)
@@ -158,7 +158,8 @@ def main():
         stage("SFT trainer setup", time.time() - t)
         t = time.time()
         before = counters()
-        with training_session(empty_cache=not args.keep_cache), no_cudnn_attention(args.train_no_cudnn):
+        restricted = fastgen.sdpa_without_cudnn() if args.train_no_cudnn else contextlib.nullcontext()
+        with training_session(empty_cache=not args.keep_cache), restricted:
             trainer.train()  # as mtlib.train runs every training
         after = counters()
         step_times = clock.step_seconds

@@ -23,8 +23,8 @@ PROGRAM = Path(__file__).with_name("llama3_token_counts.mjs")
 
 def rendered_texts(pairs, tokenizer, split: str = "test", src: str = "en", tgt: str = "de") -> dict[str, list[str]]:
     """The texts the chapters tokenize, by name: SFT examples, GRPO prompts, sources, references."""
-    from mtlib import prompts
-    sources, refs = list(pairs[split][src]), list(pairs[split][tgt])
+    from mtlib import data, prompts
+    sources, refs = data.pair_columns(pairs[split], src, tgt)
     sft = [tokenizer.apply_chat_template(prompts.sft_messages(s, r, tgt, src), tokenize=False)
            for s, r in zip(sources, refs)]
     prompt = [tokenizer.apply_chat_template(prompts.inference_messages(s, tgt, src), tokenize=False,
@@ -65,7 +65,7 @@ def main():
     from mtlib import data, prompts, tiny
 
     pairs = data.load_pairs(args.data)
-    train = list(pairs["train"]["en"]) + list(pairs["train"]["de"])
+    train = data.sentences(pairs["train"], ["en", "de"])
     tokenizer = prompts.fix_template_date(tiny.twin_tokenizer(train))
     texts = rendered_texts(pairs, tokenizer)
     small = prompts.fix_template_date(tiny.build_tokenizer(train))  # the smoke model's (the twin's until 2026-12-02)

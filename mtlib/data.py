@@ -594,10 +594,10 @@ def corpus_stats(dsd: DatasetDict, langs: Sequence[str] | None = None) -> pd.Dat
     cols = _text_columns(dsd, langs)
     rows = []
     for lang in cols:
-        sentences = {split: column(ds, lang) for split, ds in dsd.items()}
-        for split, texts in sentences.items():
+        by_split = {split: column(ds, lang) for split, ds in dsd.items()}
+        for split, texts in by_split.items():
             rows.append({"split": split, "lang": lang, **_stats(texts)})
-        rows.append({"split": "overall", "lang": lang, **_stats([s for texts in sentences.values() for s in texts])})
+        rows.append({"split": "overall", "lang": lang, **_stats([s for texts in by_split.values() for s in texts])})
     return pd.DataFrame(rows)
 
 

@@ -299,12 +299,17 @@ def original_generation_masks():
 DECODE_SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
 
+def sdpa_without_cudnn():
+    """``torch.nn.attention.sdpa_kernel`` restricted to :data:`DECODE_SDPA_BACKENDS` (no cuDNN's attention)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([getattr(SDPBackend, name) for name in DECODE_SDPA_BACKENDS])
+
+
 @contextlib.contextmanager
 def decoding_kernels():
     """Within the block the merged copy decodes with the kernels it is meant for: transformers' own mask
-    builders (:func:`original_generation_masks`) and SDPA without cuDNN's attention (:data:`DECODE_SDPA_BACKENDS`)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    with original_generation_masks(), sdpa_kernel([getattr(SDPBackend, name) for name in DECODE_SDPA_BACKENDS]):
+    builders (:func:`original_generation_masks`) and SDPA without cuDNN's attention (:func:`sdpa_without_cudnn`)."""
+    with original_generation_masks(), sdpa_without_cudnn():
         yield
 
 
