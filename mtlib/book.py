@@ -198,6 +198,7 @@ class Progress:
 # --------------------------------------------------------------------------- the kernel
 
 _ACTIVE_KERNEL: dict = {}
+EARLY_KERNEL_WAIT_S = 600  # longest wait for an early kernel's imports (papermill's own start timeout: 60 s)
 # The chapters' kernels get these on top of the runner's environment. Loading bars of datasets and the Hub are
 # noise even on a terminal; the tqdm bars of training (MTLIB_TERMINAL_PROGRESS: mtlib.train shows a text bar
 # instead of the notebook's HTML progress table) and of translation reach the terminal through Progress (at
@@ -235,11 +236,12 @@ def kernel_options(kernel_name: str = "python3", log: Path | None = None, label:
     encrypt = _can_encrypt(kernel_name)
 
     class BookKernelManager(AsyncKernelManager):
-        def __init__(self, **kw):
+        def __init__(self, register: bool = True, **kw):
             super().__init__(**kw)
             if encrypt:
                 self.transport_encryption = "auto"
-            _ACTIVE_KERNEL["km"] = self
+            if register:  # an early kernel registers when its chapter begins (execute_chapter)
+                _ACTIVE_KERNEL["km"] = self
 
         async def _async_pre_start_kernel(self, **kw):
             kw["env"] = {**(kw.get("env") or os.environ), **KERNEL_ENV}
@@ -255,6 +257,74 @@ def kernel_options(kernel_name: str = "python3", log: Path | None = None, label:
                 return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": sink, "stderr": sink})
 
     return {"kernel_manager_class": BookKernelManager}
+
+
+def chapter_imports(source: Path) -> str:
+    """The import statements of the chapter's first code cell that imports mtlib, in order ("" if none)."""
+    import ast
+    cells = json.loads(Path(source).read_text(encoding="utf-8")).get("cells", [])
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        text = "".join(cell.get("source", ""))
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:  # IPython magics: not a cell of plain imports
+            continue
+        imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        names = [alias.name for node in imports for alias in node.names]
+        modules = [getattr(node, "module", None) or "" for node in imports]
+        if any(n == "mtlib" or n.startswith("mtlib.") for n in names + modules):
+            return "\n".join(ast.unparse(node) for node in imports)
+    return ""
+
+
+class EarlyKernel:
+    """The next chapter's kernel, started while the current chapter runs, with the chapter's imports already
+    executed in it (chapter_imports; nothing of its parameters or results): its turn begins with its libraries
+    loaded. On a GPU, importing Unsloth (mtlib.modeling) takes about 23 s of chapters 3 and 4 on the H200.
+
+    What those imports print goes nowhere (no cell is running yet); their errors recur in the chapter's own
+    import cell, which runs the same statements again.
+    """
+
+    def __init__(self, source: Path, cwd: Path, log: Path | None = None, kernel_name: str = "python3"):
+        from jupyter_core.utils import run_sync
+        self.source, self.code = Path(source), chapter_imports(source)
+        manager = kernel_options(kernel_name, log, f"{self.source.stem} (started early)")["kernel_manager_class"]
+        self.km = manager(kernel_name=kernel_name, register=False)
+        # nbclient adds the in-memory history file to the kernels it starts; an early kernel needs it as well,
+        # else two kernels at once share the profile's history database.
+        args = ["--HistoryManager.hist_file=:memory:"]
+        if self.code:
+            args.append(f"--IPKernelApp.exec_lines={self.code}")
+        run_sync(self.km.start_kernel)(cwd=str(cwd), extra_arguments=args)
+
+    @classmethod
+    def start(cls, source: Path, cwd: Path, log: Path | None = None) -> "EarlyKernel | None":
+        """An early kernel for ``source``, or None where none could start (its chapter then starts its own, and
+        reports what fails at its turn)."""
+        try:
+            return cls(source, cwd, log)
+        except Exception:
+            return None
+
+    def alive(self) -> bool:
+        from jupyter_core.utils import run_sync
+        try:
+            return bool(run_sync(self.km.is_alive)())
+        except Exception:
+            return False
+
+    def shutdown(self) -> None:
+        """Stop the kernel (a no-op once it is gone)."""
+        from jupyter_core.utils import run_sync
+        try:
+            if run_sync(self.km.is_alive)():
+                run_sync(self.km.shutdown_kernel)()
+            run_sync(self.km.cleanup_resources)()
+        except Exception:  # already gone, or its manager already cleaned up
+            pass
 
 
 def _interrupt_kernel() -> bool:
@@ -315,13 +385,14 @@ def _keep(notebook: Path, folder: Path) -> Path | None:
 
 def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, progress: Progress | None = None,
                     running_dir: Path | None = None, failed_dir: Path | None = None,
-                    kernel_log: Path | None = None) -> Path:
+                    kernel_log: Path | None = None, kernel: EarlyKernel | None = None) -> Path:
     """Execute one chapter with papermill into ``output``; on a failing cell raise ChapterFailed naming chapter and
     cell, on Ctrl-C BuildInterrupted.
 
     The notebook executes in ``running_dir`` and is moved to ``output`` only once it succeeded (so ``output``
     always holds a whole chapter), or to ``failed_dir`` (default: next to ``output``) when it did not. The
-    kernel's own log goes to ``kernel_log`` (default: the terminal).
+    kernel's own log goes to ``kernel_log`` (default: the terminal). ``kernel``: an EarlyKernel started for this
+    chapter, used (and shut down afterwards) instead of a new kernel while it is alive.
     """
     import papermill as pm
     output = Path(output)
@@ -338,12 +409,17 @@ def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, pro
             raise KeyboardInterrupt
         progress.cell_start(cell=cell, cell_index=cell_index)
 
+    early = {}
+    if kernel is not None and kernel.alive():
+        # A kernel still running its imports answers papermill only once they are done: wait for them, not 60 s.
+        early = {"km": kernel.km, "start_timeout": EARLY_KERNEL_WAIT_S}
+        _ACTIVE_KERNEL["km"] = kernel.km
     try:
         with ctrl_c:
             pm.execute_notebook(str(source), str(scratch), parameters=parameters, kernel_name="python3",
                                 cwd=str(cwd), progress_bar=False, log_output=False, stderr_file=progress,
                                 on_notebook_start=progress.notebook_start, on_cell_start=on_cell_start,
-                                **kernel_options("python3", kernel_log, source.stem))
+                                **kernel_options("python3", kernel_log, source.stem), **early)
     except pm.PapermillExecutionError as exc:
         where = progress.where()
         kept = _keep(scratch, failed_dir)
@@ -356,6 +432,9 @@ def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, pro
     except KeyboardInterrupt:
         where = progress.where()
         raise BuildInterrupted(where, _keep(scratch, failed_dir)) from None
+    finally:
+        if kernel is not None:  # papermill stops only the kernels it started
+            kernel.shutdown()
     tidy_notebook(scratch)
     os.replace(scratch, output)
     if failed_dir != output.parent:
@@ -893,9 +972,12 @@ def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, h
             os.environ["MULTI30K_DIR"] = str(Path(os.environ["MULTI30K_DIR"]).expanduser().resolve())
         record.update(status="running", pid=os.getpid())
         _save_build(out, record)
-        stage, kept = "before the first chapter", None
+        stage, kept, early = "before the first chapter", None, None
         try:
             for position, source in enumerate(todo, start=1):
+                kernel, early = early, None
+                if position < len(todo):  # the next chapter's kernel loads its libraries while this one runs
+                    early = EarlyKernel.start(todo[position], cwd=Path.cwd(), log=out / "kernels.log")
                 params = profiles.chapter_parameters(prof, source.stem) if source.stem in profiles.CHAPTERS \
                     else {"profile": prof["name"]}
                 for name, value in (("runs_root", str(runs_root)), ("build_id", record["build_id"])):
@@ -912,7 +994,7 @@ def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, h
                     # MULTI30K_DIR mean the same in every chapter as on the command line.
                     execute_chapter(source, executed_dir / source.name, params, cwd=Path.cwd(), progress=say,
                                     running_dir=out / "running", failed_dir=out / "failed",
-                                    kernel_log=out / "kernels.log")
+                                    kernel_log=out / "kernels.log", kernel=kernel)
                 except BuildInterrupted as exc:
                     state.update(status="interrupted", seconds=round(time.perf_counter() - start, 1),
                                  notebook=str(exc.kept) if exc.kept else None)
@@ -946,11 +1028,15 @@ def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, h
                 record["rendered"] = _now()
                 say.line(f"[book] HTML book at {html_dir / 'index.html'}")
         except (BuildInterrupted, KeyboardInterrupt):
+            if early is not None:
+                early.shutdown()
             say.close()
             record["status"] = "interrupted"
             _save_build(out, record)
             raise BuildInterrupted(f"interrupted {stage}; {_kept_line(out, record, kept)}", kept) from None
         except BaseException:
+            if early is not None:
+                early.shutdown()
             say.close()
             record["status"] = "failed"
             _save_build(out, record)

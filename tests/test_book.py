@@ -1,5 +1,6 @@
 """The book runner: a failing cell names chapter and cell; builds have an identity and never mix; one build per
 folder; progress on the terminal; Ctrl-C; the smoke book builds, renders and leaks no token."""
+import datetime as dt
 import html as html_lib
 import io
 import json
@@ -751,3 +752,51 @@ def test_french_smoke_book_never_says_german(french_book, tmp_path):
     assert "English into French" in intro
     seen = page_check(pages(french_book)[1], tmp_path / "profile", WIDTHS[0])
     assert seen["scrollWidth"] <= seen["clientWidth"]
+
+
+def test_next_chapter_kernel_starts_early_with_its_imports_run_once(tmp_path):
+    """While a chapter runs, the next chapter's kernel starts and runs that chapter's imports: the next chapter
+    begins with them loaded, imported once, in the kernel that then executes it."""
+    probe, imports = tmp_path / "lib", tmp_path / "imports.txt"
+    probe.mkdir()
+    (probe / "slow_import_probe.py").write_text(
+        "import os, time\nwith open(os.environ['MTLIB_TEST_IMPORTS'], 'a') as f:\n"
+        "    f.write(f'{os.getpid()} {time.time()}\\n')\ntime.sleep(2)\n")
+    notebooks = quick_chapter(tmp_path / "nb", "09_first", cells=("import time\ntime.sleep(5)",))
+    quick_chapter(notebooks, "10_second", cells=("import os\nimport slow_import_probe\nfrom mtlib import errors",
+                                                 "print('pid', os.getpid())"))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(probe), os.environ.get("PYTHONPATH", "")]),
+           "MTLIB_TEST_IMPORTS": str(imports)}
+    proc = subprocess.run([sys.executable, "-m", "mtlib.book", "--out", str(out), "--no-html", "--notebooks",
+                           str(notebooks)], capture_output=True, text=True, env=env, timeout=300, cwd=chapter.REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = imports.read_text().splitlines()  # once: the chapter's own import cell found the module loaded
+    pid, when = line.split()
+    started = dt.datetime.fromisoformat(build_record(out)["chapters"]["10_second"]["started"]).timestamp()
+    assert float(when) < started - 2, "the import ran while 09_first was running"
+    outputs = json.dumps(nbformat.read(out / "book" / "executed" / "10_second.ipynb", as_version=4).cells)
+    assert f"pid {pid}" in outputs, "the kernel that imported it executed the chapter"
+    assert "started early" in (out / "kernels.log").read_text()
+
+
+def test_chapter_imports_are_those_of_the_cell_that_imports_mtlib(tmp_path):
+    notebooks = quick_chapter(tmp_path / "nb", "09_x", cells=(
+        "import os\nimport sys\nif 'google.colab' in sys.modules:\n    pass",
+        "%matplotlib inline",
+        "import mtlib.modeling as modeling\nimport pandas as pd\nfrom mtlib import chapter, data as d\n"
+        "params = chapter.header('09_x', globals())\nimport json"))
+    assert book.chapter_imports(notebooks / "09_x.ipynb") == (
+        "import mtlib.modeling as modeling\nimport pandas as pd\nfrom mtlib import chapter, data as d\nimport json")
+    assert book.chapter_imports(quick_chapter(tmp_path / "nb2", "09_y") / "09_y.ipynb") == ""
+
+
+def test_a_chapter_whose_early_kernel_is_gone_starts_its_own(tmp_path):
+    notebooks = quick_chapter(tmp_path / "nb", "09_z", cells=("from mtlib import errors\nprint('ran')",))
+    early = book.EarlyKernel.start(notebooks / "09_z.ipynb", cwd=tmp_path, log=tmp_path / "kernels.log")
+    assert early is not None and early.alive()
+    early.shutdown()
+    assert not early.alive()
+    executed = book.execute_chapter(notebooks / "09_z.ipynb", tmp_path / "out" / "09_z.ipynb", {}, cwd=tmp_path,
+                                    running_dir=tmp_path / "running", kernel=early, kernel_log=tmp_path / "kernels.log")
+    assert "ran" in json.dumps(nbformat.read(executed, as_version=4).cells)
