@@ -432,6 +432,10 @@ def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, pro
     except KeyboardInterrupt:
         where = progress.where()
         raise BuildInterrupted(where, _keep(scratch, failed_dir)) from None
+    except Exception:
+        if ctrl_c.requested:  # Ctrl-C while the kernel started: it died before it answered
+            raise BuildInterrupted(progress.where(), _keep(scratch, failed_dir)) from None
+        raise
     finally:
         if kernel is not None:  # papermill stops only the kernels it started
             kernel.shutdown()

@@ -800,3 +800,44 @@ def test_a_chapter_whose_early_kernel_is_gone_starts_its_own(tmp_path):
     executed = book.execute_chapter(notebooks / "09_z.ipynb", tmp_path / "out" / "09_z.ipynb", {}, cwd=tmp_path,
                                     running_dir=tmp_path / "running", kernel=early, kernel_log=tmp_path / "kernels.log")
     assert "ran" in json.dumps(nbformat.read(executed, as_version=4).cells)
+
+
+def test_ctrl_c_stops_the_next_chapters_early_kernel_too(tmp_path):
+    probe, imports = tmp_path / "lib", tmp_path / "imports.txt"
+    probe.mkdir()
+    (probe / "pid_probe.py").write_text(
+        "import os\nwith open(os.environ['MTLIB_TEST_IMPORTS'], 'a') as f:\n    f.write(f'{os.getpid()}\\n')\n")
+    notebooks = quick_chapter(tmp_path / "nb", "09_slow", cells=("import time\nfor _ in range(600):\n"
+                                                                 "    time.sleep(0.1)",))
+    quick_chapter(notebooks, "10_next", cells=("import pid_probe\nfrom mtlib import errors",))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(probe), os.environ.get("PYTHONPATH", "")]),
+           "MTLIB_TEST_IMPORTS": str(imports)}
+    proc = subprocess.Popen([sys.executable, "-m", "mtlib.book", "--out", str(out), "--no-html", "--notebooks",
+                             str(notebooks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=chapter.REPO_ROOT)
+    deadline = time.monotonic() + 120
+    while not (imports.exists() and imports.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (pid,) = map(int, imports.read_text().split())  # the next chapter's kernel, started early, has imported
+    seen = ""
+    while "range(600)" not in seen and "import time" not in seen:  # 09_slow's cell has started
+        line = proc.stdout.readline()
+        assert line, f"the runner ended early: {seen}{proc.stderr.read()}"
+        seen += line
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the early kernel {pid} of 10_next outlived the interrupted build")
+    assert build_record(out)["chapters"].get("10_next", {}).get("status") != "executed"
+    # stopped by the runner, not left to notice (ipykernel's own check, about a second later) that it had gone
+    assert "Parent appears to have exited" not in (out / "kernels.log").read_text()
