@@ -523,10 +523,43 @@ def seed_and_fast(paths) -> dict:
     return {"seed" if row["shape"] == "seed" else "fast": row for row in load_rows(paths)}
 
 
+BOOK_GRPO_WARMUP = 8  # the book's GRPO steps counted apart: their new batch shapes compile kernels and record graphs
+RECORDS_FILE = "runs_records.tgz"  # a book run's records (no weights), as gpu_check.sh packs them
+
+
+def book_grpo_steps(root: Path) -> dict | None:
+    """The book's own GRPO training run, from a book run's records: its ``steps``, the first BOOK_GRPO_WARMUP steps'
+    ``warmup_s``, the later steps' ``seconds_per_step`` and ``completions_per_s`` (completions per step: per-device
+    batch x accumulation x processes); None when the folder has no records or they hold no GRPO training."""
+    import tarfile
+    path = Path(root) / RECORDS_FILE
+    if not path.is_file():
+        return None
+    with tarfile.open(path) as tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        runs = sorted({name.rsplit("/", 1)[0] for name in members if name.endswith("/log_history.json")
+                       and "-grpo-" in name})
+        if not runs:
+            return None
+        run = runs[-1]
+        history = json.load(tar.extractfile(members[f"{run}/log_history.json"]))
+        config = json.load(tar.extractfile(members[f"{run}/config.json"]))
+    steps = [e["step_time"] for e in history if "step_time" in e]
+    if len(steps) <= BOOK_GRPO_WARMUP:
+        return None
+    p = config["params"]
+    completions = p["per_device_train_batch_size"] * p["gradient_accumulation_steps"] * config.get("num_processes", 1)
+    steady = steps[BOOK_GRPO_WARMUP:]
+    seconds = sum(steady) / len(steady)
+    return {"steps": len(steps), "warmup_steps": BOOK_GRPO_WARMUP, "warmup_s": sum(steps[:BOOK_GRPO_WARMUP]),
+            "seconds_per_step": seconds, "completions_per_step": completions, "completions_per_s": completions / seconds}
+
+
 def book_run(folder) -> dict:
     """One run of the book command on a GPU (a folder in :data:`RESULTS_DIR` written by ``gpu_check.sh``):
     ``chapters`` (a DataFrame: seconds per chapter, in words), ``total_s``, ``card``, ``profile``, ``commands``,
-    and ``grpo`` (the steady-state fast and seed GRPO rows measured beside it, if the folder holds them)."""
+    ``grpo`` (the steady-state fast and seed GRPO rows measured beside it, if the folder holds them) and
+    ``grpo_steps`` (chapter 4's own GRPO steps, :func:`book_grpo_steps`)."""
     import pandas as pd
     root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
     build_file = root / "build.json"
@@ -544,7 +577,8 @@ def book_run(folder) -> dict:
     grpo = seed_and_fast(sorted(root.glob("grpo_seed_vs_fast*.json")))
     return {"chapters": table, "total_s": total, "card": run.get("card", "unknown card").split(",")[0],
             "profile": build.get("profile"), "model": build.get("model"), "commands": run.get("book_commands", []),
-            "grpo": grpo, "missing": [c for c in build.get("chapters", {}) if c not in chapters]}
+            "grpo": grpo, "grpo_steps": book_grpo_steps(root),
+            "missing": [c for c in build.get("chapters", {}) if c not in chapters]}
 
 
 def grpo_settings(folder=GRPO_SETTINGS_RUN) -> tuple:

@@ -48,7 +48,7 @@ benchmark_files = ["h100_run6.json"]      # measured results, in benchmarks/resu
 paths_file = "h100_translate_paths.json"  # measured translation paths (a name there, or a path)
 grpo_file = "gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json"  # measured GRPO step phases (a name
                                                                           # there, or a path)
-book_run = "gpu_check_h200_2026-12-02_run7"  # the book command on a GPU (a folder there)
+book_run = "gpu_check_h200_2026-12-02_run8"  # the book command on a GPU (a folder there)
 multi_gpu_file = "multi_gpu.json"         # one GPU against two (shown if measured)
 
 # %% tags=["hide-input"]
@@ -192,7 +192,15 @@ text = [f"The book command itself (`benchmarks/gpu_check.sh`: profile `{book['pr
         f"`{book['model']}`, all four test sets) executed its chapters in **{num(book['total_s'])} s** on one "
         f"{book['card']}; the goal is {bench.BOOK_GOAL_S} s, so it is "
         f"{'met' if book['total_s'] <= bench.BOOK_GOAL_S else 'not met yet'}. The HTML render is not included "
-        f"(it needs no GPU)." + (f" Chapters not in this build: {', '.join(book['missing'])}." if book["missing"] else "")]
+        f"(it needs no GPU)." + (f" Chapters not in this build: {', '.join(book['missing'])}." if book["missing"] else ""),
+        "The runner starts each chapter's kernel, and runs the chapter's imports in it, while the chapter before "
+        "runs (`mtlib.book.EarlyKernel`): a chapter's seconds hold what its kernel had left to do when its turn "
+        "came, so chapter 4 no longer waits for Unsloth's import, done during chapter 3's."]
+if book["grpo_steps"]:
+    g = book["grpo_steps"]
+    text.append(f"Chapter 4's own GRPO training in this build: its first {g['warmup_steps']} steps took "
+                f"{num(g['warmup_s'])} s, steps {g['warmup_steps'] + 1} to {g['steps']} {num(g['seconds_per_step'])} s "
+                f"each, **{num(g['completions_per_s'])} completions/s** ({g['completions_per_step']} a step).")
 if fast_grpo and seed_grpo:
     warm_steps = len(fast_grpo["step_seconds"]) - fast_grpo["steps_timed"]
     settings = ", ".join(f"`{k}={v}`" for k, v in sorted(fast_grpo.get("unsloth_env", {}).items()))

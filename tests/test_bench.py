@@ -282,13 +282,20 @@ def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_pa
     for folder in ("gpu_check_h200_2026-12-01_run2", "gpu_check_h200_2026-12-01_run3",
                    "gpu_check_h200_2026-12-02_run4",
                    "gpu_check_h200_2026-12-02_run5", "gpu_check_h200_2026-12-02_run6",
-                   "gpu_check_h200_2026-12-02_run7"):
+                   "gpu_check_h200_2026-12-02_run7", "gpu_check_h200_2026-12-02_run8"):
         run = bench.book_run(folder)
         build = json.loads((bench.RESULTS_DIR / folder / "build.json").read_text())
         assert list(run["chapters"]["Chapter"]) == list(build["chapters"])
         assert run["total_s"] == pytest.approx(sum(c["seconds"] for c in build["chapters"].values()), abs=0.5)
         assert run["card"].startswith("NVIDIA H200") and not run["missing"]
-    assert set(run["grpo"]) == set()  # run3 to run7 measured no GRPO rows beside them: the appendix takes grpo_file's
+    assert set(run["grpo"]) == set()  # run3 to run8 measured no GRPO rows beside them: the appendix takes grpo_file's
+    steps = run["grpo_steps"]  # chapter 4's own GRPO run, from the records: 60 steps of 32 prompts x 4
+    assert steps["steps"] == 60 and steps["completions_per_step"] == 128 and steps["warmup_steps"] == 8
+    assert steps["completions_per_s"] == pytest.approx(128 / steps["seconds_per_step"])
+    assert steps["seconds_per_step"] < steps["warmup_s"] / 8, "the first steps compile: slower than the later ones"
+    assert bench.book_run("gpu_check_h200_2026-12-01_run2")["grpo_steps"]["completions_per_s"] < \
+        steps["completions_per_s"], "run2 was before the decode graphs"
+    assert bench.book_grpo_steps(tmp_path) is None
     pair = bench.book_run("gpu_check_h200_2026-12-01_run2")["grpo"]
     assert set(pair) == {"fast", "seed"} and pair["fast"]["completions_per_s"] > pair["seed"]["completions_per_s"]
     assert bench.seed_and_fast("gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json") == pair
