@@ -555,11 +555,26 @@ def book_grpo_steps(root: Path) -> dict | None:
             "seconds_per_step": seconds, "completions_per_step": completions, "completions_per_s": completions / seconds}
 
 
+RENDER_FILE = "html_render.txt"  # the HTML render of a book run's chapters, timed apart (`/usr/bin/time -v`)
+
+
+def book_render_seconds(root: Path) -> float | None:
+    """The wall time of the HTML render timed apart for a book run (its RENDER_FILE), or None."""
+    path = Path(root) / RENDER_FILE
+    match = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)",
+                      path.read_text()) if path.is_file() else None
+    if not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+
+
 def book_run(folder) -> dict:
     """One run of the book command on a GPU (a folder in :data:`RESULTS_DIR` written by ``gpu_check.sh``):
     ``chapters`` (a DataFrame: seconds per chapter, in words), ``total_s``, ``card``, ``profile``, ``commands``,
     ``grpo`` (the steady-state fast and seed GRPO rows measured beside it, if the folder holds them) and
-    ``grpo_steps`` (chapter 4's own GRPO steps, :func:`book_grpo_steps`)."""
+    ``grpo_steps`` (chapter 4's own GRPO steps, :func:`book_grpo_steps`), ``render_s`` (the HTML render timed apart,
+    :func:`book_render_seconds`, or None)."""
     import pandas as pd
     root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
     build_file = root / "build.json"
@@ -577,7 +592,7 @@ def book_run(folder) -> dict:
     grpo = seed_and_fast(sorted(root.glob("grpo_seed_vs_fast*.json")))
     return {"chapters": table, "total_s": total, "card": run.get("card", "unknown card").split(",")[0],
             "profile": build.get("profile"), "model": build.get("model"), "commands": run.get("book_commands", []),
-            "grpo": grpo, "grpo_steps": book_grpo_steps(root),
+            "grpo": grpo, "grpo_steps": book_grpo_steps(root), "render_s": book_render_seconds(root),
             "missing": [c for c in build.get("chapters", {}) if c not in chapters]}
 
 

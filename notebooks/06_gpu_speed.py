@@ -192,7 +192,8 @@ text = [f"The book command itself (`benchmarks/gpu_check.sh`: profile `{book['pr
         f"`{book['model']}`, all four test sets) executed its chapters in **{num(book['total_s'])} s** on one "
         f"{book['card']}; the goal is {bench.BOOK_GOAL_S} s, so it is "
         f"{'met' if book['total_s'] <= bench.BOOK_GOAL_S else 'not met yet'}. The HTML render is not included "
-        f"(it needs no GPU)." + (f" Chapters not in this build: {', '.join(book['missing'])}." if book["missing"] else ""),
+        + (f"(it needs no GPU; timed apart, from these executed chapters on a CPU machine: {num(book['render_s'])} s)."
+           if book["render_s"] is not None else "(it needs no GPU).") + (f" Chapters not in this build: {', '.join(book['missing'])}." if book["missing"] else ""),
         "The runner starts each chapter's kernel, and runs the chapter's imports in it, while the chapter before "
         "runs (`mtlib.book.EarlyKernel`): a chapter's seconds hold what its kernel had left to do when its turn "
         "came, so chapter 4 no longer waits for Unsloth's import, done during chapter 3's."]

@@ -296,6 +296,10 @@ def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_pa
     assert bench.book_run("gpu_check_h200_2026-12-01_run2")["grpo_steps"]["completions_per_s"] < \
         steps["completions_per_s"], "run2 was before the decode graphs"
     assert bench.book_grpo_steps(tmp_path) is None
+    assert run["render_s"] == pytest.approx(3.19)  # run8's html_render.txt: "0:03.19"
+    (tmp_path / bench.RENDER_FILE).write_text("\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.5\n")
+    assert bench.book_render_seconds(tmp_path) == pytest.approx(3723.5)
+    assert bench.book_run("gpu_check_h200_2026-12-02_run7")["render_s"] is None
     pair = bench.book_run("gpu_check_h200_2026-12-01_run2")["grpo"]
     assert set(pair) == {"fast", "seed"} and pair["fast"]["completions_per_s"] > pair["seed"]["completions_per_s"]
     assert bench.seed_and_fast("gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json") == pair
