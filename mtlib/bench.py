@@ -555,6 +555,21 @@ def book_grpo_steps(root: Path) -> dict | None:
             "seconds_per_step": seconds, "completions_per_step": completions, "completions_per_s": completions / seconds}
 
 
+def book_versions(root: Path) -> dict:
+    """``{package: version}`` (Python's too) that a book run's chapters recorded (the env.json of its first run in
+    the records); {} without records."""
+    import tarfile
+    path = Path(root) / RECORDS_FILE
+    if not path.is_file():
+        return {}
+    with tarfile.open(path) as tar:
+        envs = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith("/env.json")), key=lambda m: m.name)
+        if not envs:
+            return {}
+        env = json.load(tar.extractfile(envs[0]))
+    return {"python": env.get("python"), **env.get("packages", {})}
+
+
 RENDER_FILE = "html_render.txt"  # the HTML render of a book run's chapters, timed apart (`/usr/bin/time -v`)
 
 
@@ -574,7 +589,7 @@ def book_run(folder) -> dict:
     ``chapters`` (a DataFrame: seconds per chapter, in words), ``total_s``, ``card``, ``profile``, ``commands``,
     ``grpo`` (the steady-state fast and seed GRPO rows measured beside it, if the folder holds them) and
     ``grpo_steps`` (chapter 4's own GRPO steps, :func:`book_grpo_steps`), ``render_s`` (the HTML render timed apart,
-    :func:`book_render_seconds`, or None)."""
+    :func:`book_render_seconds`, or None) and ``versions`` (:func:`book_versions`)."""
     import pandas as pd
     root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
     build_file = root / "build.json"
@@ -593,6 +608,7 @@ def book_run(folder) -> dict:
     return {"chapters": table, "total_s": total, "card": run.get("card", "unknown card").split(",")[0],
             "profile": build.get("profile"), "model": build.get("model"), "commands": run.get("book_commands", []),
             "grpo": grpo, "grpo_steps": book_grpo_steps(root), "render_s": book_render_seconds(root),
+            "versions": book_versions(root),
             "missing": [c for c in build.get("chapters", {}) if c not in chapters]}
 
 

@@ -220,6 +220,10 @@ if fast_grpo and seed_grpo:
                 + (f" Both sampled at most {fast_grpo['max_completion_length']} tokens a completion, about the longest "
                    "that the book's own GRPO samples after SFT, because the twin's random weights never stop "
                    "earlier." if fast_grpo.get("max_completion_length") else ""))
+if book["commands"] or book["versions"]:
+    text.append("Command: " + "; ".join(f"`{c.split('   (')[0]}`" for c in book["commands"])
+                + (". Versions the chapters recorded: " + ", ".join(f"{k} {v}" for k, v in book["versions"].items() if v)
+                   if book["versions"] else "") + ".")
 md("\n\n".join(text))
 display(book["chapters"].set_index("Chapter"))
 
