@@ -216,7 +216,7 @@ SCHEMA: dict[str, Param] = {
     "paths_file": Param("str", "h100_translate_paths.json", ("06_gpu_speed",),
                         "measured translation paths: a name in benchmarks/results/ or a path",
                         "measured translation paths (a name there, or a path)"),
-    "grpo_file": Param("str", "gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json", ("06_gpu_speed",),
+    "grpo_file": Param("str", "grpo_seed_vs_fast_h200_2026-12-02/grpo_seed_vs_fast_h200.json", ("06_gpu_speed",),
                        "measured GRPO step phases: a name in benchmarks/results/ or a path",
                        "measured GRPO step phases (a name there, or a path)"),
     "book_run": Param("str", "gpu_check_h200_2026-12-02_run9", ("06_gpu_speed",),

@@ -46,8 +46,8 @@ if "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.envir
 profile = None                            # name of the profile the runner used (display only)
 benchmark_files = ["h100_run6.json"]      # measured results, in benchmarks/results/ (names there, or paths)
 paths_file = "h100_translate_paths.json"  # measured translation paths (a name there, or a path)
-grpo_file = "gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json"  # measured GRPO step phases (a name
-                                                                          # there, or a path)
+grpo_file = "grpo_seed_vs_fast_h200_2026-12-02/grpo_seed_vs_fast_h200.json"  # measured GRPO step phases (a
+                                                                             # name there, or a path)
 book_run = "gpu_check_h200_2026-12-02_run9"  # the book command on a GPU (a folder there)
 multi_gpu_file = "multi_gpu.json"         # one GPU against two (shown if measured)
 
@@ -561,11 +561,16 @@ if spec:
              f"{spec['memory_tb_s']:g} TB/s (datasheet) puts a floor of about {twin['bf16_gb'] / spec['memory_tb_s']:.0f} ms under each")
 same = on_same_card(steps["card"])   # a benchmark run on the breakdown's card, to set beside it
 run_fast, run_unsloth = (bench.pick(measured, "grpo", r, same) if same else None for r in ("fast", "fast-unsloth-decode"))
-md(f"""Sampling is {sample_s / p['seconds_per_step']:.0%} of the step: {tokens} decode steps at batch
-{n_prompts * n_gen} take about {sample_s / tokens * 1000:.0f} ms each{bound}. Like translation without
-compiling, the decode loop is bound by kernel launches. The compiled static cache that speeds up translation
-would help here too, but GRPO's prompt lengths change at every step and each new length would compile again (not
-measured). The rest is the update: the loss forward over the prompts and completions ({num(p['loss forward'])} s)
+graphs = bench.load_rows(grpo_file)[0].get("decode_graph_stats")
+launches = (f"""The decode steps replay CUDA graphs (`mtlib.decode_graphs`: {graphs['recorded']} batch shape recorded
+in {num(graphs['record_seconds'])} s, then {graphs['replayed']:,} steps replayed and {graphs['eager']} run as they
+are), so they no longer wait on kernel launches one by one.""" if graphs else
+            """Like translation without compiling, the decode loop is bound by kernel launches. The compiled static
+cache that speeds up translation would help here too, but GRPO's prompt lengths change at every step and each new
+length would compile again (not measured).""")
+md(f"""Sampling is {sample_s / p['seconds_per_step']:.0%} of the step: the merged copy refreshed, the prompts
+read and {tokens} decode steps at batch {n_prompts * n_gen}, about {sample_s / tokens * 1000:.0f} ms per decode
+step in all{bound}. {launches} The rest is the update: the loss forward over the prompts and completions ({num(p['loss forward'])} s)
 and its backward pass with the optimizer step ({num(p['backward + optimizer'])} s), which the decoder does not
 touch. Even a free sampler would leave a step of {num(update_s + p['rewards + advantages'])} s, at most
 {n_prompts * n_gen / (update_s + p['rewards + advantages']):.0f} completions/s on this card."""

@@ -306,6 +306,10 @@ def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_pa
     pair = bench.book_run("gpu_check_h200_2026-12-01_run2")["grpo"]
     assert set(pair) == {"fast", "seed"} and pair["fast"]["completions_per_s"] > pair["seed"]["completions_per_s"]
     assert bench.seed_and_fast("gpu_check_h200_2026-12-01_run2/grpo_seed_vs_fast_h200.json") == pair
+    from mtlib.parameters import SCHEMA
+    today = bench.seed_and_fast(SCHEMA["grpo_file"].default_for("06_gpu_speed"))  # the appendix's: both recipes in one process
+    assert today["fast"]["completions_per_s"] >= bench.GRPO_GOAL_CPS > today["seed"]["completions_per_s"]
+    assert today["fast"]["steps_timed"] == today["seed"]["steps_timed"] == 12
     with pytest.raises(DataError, match="build.json"):
         bench.book_run(tmp_path)
 
