@@ -527,10 +527,11 @@ BOOK_GRPO_WARMUP = 8  # the book's GRPO steps counted apart: their new batch sha
 RECORDS_FILE = "runs_records.tgz"  # a book run's records (no weights), as gpu_check.sh packs them
 
 
-def book_grpo_steps(root: Path) -> dict | None:
-    """The book's own GRPO training run, from a book run's records: its ``steps``, the first BOOK_GRPO_WARMUP steps'
-    ``warmup_s``, the later steps' ``seconds_per_step`` and ``completions_per_s`` (completions per step: per-device
-    batch x accumulation x processes); None when the folder has no records or they hold no GRPO training."""
+def book_grpo_steps(root: Path, build_id: str | None = None) -> dict | None:
+    """The book's own GRPO training run (of ``build_id``, if given), from a book run's records: its ``steps``, the
+    first BOOK_GRPO_WARMUP steps' ``warmup_s``, the later steps' ``seconds_per_step`` and ``completions_per_s``
+    (completions per step: per-device batch x accumulation x processes); None when the folder has no records or
+    they hold no such GRPO training."""
     import tarfile
     path = Path(root) / RECORDS_FILE
     if not path.is_file():
@@ -539,11 +540,13 @@ def book_grpo_steps(root: Path) -> dict | None:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
         runs = sorted({name.rsplit("/", 1)[0] for name in members if name.endswith("/log_history.json")
                        and "-grpo-" in name})
+        configs = {run: json.load(tar.extractfile(members[f"{run}/config.json"])) for run in runs}
+        runs = [run for run in runs if build_id is None or configs[run].get("build_id") == build_id]
         if not runs:
             return None
         run = runs[-1]
         history = json.load(tar.extractfile(members[f"{run}/log_history.json"]))
-        config = json.load(tar.extractfile(members[f"{run}/config.json"]))
+        config = configs[run]
     steps = [e["step_time"] for e in history if "step_time" in e]
     if len(steps) <= BOOK_GRPO_WARMUP:
         return None
@@ -589,7 +592,8 @@ def book_run(folder) -> dict:
     ``chapters`` (a DataFrame: seconds per chapter, in words), ``total_s``, ``card``, ``profile``, ``commands``,
     ``grpo`` (the steady-state fast and seed GRPO rows measured beside it, if the folder holds them) and
     ``grpo_steps`` (chapter 4's own GRPO steps, :func:`book_grpo_steps`), ``render_s`` (the HTML render timed apart,
-    :func:`book_render_seconds`, or None) and ``versions`` (:func:`book_versions`)."""
+    :func:`book_render_seconds`, or None), ``versions`` (:func:`book_versions`) and ``early_kernels`` (whether its
+    kernels.log shows the runner's early kernels, mtlib.book.EarlyKernel)."""
     import pandas as pd
     root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
     build_file = root / "build.json"
@@ -607,8 +611,9 @@ def book_run(folder) -> dict:
     grpo = seed_and_fast(sorted(root.glob("grpo_seed_vs_fast*.json")))
     return {"chapters": table, "total_s": total, "card": run.get("card", "unknown card").split(",")[0],
             "profile": build.get("profile"), "model": build.get("model"), "commands": run.get("book_commands", []),
-            "grpo": grpo, "grpo_steps": book_grpo_steps(root), "render_s": book_render_seconds(root),
-            "versions": book_versions(root),
+            "grpo": grpo, "grpo_steps": book_grpo_steps(root, build.get("build_id")),
+            "render_s": book_render_seconds(root), "versions": book_versions(root),
+            "early_kernels": (root / "kernels.log").is_file() and "(started early)" in (root / "kernels.log").read_text(),
             "missing": [c for c in build.get("chapters", {}) if c not in chapters]}
 
 

@@ -24,6 +24,7 @@ import argparse
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets as _secrets
@@ -242,6 +243,12 @@ def kernel_options(kernel_name: str = "python3", log: Path | None = None, label:
                 self.transport_encryption = "auto"
             if register:  # an early kernel registers when its chapter begins (execute_chapter)
                 _ACTIVE_KERNEL["km"] = self
+            self.clients = []
+
+        def client(self, **kw):
+            client = super().client(**kw)
+            self.clients.append(client)
+            return client
 
         async def _async_pre_start_kernel(self, **kw):
             kw["env"] = {**(kw.get("env") or os.environ), **KERNEL_ENV}
@@ -284,58 +291,94 @@ class EarlyKernel:
     executed in it (chapter_imports; nothing of its parameters or results): its turn begins with its libraries
     loaded. On a GPU, importing Unsloth (mtlib.modeling) takes about 23 s of chapters 3 and 4 on the H200.
 
-    What those imports print goes nowhere (no cell is running yet); their errors recur in the chapter's own
-    import cell, which runs the same statements again.
+    The runner starts it once the current chapter is past its own imports (``astart`` from a cell-start hook, on
+    papermill's event loop), so two kernels never import at once. What those imports print goes nowhere (no cell
+    is running yet); their errors recur in the chapter's own import cell, which runs the same statements again.
     """
 
     def __init__(self, source: Path, cwd: Path, log: Path | None = None, kernel_name: str = "python3"):
-        from jupyter_core.utils import run_sync
-        self.source, self.code = Path(source), chapter_imports(source)
-        manager = kernel_options(kernel_name, log, f"{self.source.stem} (started early)")["kernel_manager_class"]
-        self.km = manager(kernel_name=kernel_name, register=False)
+        self.source, self.code, self.cwd, self.log = Path(source), chapter_imports(source), Path(cwd), log
+        self.kernel_name, self.km, self.failed = kernel_name, None, None
+
+    async def astart(self) -> None:
+        """Start the kernel (once). A kernel that cannot start is noted in ``failed`` and in the kernels' log:
+        the chapter then starts its own at its turn, and reports what fails there."""
+        if self.km is not None or self.failed is not None:
+            return
+        manager = kernel_options(self.kernel_name, self.log, f"{self.source.stem} (started early)")
+        self.km = manager["kernel_manager_class"](kernel_name=self.kernel_name, register=False)
         # nbclient adds the in-memory history file to the kernels it starts; an early kernel needs it as well,
         # else two kernels at once share the profile's history database.
         args = ["--HistoryManager.hist_file=:memory:"]
         if self.code:
             args.append(f"--IPKernelApp.exec_lines={self.code}")
-        run_sync(self.km.start_kernel)(cwd=str(cwd), extra_arguments=args)
-
-    @classmethod
-    def start(cls, source: Path, cwd: Path, log: Path | None = None) -> "EarlyKernel | None":
-        """An early kernel for ``source``, or None where none could start (its chapter then starts its own, and
-        reports what fails at its turn)."""
         try:
-            return cls(source, cwd, log)
-        except Exception:
-            return None
+            await self.km.start_kernel(cwd=str(self.cwd), extra_arguments=args)
+        except BaseException as exc:
+            self.failed = f"{type(exc).__name__}: {exc}"
+            await self._astop()
+            self._note(f"--- the early kernel of {self.source.stem} did not start ({self.failed}); "
+                       f"it starts at its turn instead\n")
+            if not isinstance(exc, Exception):
+                raise
+
+    def start(self) -> "EarlyKernel":
+        """``astart`` where no event loop is running (the runner between chapters)."""
+        from jupyter_core.utils import run_sync
+        run_sync(self.astart)()
+        return self
+
+    def _note(self, line: str) -> None:
+        if self.log is not None:
+            Path(self.log).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log, "a", encoding="utf-8") as sink:
+                sink.write(line)
 
     def alive(self) -> bool:
         from jupyter_core.utils import run_sync
+        if self.km is None:
+            return False
         try:
             return bool(run_sync(self.km.is_alive)())
         except Exception:
             return False
 
-    def shutdown(self) -> None:
-        """Stop the kernel (a no-op once it is gone)."""
-        from jupyter_core.utils import run_sync
+    async def _astop(self) -> None:
+        km, self.km = self.km, None
+        if km is None:
+            return
+        for client in getattr(km, "clients", ()):  # papermill stops the channels only of kernels it started
+            try:
+                client.stop_channels()
+            except Exception:
+                pass
         try:
-            if run_sync(self.km.is_alive)():
-                run_sync(self.km.shutdown_kernel)()
-            run_sync(self.km.cleanup_resources)()
-        except Exception:  # already gone, or its manager already cleaned up
+            if await km.is_alive():
+                await km.shutdown_kernel()
+        except Exception:  # already gone
+            pass
+        try:
+            await km.cleanup_resources()
+        except Exception:
             pass
 
+    def shutdown(self) -> None:
+        """Stop the kernel and its clients' channels (a no-op once it is gone, or if it never started)."""
+        from jupyter_core.utils import run_sync
+        if self.km is not None:
+            run_sync(self._astop)()
 
-def _interrupt_kernel() -> bool:
-    """Send SIGINT to the running chapter's kernel (its cell raises KeyboardInterrupt); False if there is none."""
+
+def _interrupt_kernel(sig: int = signal.SIGINT) -> bool:
+    """Send ``sig`` to the running chapter's kernel (SIGINT: its cell raises KeyboardInterrupt); False if there is
+    none."""
     provisioner = getattr(_ACTIVE_KERNEL.get("km"), "provisioner", None)
     pgid, pid = getattr(provisioner, "pgid", None), getattr(provisioner, "pid", None)
     try:
         if pgid and hasattr(os, "killpg"):
-            os.killpg(pgid, signal.SIGINT)
+            os.killpg(pgid, sig)
         elif pid:
-            os.kill(pid, signal.SIGINT)
+            os.kill(pid, sig)
         else:
             return False
     except OSError:
@@ -345,10 +388,12 @@ def _interrupt_kernel() -> bool:
 
 class _CtrlC:
     """While a chapter executes, the first Ctrl-C interrupts the kernel's cell (so that the running code ends
-    its run record as failed) and stops the chapter; a second one stops the runner at once."""
+    its run record as failed) and stops the chapter; a second one stops the runner at once. Before the first
+    cell, the kernel is still starting (or running an early kernel's imports, during which ipykernel ignores
+    SIGINT): it is terminated instead."""
 
     def __init__(self):
-        self.requested, self._previous = False, None
+        self.requested, self.cell_started, self._previous = False, False, None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -362,7 +407,7 @@ class _CtrlC:
         return False
 
     def _handle(self, signum, frame):
-        if self.requested or not _interrupt_kernel():
+        if self.requested or not _interrupt_kernel(signal.SIGINT if self.cell_started else signal.SIGTERM):
             raise KeyboardInterrupt
         self.requested = True
 
@@ -385,14 +430,16 @@ def _keep(notebook: Path, folder: Path) -> Path | None:
 
 def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, progress: Progress | None = None,
                     running_dir: Path | None = None, failed_dir: Path | None = None,
-                    kernel_log: Path | None = None, kernel: EarlyKernel | None = None) -> Path:
+                    kernel_log: Path | None = None, kernel: EarlyKernel | None = None,
+                    next_kernel: EarlyKernel | None = None) -> Path:
     """Execute one chapter with papermill into ``output``; on a failing cell raise ChapterFailed naming chapter and
     cell, on Ctrl-C BuildInterrupted.
 
     The notebook executes in ``running_dir`` and is moved to ``output`` only once it succeeded (so ``output``
     always holds a whole chapter), or to ``failed_dir`` (default: next to ``output``) when it did not. The
     kernel's own log goes to ``kernel_log`` (default: the terminal). ``kernel``: an EarlyKernel started for this
-    chapter, used (and shut down afterwards) instead of a new kernel while it is alive.
+    chapter, used while it is alive (one that dies before it answers is replaced by a new kernel) and shut down
+    afterwards. ``next_kernel``: the next chapter's EarlyKernel, started once this chapter is past its imports.
     """
     import papermill as pm
     output = Path(output)
@@ -403,23 +450,46 @@ def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, pro
     output.parent.mkdir(parents=True, exist_ok=True)
     scratch = running_dir / (output.name if running_dir != output.parent else f".{output.name}.running")
     ctrl_c = _CtrlC()
+    imports = chapter_imports(source)
+    state = {"past_imports": not imports}  # a chapter without an mtlib import cell is past its imports at once
 
     def on_cell_start(cell=None, cell_index=None, **kw):
         if ctrl_c.requested:
             raise KeyboardInterrupt
+        ctrl_c.cell_started = True
         progress.cell_start(cell=cell, cell_index=cell_index)
+        starting_next = state["past_imports"] and next_kernel is not None and next_kernel.km is None
+        if cell is not None and cell.get("cell_type") == "code" and imports and _same_imports(cell, imports):
+            state["past_imports"] = True  # the next cell to start comes after them
+        if starting_next:
+            return next_kernel.astart()  # awaited by nbclient, on its event loop
 
-    early = {}
-    if kernel is not None and kernel.alive():
-        # A kernel still running its imports answers papermill only once they are done: wait for them, not 60 s.
-        early = {"km": kernel.km, "start_timeout": EARLY_KERNEL_WAIT_S}
-        _ACTIVE_KERNEL["km"] = kernel.km
+    def run(options: dict) -> None:
+        pm.execute_notebook(str(source), str(scratch), parameters=parameters, kernel_name="python3",
+                            cwd=str(cwd), progress_bar=False, log_output=False, stderr_file=progress,
+                            on_notebook_start=progress.notebook_start, on_cell_start=on_cell_start,
+                            **kernel_options("python3", kernel_log, source.stem), **options)
+
     try:
         with ctrl_c:
-            pm.execute_notebook(str(source), str(scratch), parameters=parameters, kernel_name="python3",
-                                cwd=str(cwd), progress_bar=False, log_output=False, stderr_file=progress,
-                                on_notebook_start=progress.notebook_start, on_cell_start=on_cell_start,
-                                **kernel_options("python3", kernel_log, source.stem), **early)
+            if kernel is not None and kernel.alive():
+                _ACTIVE_KERNEL["km"] = kernel.km
+                try:
+                    # A kernel still running its imports answers only once they are done: wait for them, not 60 s.
+                    run({"km": kernel.km, "start_timeout": EARLY_KERNEL_WAIT_S})
+                except pm.PapermillExecutionError:
+                    raise
+                except Exception as exc:
+                    if ctrl_c.requested or ctrl_c.cell_started:
+                        raise
+                    kernel.shutdown()
+                    kernel._note(f"--- the early kernel of {source.stem} failed before its first cell "
+                                 f"({type(exc).__name__}: {exc}); the chapter runs in a new kernel\n")
+                    progress.line(f"[book] {source.stem}: its early kernel failed ({exc}); starting a new kernel "
+                                  f"(see {kernel_log or 'the kernel log'})")
+                    run({})
+            else:
+                run({})
     except pm.PapermillExecutionError as exc:
         where = progress.where()
         kept = _keep(scratch, failed_dir)
@@ -446,11 +516,35 @@ def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, pro
     return output
 
 
+class _KernelStartNoise(logging.Filter):
+    """Drops nbclient's log line for a kernel that died before it answered: the runner says what happened itself
+    (the interrupted line, the early kernel replaced, or the error that stops the chapter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Error occurred while starting new kernel client")
+
+
+_PAPERMILL_LOG = logging.getLogger("papermill")  # the logger papermill hands nbclient
+if not any(isinstance(f, _KernelStartNoise) for f in _PAPERMILL_LOG.filters):
+    _PAPERMILL_LOG.addFilter(_KernelStartNoise())
+
+
+def _same_imports(cell, imports: str) -> bool:
+    """Whether ``cell`` is the one whose import statements are ``imports`` (chapter_imports)."""
+    import ast
+    try:
+        tree = ast.parse("".join(cell.get("source", "")))
+    except SyntaxError:
+        return False
+    return "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))) == imports
+
+
 _PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|.*$|^\s*$")
 # Lines libraries print on import or before training that say nothing about the chapter: Unsloth's sloth
 # banner (version, GPU, licence; before training: examples, batch, trainable parameters) and its notices that
 # it patched the libraries. Unsloth has no setting that silences them (its own logging is already off unless
-# UNSLOTH_ENABLE_LOGGING=1), so the runner drops them from the published notebook; warnings stay.
+# UNSLOTH_ENABLE_LOGGING=1), so the runner drops them from the published notebook; warnings stay. (In a build,
+# the import's share of them is printed in the chapter's early kernel before any cell runs: nowhere.)
 BANNER_LINES = (
     r"^\s*(\N{SLOTH}\s*)?Unsloth( Zoo)?:? (Will patch your computer|will now patch everything)",
     r"^\s*==\(\(====\)\)==",            # the sloth's head, with the version or the training run's sizes
@@ -976,12 +1070,12 @@ def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, h
             os.environ["MULTI30K_DIR"] = str(Path(os.environ["MULTI30K_DIR"]).expanduser().resolve())
         record.update(status="running", pid=os.getpid())
         _save_build(out, record)
-        stage, kept, early = "before the first chapter", None, None
+        stage, kept, kernel, early = "before the first chapter", None, None, None
         try:
             for position, source in enumerate(todo, start=1):
                 kernel, early = early, None
                 if position < len(todo):  # the next chapter's kernel loads its libraries while this one runs
-                    early = EarlyKernel.start(todo[position], cwd=Path.cwd(), log=out / "kernels.log")
+                    early = EarlyKernel(todo[position], cwd=Path.cwd(), log=out / "kernels.log")
                 params = profiles.chapter_parameters(prof, source.stem) if source.stem in profiles.CHAPTERS \
                     else {"profile": prof["name"]}
                 for name, value in (("runs_root", str(runs_root)), ("build_id", record["build_id"])):
@@ -998,7 +1092,7 @@ def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, h
                     # MULTI30K_DIR mean the same in every chapter as on the command line.
                     execute_chapter(source, executed_dir / source.name, params, cwd=Path.cwd(), progress=say,
                                     running_dir=out / "running", failed_dir=out / "failed",
-                                    kernel_log=out / "kernels.log", kernel=kernel)
+                                    kernel_log=out / "kernels.log", kernel=kernel, next_kernel=early)
                 except BuildInterrupted as exc:
                     state.update(status="interrupted", seconds=round(time.perf_counter() - start, 1),
                                  notebook=str(exc.kept) if exc.kept else None)
@@ -1032,15 +1126,13 @@ def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, h
                 record["rendered"] = _now()
                 say.line(f"[book] HTML book at {html_dir / 'index.html'}")
         except (BuildInterrupted, KeyboardInterrupt):
-            if early is not None:
-                early.shutdown()
+            _stop_kernels(kernel, early)
             say.close()
             record["status"] = "interrupted"
             _save_build(out, record)
             raise BuildInterrupted(f"interrupted {stage}; {_kept_line(out, record, kept)}", kept) from None
         except BaseException:
-            if early is not None:
-                early.shutdown()
+            _stop_kernels(kernel, early)
             say.close()
             record["status"] = "failed"
             _save_build(out, record)
@@ -1050,6 +1142,14 @@ def build(profile: str, out: str | os.PathLike, only: list[str] | None = None, h
         _save_build(out, record)
     _check_leaks(out)
     return out
+
+
+def _stop_kernels(*kernels: EarlyKernel | None) -> None:
+    """Stop the early kernels a stopped build leaves (the running chapter's, if it never reached papermill, and the
+    next one's)."""
+    for kernel in kernels:
+        if kernel is not None:
+            kernel.shutdown()
 
 
 def _check_leaks(out: Path) -> None:

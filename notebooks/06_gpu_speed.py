@@ -193,10 +193,13 @@ text = [f"The book command itself (`benchmarks/gpu_check.sh`: profile `{book['pr
         f"{book['card']}; the goal is {bench.BOOK_GOAL_S} s, so it is "
         f"{'met' if book['total_s'] <= bench.BOOK_GOAL_S else 'not met yet'}. The HTML render is not included "
         + (f"(it needs no GPU; timed apart, from these executed chapters on a CPU machine: {num(book['render_s'])} s)."
-           if book["render_s"] is not None else "(it needs no GPU).") + (f" Chapters not in this build: {', '.join(book['missing'])}." if book["missing"] else ""),
-        "The runner starts each chapter's kernel, and runs the chapter's imports in it, while the chapter before "
-        "runs (`mtlib.book.EarlyKernel`): a chapter's seconds hold what its kernel had left to do when its turn "
-        "came, so chapter 4 no longer waits for Unsloth's import, done during chapter 3's."]
+           if book["render_s"] is not None else "(it needs no GPU).")
+        + (f" Chapters not in this build: {', '.join(book['missing'])}." if book["missing"] else "")]
+if book["early_kernels"]:
+    text.append("The runner starts each chapter's kernel, and runs the chapter's imports in it, while the chapter "
+                "before runs, once that one is past its own imports (`mtlib.book.EarlyKernel`): a chapter's seconds "
+                "hold what its kernel had left to do when its turn came, so chapter 4 no longer waits for Unsloth's "
+                "import, done during chapter 3's.")
 if book["grpo_steps"]:
     g = book["grpo_steps"]
     text.append(f"Chapter 4's own GRPO training in this build: its first {g['warmup_steps']} steps took "
@@ -561,7 +564,7 @@ if spec:
              f"{spec['memory_tb_s']:g} TB/s (datasheet) puts a floor of about {twin['bf16_gb'] / spec['memory_tb_s']:.0f} ms under each")
 same = on_same_card(steps["card"])   # a benchmark run on the breakdown's card, to set beside it
 run_fast, run_unsloth = (bench.pick(measured, "grpo", r, same) if same else None for r in ("fast", "fast-unsloth-decode"))
-graphs = bench.load_rows(grpo_file)[0].get("decode_graph_stats")
+graphs = bench.seed_and_fast(grpo_file).get("fast", {}).get("decode_graph_stats")
 launches = (f"""The decode steps replay CUDA graphs (`mtlib.decode_graphs`: {graphs['recorded']} batch shape recorded
 in {num(graphs['record_seconds'])} s, then {graphs['replayed']:,} steps replayed and {graphs['eager']} run as they
 are), so they no longer wait on kernel launches one by one.""" if graphs else

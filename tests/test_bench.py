@@ -299,6 +299,8 @@ def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_pa
     assert bench.book_grpo_steps(tmp_path) is None
     assert run["versions"]["unsloth"] == "2026.10.9" and run["versions"]["trl"] == "1.14.2"  # from the records
     assert bench.book_versions(tmp_path) == {}
+    assert run["early_kernels"] and not bench.book_run("gpu_check_h200_2026-12-02_run7")["early_kernels"]
+    assert bench.book_grpo_steps(bench.RESULTS_DIR / "gpu_check_h200_2026-12-02_run9", build_id="another") is None
     assert run["render_s"] == pytest.approx(2.91)  # run9's html_render.txt: "0:02.91"
     (tmp_path / bench.RENDER_FILE).write_text("\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.5\n")
     assert bench.book_render_seconds(tmp_path) == pytest.approx(3723.5)

@@ -793,7 +793,7 @@ def test_chapter_imports_are_those_of_the_cell_that_imports_mtlib(tmp_path):
 
 def test_a_chapter_whose_early_kernel_is_gone_starts_its_own(tmp_path):
     notebooks = quick_chapter(tmp_path / "nb", "09_z", cells=("from mtlib import errors\nprint('ran')",))
-    early = book.EarlyKernel.start(notebooks / "09_z.ipynb", cwd=tmp_path, log=tmp_path / "kernels.log")
+    early = book.EarlyKernel(notebooks / "09_z.ipynb", cwd=tmp_path, log=tmp_path / "kernels.log").start()
     assert early is not None and early.alive()
     early.shutdown()
     assert not early.alive()
@@ -841,3 +841,88 @@ def test_ctrl_c_stops_the_next_chapters_early_kernel_too(tmp_path):
     assert build_record(out)["chapters"].get("10_next", {}).get("status") != "executed"
     # stopped by the runner, not left to notice (ipykernel's own check, about a second later) that it had gone
     assert "Parent appears to have exited" not in (out / "kernels.log").read_text()
+
+
+def test_the_next_kernel_starts_only_once_the_running_chapter_is_past_its_imports(tmp_path):
+    """Two kernels never import at once: the next chapter's early kernel starts after this chapter's import cell."""
+    lib, times = tmp_path / "lib", tmp_path / "times.txt"
+    lib.mkdir()
+    (lib / "first_imports.py").write_text("import os, time\ntime.sleep(2)\nwith open(os.environ['MTLIB_TEST_TIMES'], "
+                                          "'a') as f:\n    f.write(f'first_done {time.time()}\\n')\n")
+    (lib / "second_imports.py").write_text("import os, time\nwith open(os.environ['MTLIB_TEST_TIMES'], 'a') as f:\n"
+                                           "    f.write(f'second_start {time.time()}\\n')\n")
+    notebooks = quick_chapter(tmp_path / "nb", "09_first", cells=("import first_imports\nfrom mtlib import errors",
+                                                                 "import time\ntime.sleep(4)"))
+    quick_chapter(notebooks, "10_second", cells=("import second_imports\nfrom mtlib import errors",))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")]),
+           "MTLIB_TEST_TIMES": str(times)}
+    proc = subprocess.run([sys.executable, "-m", "mtlib.book", "--out", str(out), "--no-html", "--notebooks",
+                           str(notebooks)], capture_output=True, text=True, env=env, timeout=300, cwd=chapter.REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    marks = dict(line.split() for line in times.read_text().splitlines())
+    started = dt.datetime.fromisoformat(build_record(out)["chapters"]["10_second"]["started"]).timestamp()
+    assert float(marks["first_done"]) <= float(marks["second_start"]) < started - 2
+
+
+def test_an_early_kernel_is_stopped_with_its_channels_after_its_chapter(tmp_path):
+    from jupyter_core.utils import run_sync
+    notebooks = quick_chapter(tmp_path / "nb", "09_z", cells=("from mtlib import errors\nprint('ran')",))
+    early = book.EarlyKernel(notebooks / "09_z.ipynb", cwd=tmp_path, log=tmp_path / "kernels.log").start()
+    km = early.km
+    executed = book.execute_chapter(notebooks / "09_z.ipynb", tmp_path / "out" / "09_z.ipynb", {}, cwd=tmp_path,
+                                    running_dir=tmp_path / "running", kernel=early, kernel_log=tmp_path / "kernels.log")
+    assert "ran" in json.dumps(nbformat.read(executed, as_version=4).cells)
+    assert km.clients, "the chapter ran in the early kernel"
+    assert not run_sync(km.is_alive)() and not any(c.channels_running for c in km.clients)
+
+
+def test_an_early_kernel_that_dies_in_its_imports_is_replaced(tmp_path, monkeypatch):
+    lib, marker = tmp_path / "lib", tmp_path / "crashed-once"
+    lib.mkdir()
+    (lib / "crash_once.py").write_text("import os\nif not os.path.exists(os.environ['MTLIB_TEST_MARKER']):\n"
+                                       "    open(os.environ['MTLIB_TEST_MARKER'], 'w').close()\n    os._exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("MTLIB_TEST_MARKER", str(marker))
+    notebooks = quick_chapter(tmp_path / "nb", "09_c", cells=("import crash_once\nfrom mtlib import errors",
+                                                             "print('ran')"))
+    early = book.EarlyKernel(notebooks / "09_c.ipynb", cwd=tmp_path, log=tmp_path / "kernels.log").start()
+    deadline = time.monotonic() + 60
+    while early.alive() and time.monotonic() < deadline:  # the early kernel dies in its imports...
+        time.sleep(0.2)
+    assert marker.exists()
+    early_km = early.km
+    run_sync_alive = early.alive
+    monkeypatch.setattr(early, "alive", lambda: True)  # ... after the check at the chapter's turn
+    executed = book.execute_chapter(notebooks / "09_c.ipynb", tmp_path / "out" / "09_c.ipynb", {}, cwd=tmp_path,
+                                    running_dir=tmp_path / "running", kernel=early, kernel_log=tmp_path / "kernels.log")
+    assert "ran" in json.dumps(nbformat.read(executed, as_version=4).cells), "a new kernel executed the chapter"
+    assert "failed before its first cell" in (tmp_path / "kernels.log").read_text()
+    assert early_km is not None and not run_sync_alive()
+
+
+def test_ctrl_c_while_the_early_kernel_still_imports_stops_at_once(tmp_path):
+    """ipykernel ignores SIGINT while it runs its startup imports: the runner terminates such a kernel instead of
+    waiting for them to end."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "slow_start.py").write_text("import time\ntime.sleep(60)\n")
+    notebooks = quick_chapter(tmp_path / "nb", "09_quick", cells=("print('quick')",))
+    quick_chapter(notebooks, "10_slow_imports", cells=("import slow_start\nfrom mtlib import errors",))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "mtlib.book", "--out", str(out), "--no-html", "--notebooks",
+                             str(notebooks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=chapter.REPO_ROOT)
+    seen = ""
+    while "10_slow_imports (2/2)" not in seen:
+        line = proc.stdout.readline()
+        assert line, f"the runner ended early: {seen}{proc.stderr.read()}"
+        seen += line
+    time.sleep(1)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    assert time.monotonic() - sent < 30, "the runner waited for the kernel's 60-s imports"
+    assert stderr.strip().startswith("[book] interrupted in 10_slow_imports") and "Traceback" not in stderr
