@@ -219,7 +219,7 @@ SCHEMA: dict[str, Param] = {
     "grpo_file": Param("str", "grpo_seed_vs_fast_h200_2026-12-02/grpo_seed_vs_fast_h200.json", ("06_gpu_speed",),
                        "measured GRPO step phases: a name in benchmarks/results/ or a path",
                        "measured GRPO step phases (a name there, or a path)"),
-    "book_run": Param("str", "gpu_check_h200_2026-12-02_run9", ("06_gpu_speed",),
+    "book_run": Param("str", "gpu_check_h200_2026-12-02_run10", ("06_gpu_speed",),
                       "the book command run on a GPU (benchmarks/gpu_check.sh): a folder in benchmarks/results/",
                       "the book command on a GPU (a folder there)"),
     "multi_gpu_file": Param("str", "multi_gpu.json", ("06_gpu_speed",),

@@ -48,7 +48,7 @@ benchmark_files = ["h100_run6.json"]      # measured results, in benchmarks/resu
 paths_file = "h100_translate_paths.json"  # measured translation paths (a name there, or a path)
 grpo_file = "grpo_seed_vs_fast_h200_2026-12-02/grpo_seed_vs_fast_h200.json"  # measured GRPO step phases (a
                                                                              # name there, or a path)
-book_run = "gpu_check_h200_2026-12-02_run9"  # the book command on a GPU (a folder there)
+book_run = "gpu_check_h200_2026-12-02_run10"  # the book command on a GPU (a folder there)
 multi_gpu_file = "multi_gpu.json"         # one GPU against two (shown if measured)
 
 # %% tags=["hide-input"]

@@ -283,13 +283,13 @@ def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_pa
                    "gpu_check_h200_2026-12-02_run4",
                    "gpu_check_h200_2026-12-02_run5", "gpu_check_h200_2026-12-02_run6",
                    "gpu_check_h200_2026-12-02_run7", "gpu_check_h200_2026-12-02_run8",
-                   "gpu_check_h200_2026-12-02_run9"):
+                   "gpu_check_h200_2026-12-02_run9", "gpu_check_h200_2026-12-02_run10"):
         run = bench.book_run(folder)
         build = json.loads((bench.RESULTS_DIR / folder / "build.json").read_text())
         assert list(run["chapters"]["Chapter"]) == list(build["chapters"])
         assert run["total_s"] == pytest.approx(sum(c["seconds"] for c in build["chapters"].values()), abs=0.5)
         assert run["card"].startswith("NVIDIA H200") and not run["missing"]
-    assert set(run["grpo"]) == set()  # run3 to run9 measured no GRPO rows beside them: the appendix takes grpo_file's
+    assert set(run["grpo"]) == set()  # run3 to run10 measured no GRPO rows beside them: the appendix takes grpo_file's
     steps = run["grpo_steps"]  # chapter 4's own GRPO run, from the records: 60 steps of 32 prompts x 4
     assert steps["steps"] == 60 and steps["completions_per_step"] == 128 and steps["warmup_steps"] == 8
     assert steps["completions_per_s"] == pytest.approx(128 / steps["seconds_per_step"])
@@ -300,8 +300,8 @@ def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_pa
     assert run["versions"]["unsloth"] == "2026.10.9" and run["versions"]["trl"] == "1.14.2"  # from the records
     assert bench.book_versions(tmp_path) == {}
     assert run["early_kernels"] and not bench.book_run("gpu_check_h200_2026-12-02_run7")["early_kernels"]
-    assert bench.book_grpo_steps(bench.RESULTS_DIR / "gpu_check_h200_2026-12-02_run9", build_id="another") is None
-    assert run["render_s"] == pytest.approx(2.91)  # run9's html_render.txt: "0:02.91"
+    assert bench.book_grpo_steps(bench.RESULTS_DIR / "gpu_check_h200_2026-12-02_run10", build_id="another") is None
+    assert run["render_s"] == pytest.approx(2.97)  # run10's html_render.txt: "0:02.97"
     (tmp_path / bench.RENDER_FILE).write_text("\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.5\n")
     assert bench.book_render_seconds(tmp_path) == pytest.approx(3723.5)
     assert bench.book_run("gpu_check_h200_2026-12-02_run7")["render_s"] is None
