@@ -10,6 +10,7 @@ taken between rows of one file: one run on one card.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -527,26 +528,28 @@ BOOK_GRPO_WARMUP = 8  # the book's GRPO steps counted apart: their new batch sha
 RECORDS_FILE = "runs_records.tgz"  # a book run's records (no weights), as gpu_check.sh packs them
 
 
+@functools.lru_cache(maxsize=8)
+def _records(path: str) -> dict:
+    """The JSON files of a book run's records (RECORDS_FILE under ``path``), by name; {} without records."""
+    import tarfile
+    if not (Path(path) / RECORDS_FILE).is_file():
+        return {}
+    with tarfile.open(Path(path) / RECORDS_FILE) as tar:
+        return {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers()
+                if m.isfile() and m.name.endswith(".json")}
+
+
 def book_grpo_steps(root: Path, build_id: str | None = None) -> dict | None:
     """The book's own GRPO training run (of ``build_id``, if given), from a book run's records: its ``steps``, the
     first BOOK_GRPO_WARMUP steps' ``warmup_s``, the later steps' ``seconds_per_step`` and ``completions_per_s``
     (completions per step: per-device batch x accumulation x processes); None when the folder has no records or
     they hold no such GRPO training."""
-    import tarfile
-    path = Path(root) / RECORDS_FILE
-    if not path.is_file():
+    files = _records(str(Path(root).resolve()))
+    runs = sorted(name.rsplit("/", 1)[0] for name in files if name.endswith("/log_history.json") and "-grpo-" in name)
+    runs = [run for run in runs if build_id is None or files[f"{run}/config.json"].get("build_id") == build_id]
+    if not runs:
         return None
-    with tarfile.open(path) as tar:
-        members = {m.name: m for m in tar.getmembers() if m.isfile()}
-        runs = sorted({name.rsplit("/", 1)[0] for name in members if name.endswith("/log_history.json")
-                       and "-grpo-" in name})
-        configs = {run: json.load(tar.extractfile(members[f"{run}/config.json"])) for run in runs}
-        runs = [run for run in runs if build_id is None or configs[run].get("build_id") == build_id]
-        if not runs:
-            return None
-        run = runs[-1]
-        history = json.load(tar.extractfile(members[f"{run}/log_history.json"]))
-        config = configs[run]
+    history, config = files[f"{runs[-1]}/log_history.json"], files[f"{runs[-1]}/config.json"]
     steps = [e["step_time"] for e in history if "step_time" in e]
     if len(steps) <= BOOK_GRPO_WARMUP:
         return None
@@ -561,15 +564,11 @@ def book_grpo_steps(root: Path, build_id: str | None = None) -> dict | None:
 def book_versions(root: Path) -> dict:
     """``{package: version}`` (Python's too) that a book run's chapters recorded (the env.json of its first run in
     the records); {} without records."""
-    import tarfile
-    path = Path(root) / RECORDS_FILE
-    if not path.is_file():
+    files = _records(str(Path(root).resolve()))
+    envs = sorted(name for name in files if name.endswith("/env.json"))
+    if not envs:
         return {}
-    with tarfile.open(path) as tar:
-        envs = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith("/env.json")), key=lambda m: m.name)
-        if not envs:
-            return {}
-        env = json.load(tar.extractfile(envs[0]))
+    env = files[envs[0]]
     return {"python": env.get("python"), **env.get("packages", {})}
 
 

@@ -266,23 +266,32 @@ def kernel_options(kernel_name: str = "python3", log: Path | None = None, label:
     return {"kernel_manager_class": BookKernelManager}
 
 
+def _import_nodes(text: str) -> list | None:
+    """The top-level import statements of a code cell's source, in order; None where it is no plain Python."""
+    import ast
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:  # IPython magics: not a cell of plain imports
+        return None
+    return [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+
+def _unparse(nodes: list) -> str:
+    import ast
+    return "\n".join(ast.unparse(node) for node in nodes)
+
+
 def chapter_imports(source: Path) -> str:
     """The import statements of the chapter's first code cell that imports mtlib, in order ("" if none)."""
-    import ast
     cells = json.loads(Path(source).read_text(encoding="utf-8")).get("cells", [])
     for cell in cells:
         if cell.get("cell_type") != "code":
             continue
-        text = "".join(cell.get("source", ""))
-        try:
-            tree = ast.parse(text)
-        except SyntaxError:  # IPython magics: not a cell of plain imports
-            continue
-        imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        imports = _import_nodes("".join(cell.get("source", ""))) or []
         names = [alias.name for node in imports for alias in node.names]
         modules = [getattr(node, "module", None) or "" for node in imports]
         if any(n == "mtlib" or n.startswith("mtlib.") for n in names + modules):
-            return "\n".join(ast.unparse(node) for node in imports)
+            return _unparse(imports)
     return ""
 
 
@@ -317,7 +326,7 @@ class EarlyKernel:
         except BaseException as exc:
             self.failed = f"{type(exc).__name__}: {exc}"
             await self._astop()
-            self._note(f"--- the early kernel of {self.source.stem} did not start ({self.failed}); "
+            self.note(f"--- the early kernel of {self.source.stem} did not start ({self.failed}); "
                        f"it starts at its turn instead\n")
             if not isinstance(exc, Exception):
                 raise
@@ -328,7 +337,8 @@ class EarlyKernel:
         run_sync(self.astart)()
         return self
 
-    def _note(self, line: str) -> None:
+    def note(self, line: str) -> None:
+        """Append ``line`` to the kernels' log (if any)."""
         if self.log is not None:
             Path(self.log).parent.mkdir(parents=True, exist_ok=True)
             with open(self.log, "a", encoding="utf-8") as sink:
@@ -459,7 +469,8 @@ def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, pro
         ctrl_c.cell_started = True
         progress.cell_start(cell=cell, cell_index=cell_index)
         starting_next = state["past_imports"] and next_kernel is not None and next_kernel.km is None
-        if cell is not None and cell.get("cell_type") == "code" and imports and _same_imports(cell, imports):
+        if cell is not None and cell.get("cell_type") == "code" and imports \
+                and _unparse(_import_nodes("".join(cell.get("source", ""))) or []) == imports:
             state["past_imports"] = True  # the next cell to start comes after them
         if starting_next:
             return next_kernel.astart()  # awaited by nbclient, on its event loop
@@ -483,7 +494,7 @@ def execute_chapter(source: Path, output: Path, parameters: dict, cwd: Path, pro
                     if ctrl_c.requested or ctrl_c.cell_started:
                         raise
                     kernel.shutdown()
-                    kernel._note(f"--- the early kernel of {source.stem} failed before its first cell "
+                    kernel.note(f"--- the early kernel of {source.stem} failed before its first cell "
                                  f"({type(exc).__name__}: {exc}); the chapter runs in a new kernel\n")
                     progress.line(f"[book] {source.stem}: its early kernel failed ({exc}); starting a new kernel "
                                   f"(see {kernel_log or 'the kernel log'})")
@@ -527,16 +538,6 @@ class _KernelStartNoise(logging.Filter):
 _PAPERMILL_LOG = logging.getLogger("papermill")  # the logger papermill hands nbclient
 if not any(isinstance(f, _KernelStartNoise) for f in _PAPERMILL_LOG.filters):
     _PAPERMILL_LOG.addFilter(_KernelStartNoise())
-
-
-def _same_imports(cell, imports: str) -> bool:
-    """Whether ``cell`` is the one whose import statements are ``imports`` (chapter_imports)."""
-    import ast
-    try:
-        tree = ast.parse("".join(cell.get("source", "")))
-    except SyntaxError:
-        return False
-    return "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))) == imports
 
 
 _PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|.*$|^\s*$")

@@ -102,6 +102,27 @@ def run_book(*args) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def start_book(*args, env: dict) -> subprocess.Popen:
+    """``python -m mtlib.book ARGS`` started in a subprocess, its output piped (for the tests that press Ctrl-C)."""
+    return subprocess.Popen([sys.executable, "-m", "mtlib.book", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=chapter.REPO_ROOT)
+
+
+def read_until(proc: subprocess.Popen, *texts: str) -> str:
+    """The runner's stdout, read line by line until one of ``texts`` has appeared."""
+    seen = ""
+    while not any(text in seen for text in texts):
+        line = proc.stdout.readline()
+        assert line, f"the runner ended early: {seen}{proc.stderr.read()}"
+        seen += line
+    return seen
+
+
+def with_lib(lib: Path, **extra: str) -> dict:
+    """The environment with ``lib`` first on PYTHONPATH (modules the test chapters import), plus ``extra``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")]), **extra}
+
+
 def build_record(out: Path) -> dict:
     return json.loads((out / "build.json").read_text())
 
@@ -355,14 +376,8 @@ def test_ctrl_c_ends_with_one_line_saying_what_was_kept(tmp_path):
     notebooks = quick_chapter(tmp_path / "nb", "09_slow", cells=("print('before')", slow, "print('after')"))
     out = tmp_path / "out"
     env = {**os.environ, "MTLIB_TEST_RUNS": str(runs), "MTLIB_TEST_SLOW": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mtlib.book", "--out", str(out), "--no-html", "--notebooks",
-                             str(notebooks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=chapter.REPO_ROOT)
-    seen = ""
-    while "cell 4/5" not in seen:
-        line = proc.stdout.readline()
-        assert line, f"the runner ended early: {seen}{proc.stderr.read()}"
-        seen += line
+    proc = start_book("--out", out, "--no-html", "--notebooks", notebooks, env=env)
+    seen = read_until(proc, "cell 4/5")
     deadline = time.monotonic() + 120  # the cell has started; wait until its run record exists (slow under load)
     while not list(runs.glob("*/status.json")) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -766,8 +781,7 @@ def test_next_chapter_kernel_starts_early_with_its_imports_run_once(tmp_path):
     quick_chapter(notebooks, "10_second", cells=("import os\nimport slow_import_probe\nfrom mtlib import errors",
                                                  "print('pid', os.getpid())"))
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(probe), os.environ.get("PYTHONPATH", "")]),
-           "MTLIB_TEST_IMPORTS": str(imports)}
+    env = with_lib(probe, MTLIB_TEST_IMPORTS=str(imports))
     proc = subprocess.run([sys.executable, "-m", "mtlib.book", "--out", str(out), "--no-html", "--notebooks",
                            str(notebooks)], capture_output=True, text=True, env=env, timeout=300, cwd=chapter.REPO_ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -811,20 +825,13 @@ def test_ctrl_c_stops_the_next_chapters_early_kernel_too(tmp_path):
                                                                  "    time.sleep(0.1)",))
     quick_chapter(notebooks, "10_next", cells=("import pid_probe\nfrom mtlib import errors",))
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(probe), os.environ.get("PYTHONPATH", "")]),
-           "MTLIB_TEST_IMPORTS": str(imports)}
-    proc = subprocess.Popen([sys.executable, "-m", "mtlib.book", "--out", str(out), "--no-html", "--notebooks",
-                             str(notebooks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=chapter.REPO_ROOT)
+    env = with_lib(probe, MTLIB_TEST_IMPORTS=str(imports))
+    proc = start_book("--out", out, "--no-html", "--notebooks", notebooks, env=env)
     deadline = time.monotonic() + 120
     while not (imports.exists() and imports.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.2)
     (pid,) = map(int, imports.read_text().split())  # the next chapter's kernel, started early, has imported
-    seen = ""
-    while "range(600)" not in seen and "import time" not in seen:  # 09_slow's cell has started
-        line = proc.stdout.readline()
-        assert line, f"the runner ended early: {seen}{proc.stderr.read()}"
-        seen += line
+    read_until(proc, "range(600)", "import time")  # 09_slow's cell has started
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
@@ -855,8 +862,7 @@ def test_the_next_kernel_starts_only_once_the_running_chapter_is_past_its_import
                                                                  "import time\ntime.sleep(4)"))
     quick_chapter(notebooks, "10_second", cells=("import second_imports\nfrom mtlib import errors",))
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")]),
-           "MTLIB_TEST_TIMES": str(times)}
+    env = with_lib(lib, MTLIB_TEST_TIMES=str(times))
     proc = subprocess.run([sys.executable, "-m", "mtlib.book", "--out", str(out), "--no-html", "--notebooks",
                            str(notebooks)], capture_output=True, text=True, env=env, timeout=300, cwd=chapter.REPO_ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -882,7 +888,7 @@ def test_an_early_kernel_that_dies_in_its_imports_is_replaced(tmp_path, monkeypa
     lib.mkdir()
     (lib / "crash_once.py").write_text("import os\nif not os.path.exists(os.environ['MTLIB_TEST_MARKER']):\n"
                                        "    open(os.environ['MTLIB_TEST_MARKER'], 'w').close()\n    os._exit(3)\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", with_lib(lib)["PYTHONPATH"])
     monkeypatch.setenv("MTLIB_TEST_MARKER", str(marker))
     notebooks = quick_chapter(tmp_path / "nb", "09_c", cells=("import crash_once\nfrom mtlib import errors",
                                                              "print('ran')"))
@@ -910,15 +916,9 @@ def test_ctrl_c_while_the_early_kernel_still_imports_stops_at_once(tmp_path):
     notebooks = quick_chapter(tmp_path / "nb", "09_quick", cells=("print('quick')",))
     quick_chapter(notebooks, "10_slow_imports", cells=("import slow_start\nfrom mtlib import errors",))
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "mtlib.book", "--out", str(out), "--no-html", "--notebooks",
-                             str(notebooks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=chapter.REPO_ROOT)
-    seen = ""
-    while "10_slow_imports (2/2)" not in seen:
-        line = proc.stdout.readline()
-        assert line, f"the runner ended early: {seen}{proc.stderr.read()}"
-        seen += line
+    env = with_lib(lib)
+    proc = start_book("--out", out, "--no-html", "--notebooks", notebooks, env=env)
+    read_until(proc, "10_slow_imports (2/2)")
     time.sleep(1)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
