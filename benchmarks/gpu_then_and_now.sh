@@ -6,7 +6,7 @@
 #   usage: benchmarks/gpu_then_and_now.sh WHEELS NOW_SRC THEN_SRC WORK RESULTS STEP
 #     NOW_SRC, THEN_SRC: the two code trees (git archive of each commit); WORK: where both builds go;
 #     RESULTS: where their records are copied (the device's $OUT)
-#     STEP now:       today's whole build, then the earlier code's chapters 01 and 02
+#     STEP now:       today's whole build, then the earlier code's chapters 01 and 02 (and 03 if time allows)
 #     STEP then-sft:  the earlier code's 03_sft          STEP then-rest: its 04_grpo, 05_results, 06_gpu_speed
 #
 # Each build has its own compile caches (Triton, Inductor, Hugging Face; Unsloth's compiled cache lives in each
@@ -39,7 +39,9 @@ case $step in
   now)
     book now 420
     book then 100 --only 01_data,02_metrics
-    cp -r "$work/now/$twin" "$work/then/" ;;  # after the build began: a new build refuses a folder with files
+    cp -r "$work/now/$twin" "$work/then/"  # after the build began: a new build refuses a folder with files
+    # its 03_sft too, when this call's 10 minutes leave room for it (it took 200 s on an H200)
+    [ "$SECONDS" -le 350 ] && book then $(( 585 - SECONDS )) --resume --only 03_sft ;;
   then-sft)  book then 560 --resume --only 03_sft ;;
   then-rest) book then 560 --resume --only 04_grpo,05_results,06_gpu_speed ;;
   *) echo "unknown STEP $step (now, then-sft, then-rest)"; exit 2 ;;
