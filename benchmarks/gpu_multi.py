@@ -428,4 +428,5 @@ def environment(torch, cuda) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mtlib.parallel import exit_worker
+    exit_worker(main())

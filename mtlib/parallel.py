@@ -642,10 +642,14 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    code = main()  # an error raises here, with its traceback and exit status 1
+def exit_worker(code: int):
+    """End a worker process whose work is written and whose process group is destroyed, skipping the interpreter's
+    teardown: in it gloo's threads abort now and then on CPU ("terminate called without an active exception"),
+    seen in one two-process GRPO test run in eight and in benchmarks/gpu_multi.py after its last stage."""
     sys.stdout.flush()
     sys.stderr.flush()
-    # The work is written and the process group destroyed: skip the interpreter's teardown, in which gloo's
-    # threads aborted one two-process GRPO test run in eight on CPU ("terminate called without an active exception").
     os._exit(code)
+
+
+if __name__ == "__main__":
+    exit_worker(main())  # an error raises in main, with its traceback and exit status 1
