@@ -529,22 +529,22 @@ RECORDS_FILE = "runs_records.tgz"  # a book run's records (no weights), as gpu_c
 
 
 @functools.lru_cache(maxsize=8)
-def _records(path: str) -> dict:
-    """The JSON files of a book run's records (RECORDS_FILE under ``path``), by name; {} without records."""
+def _records(path: str, name: str = RECORDS_FILE) -> dict:
+    """The JSON files of a book run's records (the archive ``name`` under ``path``), by name; {} without records."""
     import tarfile
-    if not (Path(path) / RECORDS_FILE).is_file():
+    if not (Path(path) / name).is_file():
         return {}
-    with tarfile.open(Path(path) / RECORDS_FILE) as tar:
+    with tarfile.open(Path(path) / name) as tar:
         return {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers()
                 if m.isfile() and m.name.endswith(".json")}
 
 
-def book_grpo_steps(root: Path, build_id: str | None = None) -> dict | None:
-    """The book's own GRPO training run (of ``build_id``, if given), from a book run's records: its ``steps``, the
-    first BOOK_GRPO_WARMUP steps' ``warmup_s``, the later steps' ``seconds_per_step`` and ``completions_per_s``
-    (completions per step: per-device batch x accumulation x processes); None when the folder has no records or
-    they hold no such GRPO training."""
-    files = _records(str(Path(root).resolve()))
+def book_grpo_steps(root: Path, build_id: str | None = None, records: str = RECORDS_FILE) -> dict | None:
+    """The book's own GRPO training run (of ``build_id``, if given), from a book run's records (the archive
+    ``records``): its ``steps``, the first BOOK_GRPO_WARMUP steps' ``warmup_s``, the later steps' ``seconds_per_step``
+    and ``completions_per_s`` (completions per step: per-device batch x accumulation x processes); None when the
+    folder has no records or they hold no such GRPO training."""
+    files = _records(str(Path(root).resolve()), records)
     runs = sorted(name.rsplit("/", 1)[0] for name in files if name.endswith("/log_history.json") and "-grpo-" in name)
     runs = [run for run in runs if build_id is None or files[f"{run}/config.json"].get("build_id") == build_id]
     if not runs:
@@ -614,6 +614,41 @@ def book_run(folder) -> dict:
             "render_s": book_render_seconds(root), "versions": book_versions(root),
             "early_kernels": (root / "kernels.log").is_file() and "(started early)" in (root / "kernels.log").read_text(),
             "missing": [c for c in build.get("chapters", {}) if c not in chapters]}
+
+
+def then_and_now(folder) -> dict:
+    """Today's book command and an earlier commit's on one machine (a folder of ``gpu_then_and_now.sh``):
+    ``chapters`` (a DataFrame, one row a chapter both builds executed and a last row of their sum: each build's
+    seconds and the speed-up), ``then_s``, ``now_s``, ``speedup``, ``grpo`` (each build's :func:`book_grpo_steps`, by
+    ``then`` and ``now``), ``missing`` (chapters only one build executed) and, from its run.json, ``card``,
+    ``then_commit``, ``then_label`` and ``now_commit``."""
+    import pandas as pd
+    root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
+    builds, seconds = {}, {}
+    for which in ("then", "now"):
+        path = root / f"{which}_build.json"
+        if not path.is_file():
+            raise DataError(f"{path} not found: name a folder of benchmarks/results/ written by "
+                            f"benchmarks/gpu_then_and_now.sh")
+        builds[which] = json.loads(path.read_text())
+        seconds[which] = {name: c["seconds"] for name, c in builds[which].get("chapters", {}).items()
+                          if c.get("status") == "executed"}
+    both = [name for name in seconds["now"] if name in seconds["then"]]
+    if not both:
+        raise DataError(f"{root}: no chapter executed by both builds")
+    run = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}
+    then, now = run.get("then_commit", "earlier code"), run.get("now_commit", "today's code")
+    then_s, now_s = (sum(seconds[which][name] for name in both) for which in ("then", "now"))
+    rows = [(name, seconds["then"][name], seconds["now"][name]) for name in both] + [("All of them", then_s, now_s)]
+    table = pd.DataFrame(rows, columns=["Chapter", f"Then: {then} (s)", f"Now: {now} (s)"])
+    table["Speed-up"] = [f"{a / b:.2f}×" for _, a, b in rows]
+    return {"chapters": table.round(1).set_index("Chapter"), "then_s": then_s, "now_s": now_s,
+            "speedup": then_s / now_s,
+            "grpo": {which: book_grpo_steps(root, builds[which].get("build_id"), f"{which}_{RECORDS_FILE}")
+                     for which in ("then", "now")},
+            "missing": sorted(set(seconds["then"]) ^ set(seconds["now"])),
+            "card": run.get("card", "unknown card").split(",")[0], "then_commit": then,
+            "then_label": run.get("then_label", ""), "now_commit": now}
 
 
 def grpo_settings(folder=GRPO_SETTINGS_RUN) -> tuple:

@@ -222,6 +222,10 @@ SCHEMA: dict[str, Param] = {
     "book_run": Param("str", "gpu_check_h200_2026-12-02_run10", ("06_gpu_speed",),
                       "the book command run on a GPU (benchmarks/gpu_check.sh): a folder in benchmarks/results/",
                       "the book command on a GPU (a folder there)"),
+    "then_and_now_run": Param("str", "then_and_now_h200_2026-12-03", ("06_gpu_speed",),
+                              "the book command of today's code and of an earlier commit on one machine "
+                              "(benchmarks/gpu_then_and_now.sh): a folder in benchmarks/results/",
+                              "today's code and an earlier one on one machine (a folder there)"),
     "multi_gpu_file": Param("str", "multi_gpu.json", ("06_gpu_speed",),
                             "one GPU against two (benchmarks/gpu_multi.py's output): a name in benchmarks/results/ "
                             "or a path; shown only if it exists", "one GPU against two (shown if measured)"),

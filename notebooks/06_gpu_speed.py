@@ -49,6 +49,8 @@ paths_file = "h100_translate_paths.json"  # measured translation paths (a name t
 grpo_file = "grpo_seed_vs_fast_h200_2026-12-02/grpo_seed_vs_fast_h200.json"  # measured GRPO step phases (a
                                                                              # name there, or a path)
 book_run = "gpu_check_h200_2026-12-02_run10"  # the book command on a GPU (a folder there)
+then_and_now_run = "then_and_now_h200_2026-12-03"  # today's code and an earlier one on one machine (a folder
+                                                   # there)
 multi_gpu_file = "multi_gpu.json"         # one GPU against two (shown if measured)
 
 # %% tags=["hide-input"]
@@ -229,6 +231,26 @@ if book["commands"] or book["versions"]:
                    if book["versions"] else "") + ".")
 md("\n\n".join(text))
 display(book["chapters"].set_index("Chapter"))
+
+# %% [markdown]
+# ### Then and now on one machine
+#
+# Two machines with the same card need not run at the same speed, so a speed-up over earlier code is measured on one
+# machine: the book command of an earlier commit and of a later one, one after the other, on the same twin, each
+# build with its own compile caches (`benchmarks/gpu_then_and_now.sh`).
+
+# %% tags=["remove-input"]
+pair = bench.then_and_now(then_and_now_run)
+grpo_then, grpo_now = pair["grpo"]["then"], pair["grpo"]["now"]
+md(f"On one **{pair['card']}** (`benchmarks/results/{then_and_now_run}/`), the chapters of commit "
+   f"`{pair['then_commit']}` ({pair['then_label']}) took {num(pair['then_s'])} s, those of `{pair['now_commit']}` "
+   f"{num(pair['now_s'])} s: **{pair['speedup']:.2f} times faster**"
+   + (f", counting only the chapters both executed (not {', '.join(pair['missing'])})" if pair["missing"] else "")
+   + "." + (f" Chapter 4's GRPO training after its first {grpo_now['warmup_steps']} steps: "
+            f"{num(grpo_then['completions_per_s'])} against **{num(grpo_now['completions_per_s'])} completions/s**."
+            if grpo_then and grpo_now else "")
+   + f" The build above ({num(book['total_s'])} s) ran on another machine.")
+display(pair["chapters"])
 
 # %% [markdown]
 # ### Two process-wide choices behind these times

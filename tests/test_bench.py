@@ -316,6 +316,39 @@ def test_the_book_run_on_a_gpu_ships_with_its_chapters_card_and_grpo_rows(tmp_pa
         bench.book_run(tmp_path)
 
 
+def test_then_and_now_compares_the_chapters_both_builds_executed_on_one_machine(tmp_path):
+    import shutil
+    from mtlib import bench
+    from mtlib.errors import DataError
+    from mtlib.parameters import SCHEMA
+
+    folder = SCHEMA["then_and_now_run"].default_for("06_gpu_speed")  # what the appendix reads
+    pair = bench.then_and_now(folder)
+    root = bench.RESULTS_DIR / folder
+    then, now = ({n: c["seconds"] for n, c in json.loads((root / f"{w}_build.json").read_text())["chapters"].items()}
+                 for w in ("then", "now"))
+    assert set(then) == set(now) and not pair["missing"] and len(then) == 6
+    table = pair["chapters"]
+    assert list(table.index) == [*now, "All of them"] and pair["then_commit"] == "c4ac724"
+    assert pair["then_s"] == pytest.approx(sum(then.values())) and pair["now_s"] == pytest.approx(sum(now.values()))
+    assert table.iloc[-1]["Speed-up"] == f"{sum(then.values()) / sum(now.values()):.2f}×"
+    assert table.loc["04_grpo", "Speed-up"] == f"{then['04_grpo'] / now['04_grpo']:.2f}×"
+    assert pair["card"] == "NVIDIA H200 (143771 MiB)"
+    grpo = pair["grpo"]  # from each build's own records archive, not the other's
+    assert grpo["then"]["steps"] == grpo["now"]["steps"] == 60
+    assert grpo["then"]["completions_per_s"] < grpo["now"]["completions_per_s"]
+    # a folder with only chapters 1-3 of the earlier code: the sum covers those, the rest is named
+    partial = bench.then_and_now("then_and_now_h200_2026-12-02/second_machine")
+    assert partial["missing"] == ["04_grpo", "05_results", "06_gpu_speed"] and partial["grpo"]["then"] is None
+    assert list(partial["chapters"].index) == ["01_data", "02_metrics", "03_sft", "All of them"]
+    with pytest.raises(DataError, match="then_build.json not found.*gpu_then_and_now.sh"):
+        bench.then_and_now(tmp_path)
+    shutil.copy(root / "then_build.json", tmp_path)
+    (tmp_path / "now_build.json").write_text(json.dumps({"chapters": {"07_other": {"status": "executed", "seconds": 1}}}))
+    with pytest.raises(DataError, match="no chapter executed by both"):
+        bench.then_and_now(tmp_path)
+
+
 def test_the_grpo_settings_compared_are_read_from_their_files_slowest_first(tmp_path):
     from mtlib import bench
     from mtlib.errors import DataError
