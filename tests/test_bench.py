@@ -349,6 +349,24 @@ def test_then_and_now_compares_the_chapters_both_builds_executed_on_one_machine(
         bench.then_and_now(tmp_path)
 
 
+def test_the_readmes_per_chapter_tables_are_the_committed_builds_seconds():
+    """Each row of the README's per-chapter tables (runN, then, now) reads the build.json it names."""
+    import re
+    from mtlib import bench, chapter
+    from mtlib.parameters import SCHEMA
+
+    readme = (chapter.REPO_ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| (run\d+|then|now) \(([^)]*)\) \| (.*) \|$", readme, flags=re.M)
+    assert {name for name, _, _ in rows} >= {"run10", "then", "now"}
+    for name, _, cells in rows:
+        if name in ("then", "now"):
+            path = bench.RESULTS_DIR / SCHEMA["then_and_now_run"].default_for("06_gpu_speed") / f"{name}_build.json"
+        else:
+            path = next(bench.RESULTS_DIR.glob(f"gpu_check_h200_*_{name}")) / "build.json"
+        seconds = [c["seconds"] for c in json.loads(path.read_text())["chapters"].values()]
+        assert [float(c) for c in cells.split(" | ")] == pytest.approx([*seconds, sum(seconds)], abs=0.051), name
+
+
 def test_the_grpo_settings_compared_are_read_from_their_files_slowest_first(tmp_path):
     from mtlib import bench
     from mtlib.errors import DataError
