@@ -41,7 +41,8 @@ case $step in
     book then 100 --only 01_data,02_metrics
     cp -r "$work/now/$twin" "$work/then/"  # after the build began: a new build refuses a folder with files
     # its 03_sft too, when this call's 10 minutes leave room for it (it took 200 s on an H200)
-    [ "$SECONDS" -le 350 ] && book then $(( 585 - SECONDS )) --resume --only 03_sft ;;
+    if [ "$SECONDS" -le 350 ]; then book then $(( 585 - SECONDS )) --resume --only 03_sft
+    else echo "[then-and-now] no time left in this call for the earlier code's 03_sft: run STEP then-sft next"; fi ;;
   then-sft)  book then 560 --resume --only 03_sft ;;
   then-rest) book then 560 --resume --only 04_grpo,05_results,06_gpu_speed ;;
   *) echo "unknown STEP $step (now, then-sft, then-rest)"; exit 2 ;;
