@@ -586,6 +586,26 @@ def book_render_seconds(root: Path) -> float | None:
     return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
 
 
+def _results_folder(folder) -> Path:
+    """``folder`` itself when it is one, else that name in :data:`RESULTS_DIR`."""
+    return Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
+
+
+def _book_build(path: Path, writer: str) -> tuple[dict, dict]:
+    """A book command's build.json at ``path`` and its executed chapters' states by name; ``DataError`` naming the
+    script that writes such a folder (``writer``) when the file is missing."""
+    if not path.is_file():
+        raise DataError(f"{path} not found: name a folder of benchmarks/results/ written by benchmarks/{writer}")
+    build = json.loads(path.read_text())
+    return build, {name: c for name, c in build.get("chapters", {}).items() if c.get("status") == "executed"}
+
+
+def _run_notes(root: Path) -> dict:
+    """A results folder's run.json (card, code, commands), or {}; its ``card`` shortened to the card's name."""
+    run = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}
+    return {**run, "card": run.get("card", "unknown card").split(",")[0]}
+
+
 def book_run(folder) -> dict:
     """One run of the book command on a GPU (a folder in :data:`RESULTS_DIR` written by ``gpu_check.sh``):
     ``chapters`` (a DataFrame: seconds per chapter, in words), ``total_s``, ``card``, ``profile``, ``commands``,
@@ -594,21 +614,16 @@ def book_run(folder) -> dict:
     :func:`book_render_seconds`, or None), ``versions`` (:func:`book_versions`) and ``early_kernels`` (whether its
     kernels.log shows the runner's early kernels, mtlib.book.EarlyKernel)."""
     import pandas as pd
-    root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
-    build_file = root / "build.json"
-    if not build_file.is_file():
-        raise DataError(f"{build_file} not found: name a folder of benchmarks/results/ that holds a build.json "
-                        f"of benchmarks/gpu_check.sh")
-    build = json.loads(build_file.read_text())
-    run = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}
-    chapters = {name: c for name, c in build.get("chapters", {}).items() if c.get("status") == "executed"}
+    root = _results_folder(folder)
+    build, chapters = _book_build(root / "build.json", "gpu_check.sh")
+    run = _run_notes(root)
     if not chapters:
-        raise DataError(f"{build_file}: no executed chapter")
+        raise DataError(f"{root / 'build.json'}: no executed chapter")
     table = pd.DataFrame({"Chapter": list(chapters), "Seconds": [round(c["seconds"], 1) for c in chapters.values()]})
     total = float(table["Seconds"].sum())
     table["Share of the build"] = [f"{100 * s / total:.0f}%" for s in table["Seconds"]]
     grpo = seed_and_fast(sorted(root.glob("grpo_seed_vs_fast*.json")))
-    return {"chapters": table, "total_s": total, "card": run.get("card", "unknown card").split(",")[0],
+    return {"chapters": table, "total_s": total, "card": run["card"],
             "profile": build.get("profile"), "model": build.get("model"), "commands": run.get("book_commands", []),
             "grpo": grpo, "grpo_steps": book_grpo_steps(root, build.get("build_id")),
             "render_s": book_render_seconds(root), "versions": book_versions(root),
@@ -623,20 +638,15 @@ def then_and_now(folder) -> dict:
     ``then`` and ``now``), ``missing`` (chapters only one build executed) and, from its run.json, ``card``,
     ``then_commit``, ``then_label`` and ``now_commit``."""
     import pandas as pd
-    root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
+    root = _results_folder(folder)
     builds, seconds = {}, {}
     for which in ("then", "now"):
-        path = root / f"{which}_build.json"
-        if not path.is_file():
-            raise DataError(f"{path} not found: name a folder of benchmarks/results/ written by "
-                            f"benchmarks/gpu_then_and_now.sh")
-        builds[which] = json.loads(path.read_text())
-        seconds[which] = {name: c["seconds"] for name, c in builds[which].get("chapters", {}).items()
-                          if c.get("status") == "executed"}
+        builds[which], executed = _book_build(root / f"{which}_build.json", "gpu_then_and_now.sh")
+        seconds[which] = {name: c["seconds"] for name, c in executed.items()}
     both = [name for name in seconds["now"] if name in seconds["then"]]
     if not both:
         raise DataError(f"{root}: no chapter executed by both builds")
-    run = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}
+    run = _run_notes(root)
     then, now = run.get("then_commit", "earlier code"), run.get("now_commit", "today's code")
     then_s, now_s = (sum(seconds[which][name] for name in both) for which in ("then", "now"))
     rows = [(name, seconds["then"][name], seconds["now"][name]) for name in both] + [("All of them", then_s, now_s)]
@@ -647,7 +657,7 @@ def then_and_now(folder) -> dict:
             "grpo": {which: book_grpo_steps(root, builds[which].get("build_id"), f"{which}_{RECORDS_FILE}")
                      for which in ("then", "now")},
             "missing": sorted(set(seconds["then"]) ^ set(seconds["now"])),
-            "card": run.get("card", "unknown card").split(",")[0], "then_commit": then,
+            "card": run["card"], "then_commit": then,
             "then_label": run.get("then_label", ""), "now_commit": now}
 
 
@@ -656,7 +666,7 @@ def grpo_settings(folder=GRPO_SETTINGS_RUN) -> tuple:
     DataFrame, one row a setting, of seconds per step, completions/s, warm-up seconds and the update's
     phases, in words; and the card."""
     import pandas as pd
-    root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
+    root = _results_folder(folder)
     files = sorted(root.glob("grpo_breakdown_*.json"))
     if not files:
         raise DataError(f"no grpo_breakdown_<setting>.json in {root} (benchmarks/gpu_grpo_settings.sh writes them)")
@@ -682,7 +692,7 @@ def first_pass_costs(folder=STAGE_PROBE_RUN) -> tuple:
     decoding test 2018 with and without cuDNN's attention in one process (``cold-shapes``), and SFT's first and
     typical step with and without Unsloth's per-layer compilation (``default``, ``noblock``); and the card."""
     import pandas as pd
-    root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
+    root = _results_folder(folder)
     probes = {p.stem[len("stage_probe_"):]: json.loads(p.read_text()) for p in sorted(root.glob("stage_probe_*.json"))}
     missing = [label for label in ("cold-shapes", "default", "noblock") if label not in probes]
     if missing:
@@ -712,7 +722,7 @@ def decode_graph_gains(folder=DECODE_GRAPHS_RUN) -> tuple:
     sentences translated alike; and the card."""
     import pandas as pd
     from .plots import shape_name, test_set_name
-    root = Path(folder) if Path(folder).is_dir() else RESULTS_DIR / folder
+    root = _results_folder(folder)
     need = ("stage_probe_graphs.json", "grpo_breakdown_grpo-eager.json", "grpo_breakdown_grpo-graphs.json")
     missing = [n for n in need if not (root / n).is_file()]
     if missing:
